@@ -1,0 +1,55 @@
+"""The self-service billing portal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the portal: configuration, extensions, blueprints, errors, templates, commands."""
+    root = Path(__file__).resolve().parent.parent
+    app = Flask(
+        __name__,
+        instance_path=str(root / "instance"),
+        template_folder=str(root / "templates"),
+        static_folder=str(root / "static"),
+    )
+
+    from portal import config as settings
+
+    app.config.from_mapping(settings.from_environment(Path(app.instance_path)))
+    app.config.from_mapping(config or {})
+
+    from portal import models  # noqa: F401  (the whole schema, for Alembic and relationships)
+    from portal.extensions import csrf, db, htmx, limiter, login_manager, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(root / "migrations"))
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    htmx.init_app(app)
+
+    from portal.auth.routes import bp as auth_bp
+    from portal.billing.routes import bp as billing_bp
+    from portal.health import bp as health_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(billing_bp)
+
+    from portal import auth, errors, formatting, web
+
+    errors.register_error_handlers(app)
+    web.init_security_headers(app)
+    auth.init_app(app)
+    formatting.init_app(app)
+    web.init_template_globals(app)
+
+    from portal import cli
+
+    cli.init_app(app)
+    return app

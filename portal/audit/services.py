@@ -1,0 +1,38 @@
+"""Writing audit events. Every state change by a person, Stripe or the system calls `record`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from portal.audit.models import AuditEvent
+
+
+def record(
+    session: Session,
+    action: str,
+    *,
+    actor_kind: str = "system",
+    actor_user_id: int | None = None,
+    account_id: int | None = None,
+    target_type: str = "",
+    target_id: str | int = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    ip: str | None = None,
+) -> AuditEvent:
+    """Append one audit event to the current transaction."""
+    event = AuditEvent(
+        action=action,
+        actor_kind=actor_kind,
+        actor_user_id=actor_user_id,
+        account_id=account_id,
+        target_type=target_type,
+        target_id=str(target_id),
+        before=before,
+        after=after,
+        ip=ip,
+    )
+    session.add(event)
+    return event

@@ -1,0 +1,131 @@
+"""Magic-link tokens: issue, look up, consume once. Only a hash of each token is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from portal import clock
+from portal.accounts.models import User
+from portal.auth.models import LoginToken
+from portal.errors import DomainError
+
+
+class TokenInvalid(DomainError):
+    status = 400
+    title = "This sign-in link is not valid"
+
+
+class TokenExpired(DomainError):
+    status = 410
+    title = "This sign-in link has expired"
+
+
+class TokenUsed(DomainError):
+    status = 410
+    title = "This sign-in link was already used"
+
+
+@dataclass(frozen=True)
+class TokenSigner:
+    """Signs and verifies link tokens; the first key signs, every key verifies (rotation)."""
+
+    secret_keys: list[str]
+    purpose: str = "login"
+
+    def _serializer(self) -> URLSafeSerializer:
+        # NOTE: itsdangerous signs with the *last* key of the list and verifies with all of them.
+        return URLSafeSerializer(list(reversed(self.secret_keys)), salt=f"portal.{self.purpose}")
+
+    def sign(self, raw: str) -> str:
+        return self._serializer().dumps(raw)
+
+    def unsign(self, token: str) -> str:
+        try:
+            raw = self._serializer().loads(token)
+        except BadSignature as error:
+            raise TokenInvalid() from error
+        if not isinstance(raw, str):
+            raise TokenInvalid()
+        return raw
+
+
+def hash_value(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def issue_login_token(
+    session: Session,
+    signer: TokenSigner,
+    user: User,
+    *,
+    lifetime: timedelta,
+    binding: str | None = None,
+    ip: str | None = None,
+) -> str:
+    """Create a one-time sign-in token for the user, retiring any older unused ones."""
+    now = clock.now()
+    session.execute(
+        update(LoginToken)
+        .where(
+            LoginToken.user_id == user.id,
+            LoginToken.consumed_at.is_(None),
+            LoginToken.retired_at.is_(None),
+        )
+        .values(retired_at=now)
+    )
+    raw = secrets.token_urlsafe(32)  # 256 random bits
+    session.add(
+        LoginToken(
+            user_id=user.id,
+            token_hash=hash_value(raw),
+            purpose=signer.purpose,
+            binding_hash=hash_value(binding) if binding else None,
+            requested_ip=ip,
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+    )
+    session.flush()
+    return signer.sign(raw)
+
+
+def find_login_token(session: Session, signer: TokenSigner, token: str) -> LoginToken:
+    """The stored token behind a link, if it can still be used; raises a named error otherwise."""
+    raw = signer.unsign(token)
+    stored = session.scalar(select(LoginToken).where(LoginToken.token_hash == hash_value(raw)))
+    if stored is None or stored.purpose != signer.purpose:
+        raise TokenInvalid()
+    if stored.consumed_at is not None:
+        raise TokenUsed()
+    if stored.retired_at is not None or stored.expires_at <= clock.now():
+        raise TokenExpired()
+    if stored.user.is_disabled:
+        raise TokenInvalid()
+    return stored
+
+
+def consume_login_token(session: Session, signer: TokenSigner, token: str) -> User:
+    """Use a token exactly once: of any number of concurrent tries, one wins."""
+    stored = find_login_token(session, signer, token)
+    now = clock.now()
+    claimed = session.execute(
+        update(LoginToken)
+        .where(
+            LoginToken.id == stored.id,
+            LoginToken.consumed_at.is_(None),
+            LoginToken.retired_at.is_(None),
+            LoginToken.expires_at > now,
+        )
+        .values(consumed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise TokenUsed()
+    return stored.user

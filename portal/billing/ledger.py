@@ -1,0 +1,112 @@
+"""The ledger: every change to what an account owes, and the balances and statements read from it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.billing.models import LedgerEntry, LedgerKind
+from portal.billing.money import Money
+
+_SIGN = {
+    LedgerKind.INVOICE: 1,
+    LedgerKind.REFUND: 1,
+    LedgerKind.INVOICE_VOID: -1,
+    LedgerKind.PAYMENT: -1,
+    LedgerKind.CREDIT_NOTE: -1,
+}
+
+
+def post(
+    session: Session,
+    *,
+    account_id: int,
+    kind: LedgerKind,
+    amount: Money,
+    source_ref: str,
+    effective_at: datetime,
+    description: str,
+    invoice_id: int | None = None,
+) -> LedgerEntry:
+    """Record one change of the balance. `amount` is positive; the kind decides the sign."""
+    if amount.minor <= 0:
+        raise ValueError("ledger amounts are posted as positive values")
+    entry = LedgerEntry(
+        account_id=account_id,
+        currency=amount.currency,
+        kind=kind.value,
+        amount_minor=_SIGN[kind] * amount.minor,
+        source_ref=source_ref,
+        effective_at=effective_at,
+        description=description[:255],
+        invoice_id=invoice_id,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def balance(
+    session: Session, account_id: int, currency: str, *, before: datetime | None = None
+) -> Money:
+    """What the account owes in this currency (positive) or has in credit (negative)."""
+    query = select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0)).where(
+        LedgerEntry.account_id == account_id, LedgerEntry.currency == currency
+    )
+    if before is not None:
+        query = query.where(LedgerEntry.effective_at < before)
+    return Money(int(session.scalar(query) or 0), currency)
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    entry: LedgerEntry
+    running: Money
+
+
+@dataclass(frozen=True)
+class Statement:
+    """Opening balance, entries in order with the running balance, closing balance, totals."""
+
+    currency: str
+    start: datetime
+    end: datetime
+    opening: Money
+    lines: Sequence[StatementLine]
+    totals: dict[str, Money] = field(default_factory=dict)
+
+    @property
+    def closing(self) -> Money:
+        return self.lines[-1].running if self.lines else self.opening
+
+
+def statement(
+    session: Session, account_id: int, currency: str, start: datetime, end: datetime
+) -> Statement:
+    """The statement for [start, end): two queries, whatever the account's history."""
+    if end <= start:
+        raise ValueError("a statement period must end after it starts")
+    opening = balance(session, account_id, currency, before=start)
+    entries = session.scalars(
+        select(LedgerEntry)
+        .where(
+            LedgerEntry.account_id == account_id,
+            LedgerEntry.currency == currency,
+            LedgerEntry.effective_at >= start,
+            LedgerEntry.effective_at < end,
+        )
+        .order_by(LedgerEntry.effective_at, LedgerEntry.id)
+    ).all()
+    running = opening
+    lines = []
+    totals = {kind.value: Money.zero(currency) for kind in LedgerKind}
+    for entry in entries:
+        amount = Money(entry.amount_minor, currency)
+        running = running + amount
+        totals[entry.kind] = totals[entry.kind] + Money(abs(entry.amount_minor), currency)
+        lines.append(StatementLine(entry=entry, running=running))
+    return Statement(currency, start, end, opening, lines, totals)

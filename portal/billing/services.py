@@ -1,0 +1,441 @@
+"""Billing rules: build, finalize, pay, credit and void invoices. Flushes, never commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal import clock
+from portal.accounts.models import Account
+from portal.audit.services import record
+from portal.billing import ledger
+from portal.billing.models import (
+    CreditNote,
+    CreditNoteLine,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerKind,
+    LineKind,
+)
+from portal.billing.money import Money
+from portal.billing.numbering import next_in_series
+from portal.errors import Conflict, ValidationFailed
+from portal.payments.models import Payment, PaymentAllocation
+
+# NOTE: the written-down state machine of an invoice. A finalized invoice never goes back to
+# draft; corrections are credit notes or a void.
+INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
+    InvoiceStatus.DRAFT: frozenset({InvoiceStatus.OPEN}),
+    InvoiceStatus.OPEN: frozenset(
+        {InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE}
+    ),
+    InvoiceStatus.UNCOLLECTIBLE: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID}),
+    InvoiceStatus.PAID: frozenset(),
+    InvoiceStatus.VOID: frozenset(),
+}
+
+
+class InvoiceImmutable(Conflict):
+    title = "This invoice is final and cannot be changed"
+
+
+@dataclass(frozen=True)
+class LineInput:
+    """A line to put on a draft invoice. `amount_minor` defaults to quantity × unit amount."""
+
+    description: str
+    unit_amount_minor: int
+    quantity: int = 1
+    kind: LineKind = LineKind.SUBSCRIPTION
+    period_start: date | None = None
+    period_end: date | None = None
+    tax_rate_bp: int = 0
+    tax_name: str = ""
+    price_id: int | None = None
+    amount_minor: int | None = None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who causes a change, for the audit trail."""
+
+    kind: str = "system"
+    user_id: int | None = None
+    ip: str | None = None
+
+
+SYSTEM = Actor()
+
+
+def transition(
+    session: Session, invoice: Invoice, to: InvoiceStatus, actor: Actor = SYSTEM
+) -> None:
+    """Move an invoice along its state machine and audit the move."""
+    current = InvoiceStatus(invoice.status)
+    if to not in INVOICE_TRANSITIONS[current]:
+        raise Conflict(f"An invoice that is {current.value} cannot become {to.value}.")
+    invoice.status = to.value
+    record(
+        session,
+        f"invoice.{to.value}",
+        actor_kind=actor.kind,
+        actor_user_id=actor.user_id,
+        account_id=invoice.account_id,
+        target_type="invoice",
+        target_id=invoice.number or invoice.public_id,
+        before={"status": current.value},
+        after={"status": to.value},
+        ip=actor.ip,
+    )
+
+
+def create_draft_invoice(
+    session: Session,
+    account: Account,
+    lines: Sequence[LineInput],
+    *,
+    issue_date: date | None = None,
+    subscription_id: int | None = None,
+    billing_key: str | None = None,
+    period: tuple[date, date] | None = None,
+    memo: str = "",
+) -> Invoice:
+    """A draft invoice with its lines and totals; nothing is owed until it is finalized."""
+    invoice = Invoice(
+        account_id=account.id,
+        subscription_id=subscription_id,
+        billing_key=billing_key,
+        currency=account.currency,
+        issue_date=issue_date or clock.today(account.timezone),
+        period_start=period[0] if period else None,
+        period_end=period[1] if period else None,
+        memo=memo,
+        status=InvoiceStatus.DRAFT.value,
+    )
+    session.add(invoice)
+    for line in lines:
+        _append_line(invoice, line)
+    _recompute_totals(invoice)
+    session.flush()
+    return invoice
+
+
+def add_line(session: Session, invoice: Invoice, line: LineInput) -> InvoiceLine:
+    """Add a line to a draft; a finalized invoice refuses."""
+    _require_draft(invoice)
+    added = _append_line(invoice, line)
+    _recompute_totals(invoice)
+    session.flush()
+    return added
+
+
+def _require_draft(invoice: Invoice) -> None:
+    if invoice.status != InvoiceStatus.DRAFT:
+        raise InvoiceImmutable()
+
+
+def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
+    if not line.description.strip():
+        raise ValidationFailed("Every invoice line needs a description.")
+    if line.quantity < 0:
+        raise ValidationFailed("A quantity cannot be negative.")
+    amount = line.quantity * line.unit_amount_minor if line.amount_minor is None else line.amount_minor
+    if line.kind == LineKind.DISCOUNT and amount > 0:
+        amount = -amount
+    # NOTE: tax is rounded once per line (half up), so the lines always sum to the total.
+    tax = Money(amount, invoice.currency).basis_points(line.tax_rate_bp).minor
+    added = InvoiceLine(
+        position=len(invoice.lines) + 1,
+        kind=line.kind.value,
+        description=line.description.strip()[:500],
+        period_start=line.period_start,
+        period_end=line.period_end,
+        quantity=line.quantity,
+        unit_amount_minor=line.unit_amount_minor,
+        amount_minor=amount,
+        tax_rate_bp=line.tax_rate_bp,
+        tax_name=line.tax_name,
+        tax_minor=tax,
+        price_id=line.price_id,
+    )
+    invoice.lines.append(added)
+    return added
+
+
+def _recompute_totals(invoice: Invoice) -> None:
+    charges = sum(line.amount_minor for line in invoice.lines if line.kind != LineKind.DISCOUNT)
+    discounts = -sum(line.amount_minor for line in invoice.lines if line.kind == LineKind.DISCOUNT)
+    tax = sum(line.tax_minor for line in invoice.lines)
+    if charges < 0 or charges - discounts < 0 or tax < 0:
+        raise ValidationFailed("An invoice cannot total less than zero.")
+    invoice.subtotal_minor = charges
+    invoice.discount_minor = discounts
+    invoice.tax_minor = tax
+    invoice.total_minor = charges - discounts + tax
+
+
+def invoice_series_key(account: Account) -> str:
+    return f"invoice:{account.invoice_prefix}"
+
+
+def finalize_invoice(
+    session: Session,
+    invoice: Invoice,
+    *,
+    seller: dict[str, Any],
+    actor: Actor = SYSTEM,
+    finalized_at: datetime | None = None,
+) -> Invoice:
+    """Give a draft its gapless number, freeze seller and buyer, and post it to the ledger."""
+    _require_draft(invoice)
+    if not invoice.lines:
+        raise ValidationFailed("An invoice needs at least one line before it can be issued.")
+    account = invoice.account
+    when = finalized_at or clock.now()
+    sequence = next_in_series(session, invoice_series_key(account))
+    invoice.series_key = invoice_series_key(account)
+    invoice.sequence = sequence
+    invoice.number = f"{account.invoice_prefix}-{sequence:04d}"
+    invoice.due_date = invoice.due_date or invoice.issue_date + timedelta(
+        days=account.payment_terms_days
+    )
+    invoice.finalized_at = when
+    invoice.seller = dict(seller)
+    invoice.buyer = buyer_snapshot(account)
+    transition(session, invoice, InvoiceStatus.OPEN, actor)
+    if invoice.total_minor > 0:
+        ledger.post(
+            session,
+            account_id=account.id,
+            kind=LedgerKind.INVOICE,
+            amount=invoice.total,
+            source_ref=f"invoice:{invoice.id}",
+            effective_at=when,
+            description=f"Invoice {invoice.number}",
+            invoice_id=invoice.id,
+        )
+    else:
+        transition(session, invoice, InvoiceStatus.PAID, actor)
+        invoice.paid_at = when
+    session.flush()
+    return invoice
+
+
+def buyer_snapshot(account: Account) -> dict[str, Any]:
+    return {
+        "name": account.name,
+        "email": account.billing_email,
+        "address": [
+            part
+            for part in (
+                account.address_line1,
+                account.address_line2,
+                " ".join(p for p in (account.postal_code, account.city) if p),
+                account.region,
+                account.country,
+            )
+            if part
+        ],
+        "tax_id": account.tax_id,
+    }
+
+
+def record_payment(
+    session: Session,
+    account: Account,
+    amount: Money,
+    allocations: Sequence[tuple[Invoice, Money]],
+    *,
+    received_at: datetime,
+    method_description: str = "",
+    stripe_payment_intent_id: str | None = None,
+    stripe_charge_id: str | None = None,
+    attempt_id: int | None = None,
+    actor: Actor = SYSTEM,
+) -> Payment:
+    """Record money received and apply it to invoices; anything unapplied becomes credit."""
+    if amount.currency != account.currency or amount.minor <= 0:
+        raise ValidationFailed("A payment must be a positive amount in the account's currency.")
+    applied = sum((part for _, part in allocations), Money.zero(amount.currency))
+    if applied > amount:
+        raise ValidationFailed("A payment cannot be applied beyond its amount.")
+    payment = Payment(
+        account_id=account.id,
+        currency=amount.currency,
+        amount_minor=amount.minor,
+        received_at=received_at,
+        method_description=method_description,
+        stripe_payment_intent_id=stripe_payment_intent_id,
+        stripe_charge_id=stripe_charge_id,
+        attempt_id=attempt_id,
+    )
+    session.add(payment)
+    session.flush()
+    for invoice, part in allocations:
+        if invoice.account_id != account.id or part.minor <= 0:
+            raise ValidationFailed("A payment can only be applied to the account's own invoices.")
+        if part > invoice.amount_due:
+            raise Conflict(f"Invoice {invoice.number} has less than that left to pay.")
+        payment.allocations.append(PaymentAllocation(invoice_id=invoice.id, amount_minor=part.minor))
+        invoice.amount_paid_minor += part.minor
+        if invoice.amount_due_minor == 0:
+            transition(session, invoice, InvoiceStatus.PAID, actor)
+            invoice.paid_at = received_at
+    ledger.post(
+        session,
+        account_id=account.id,
+        kind=LedgerKind.PAYMENT,
+        amount=amount,
+        source_ref=f"payment:{payment.id}",
+        effective_at=received_at,
+        description=f"Payment {method_description}".strip(),
+    )
+    record(
+        session,
+        "payment.recorded",
+        actor_kind=actor.kind,
+        actor_user_id=actor.user_id,
+        account_id=account.id,
+        target_type="payment",
+        target_id=payment.public_id,
+        after={"amount_minor": amount.minor, "currency": amount.currency},
+        ip=actor.ip,
+    )
+    session.flush()
+    return payment
+
+
+def credit_note_series_key(account: Account) -> str:
+    return f"credit_note:{account.invoice_prefix}"
+
+
+def issue_credit_note(
+    session: Session,
+    invoice: Invoice,
+    amount: Money,
+    *,
+    reason: str,
+    memo: str = "",
+    lines: Sequence[tuple[InvoiceLine | None, str, Money]] = (),
+    issued_by_user_id: int | None = None,
+    dispute_id: int | None = None,
+    issued_at: datetime | None = None,
+    actor: Actor = SYSTEM,
+) -> CreditNote:
+    """Reduce what is owed on an open invoice; the invoice itself stays as it was issued."""
+    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+        raise Conflict("Only an unpaid, issued invoice can be credited.")
+    if amount.currency != invoice.currency or amount.minor <= 0:
+        raise ValidationFailed("A credit must be a positive amount in the invoice's currency.")
+    if amount > invoice.amount_due:
+        raise ValidationFailed("A credit cannot be more than what is left to pay on the invoice.")
+    if lines and sum(part.minor for _, _, part in lines) != amount.minor:
+        raise ValidationFailed("The credited lines must add up to the credit.")
+    account = invoice.account
+    when = issued_at or clock.now()
+    sequence = next_in_series(session, credit_note_series_key(account))
+    note = CreditNote(
+        number=f"{account.invoice_prefix}-CN-{sequence:04d}",
+        series_key=credit_note_series_key(account),
+        sequence=sequence,
+        account_id=account.id,
+        invoice_id=invoice.id,
+        dispute_id=dispute_id,
+        currency=amount.currency,
+        amount_minor=amount.minor,
+        reason=reason,
+        memo=memo,
+        issued_by_user_id=issued_by_user_id,
+        issued_at=when,
+    )
+    for invoice_line, description, part in lines or [(None, memo or "Credit", amount)]:
+        note.lines.append(
+            CreditNoteLine(
+                invoice_line_id=invoice_line.id if invoice_line else None,
+                description=description,
+                amount_minor=part.minor,
+            )
+        )
+    session.add(note)
+    invoice.amount_credited_minor += amount.minor
+    session.flush()
+    ledger.post(
+        session,
+        account_id=account.id,
+        kind=LedgerKind.CREDIT_NOTE,
+        amount=amount,
+        source_ref=f"credit_note:{note.id}",
+        effective_at=when,
+        description=f"Credit note {note.number} for {invoice.number}",
+        invoice_id=invoice.id,
+    )
+    if invoice.amount_due_minor == 0:
+        transition(session, invoice, InvoiceStatus.PAID, actor)
+        invoice.paid_at = when
+    record(
+        session,
+        "credit_note.issued",
+        actor_kind=actor.kind,
+        actor_user_id=actor.user_id,
+        account_id=account.id,
+        target_type="credit_note",
+        target_id=note.number,
+        after={"amount_minor": amount.minor, "invoice": invoice.number, "reason": reason},
+        ip=actor.ip,
+    )
+    session.flush()
+    return note
+
+
+def void_invoice(
+    session: Session, invoice: Invoice, *, actor: Actor = SYSTEM, voided_at: datetime | None = None
+) -> Invoice:
+    """Cancel an issued invoice that nothing has been paid or credited on."""
+    if invoice.amount_paid_minor or invoice.amount_credited_minor:
+        raise Conflict("An invoice with payments or credits cannot be voided; issue a credit note.")
+    when = voided_at or clock.now()
+    transition(session, invoice, InvoiceStatus.VOID, actor)
+    invoice.voided_at = when
+    if invoice.total_minor > 0:
+        ledger.post(
+            session,
+            account_id=invoice.account_id,
+            kind=LedgerKind.INVOICE_VOID,
+            amount=invoice.total,
+            source_ref=f"invoice_void:{invoice.id}",
+            effective_at=when,
+            description=f"Invoice {invoice.number} voided",
+            invoice_id=invoice.id,
+        )
+    session.flush()
+    return invoice
+
+
+def record_refund_in_ledger(
+    session: Session, payment: Payment, amount: Money, *, refund_id: int, refunded_at: datetime
+) -> None:
+    """Money given back raises the balance again (the payment no longer covers it)."""
+    if amount.minor <= 0 or amount.minor > payment.amount_minor - payment.amount_refunded_minor:
+        raise ValidationFailed("A refund must be positive and no more than what is left to refund.")
+    payment.amount_refunded_minor += amount.minor
+    ledger.post(
+        session,
+        account_id=payment.account_id,
+        kind=LedgerKind.REFUND,
+        amount=amount,
+        source_ref=f"refund:{refund_id}",
+        effective_at=refunded_at,
+        description="Refund",
+    )
+
+
+def invoice_by_number(session: Session, account_id: int, number: str) -> Invoice | None:
+    return session.scalar(
+        select(Invoice).where(Invoice.account_id == account_id, Invoice.number == number)
+    )

@@ -1,0 +1,35 @@
+"""Imports every feature's models so that Base.metadata (and Alembic) sees the whole schema."""
+
+from portal.accounts.models import Account, Membership, RecoveryCode, User
+from portal.audit.models import AuditEvent
+from portal.auth.models import LoginToken
+from portal.billing.models import (
+    CreditNote,
+    CreditNoteLine,
+    Invoice,
+    InvoiceDocument,
+    InvoiceLine,
+    LedgerEntry,
+    NumberSeries,
+)
+from portal.db import Base
+from portal.disputes.models import Attachment, Dispute, DisputeLine, DisputeMessage
+from portal.notifications.models import OutboxEmail
+from portal.payments.models import (
+    Payment,
+    PaymentAllocation,
+    PaymentAttempt,
+    PaymentAttemptItem,
+    PaymentMethod,
+    Refund,
+    StripeEvent,
+)
+from portal.subscriptions.models import Plan, Price, PriceTier, Subscription, UsageRecord
+
+__all__ = [
+    "Account", "Attachment", "AuditEvent", "Base", "CreditNote", "CreditNoteLine", "Dispute",
+    "DisputeLine", "DisputeMessage", "Invoice", "InvoiceDocument", "InvoiceLine", "LedgerEntry",
+    "LoginToken", "Membership", "NumberSeries", "OutboxEmail", "Payment", "PaymentAllocation",
+    "PaymentAttempt", "PaymentAttemptItem", "PaymentMethod", "Plan", "Price", "PriceTier",
+    "RecoveryCode", "Refund", "StripeEvent", "Subscription", "UsageRecord", "User",
+]

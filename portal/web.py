@@ -1,0 +1,113 @@
+"""Request-level helpers: page-or-partial rendering, safe redirects, response headers."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, g, redirect, render_template, request, url_for
+from portal.extensions import htmx
+
+
+def wants_partial() -> bool:
+    """True for a real HTMX swap; boosted links and history restores get the full page."""
+    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+
+
+def render_page(page: str, partial: str | None = None, **context: Any) -> Response:
+    """Render the full page, or only `partial` for an HTMX swap of the same URL."""
+    template = partial if partial and wants_partial() else page
+    response = Response(render_template(template, **context))
+    if partial:
+        response.vary.add("HX-Request")
+    return response
+
+
+def see_other(location: str) -> Response:
+    """Redirect after a POST (303), and tell HTMX to follow it as a full navigation."""
+    response = redirect(location, code=303)
+    if htmx:
+        response.headers["HX-Redirect"] = location
+    return response
+
+
+def is_safe_next(target: str | None) -> bool:
+    """Only same-site relative paths are followed after sign-in (no open redirects)."""
+    if not target:
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target
+
+
+def csp_nonce() -> str:
+    if "csp_nonce" not in g:
+        g.csp_nonce = secrets.token_urlsafe(16)
+    return g.csp_nonce
+
+
+def init_security_headers(app: Flask) -> None:
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        stripe_origin = _origin(app.config["STRIPE_JS_URL"])
+        stripe_api = _origin(app.config["STRIPE_API_BASE"])
+        nonce = csp_nonce()
+        response.headers["Content-Security-Policy"] = "; ".join(
+            [
+                "default-src 'self'",
+                f"script-src 'self' 'nonce-{nonce}' {stripe_origin}",
+                "style-src 'self'",
+                "img-src 'self' data:",
+                f"connect-src 'self' {stripe_api} {stripe_origin}",
+                f"frame-src {stripe_origin}",
+                "font-src 'self'",
+                "object-src 'none'",
+                "base-uri 'none'",
+                "form-action 'self'",
+                "frame-ancestors 'none'",
+            ]
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        if app.config["BASE_URL"].startswith("https://"):
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        if request.endpoint != "static" and "Cache-Control" not in response.headers:
+            # NOTE: billing pages must never sit in a shared or back-button cache.
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+_NAVIGATION = (
+    ("billing.dashboard", "Dashboard"),
+    ("billing.invoices", "Invoices"),
+    ("billing.statements", "Statements"),
+    ("payments.history", "Payments"),
+    ("subscriptions.index", "Subscriptions"),
+    ("accounts.details", "Account"),
+)
+
+
+def init_template_globals(app: Flask) -> None:
+    def invoice_url(number: str) -> str | None:
+        if "billing.invoice_detail" not in app.view_functions:
+            return None
+        return url_for("billing.invoice_detail", number=number)
+
+    @app.context_processor
+    def portal_globals() -> dict[str, Any]:
+        return {
+            "nav_items": [(e, label) for e, label in _NAVIGATION if e in app.view_functions],
+            "invoice_url": invoice_url,
+            "csp_nonce": csp_nonce,
+            "brand_name": app.config["BRAND_NAME"],
+            "brand_color": app.config["BRAND_COLOR"],
+            "brand_logo": app.config["BRAND_LOGO"],
+        }
