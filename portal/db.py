@@ -43,7 +43,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def new_public_id() -> str:
-    """A random, URL-safe identifier for objects that appear in URLs (not guessable, not sequential)."""
+    """A random, URL-safe id for objects that appear in URLs (neither guessable nor sequential)."""
     return secrets.token_urlsafe(12)
 
 

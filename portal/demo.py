@@ -61,7 +61,10 @@ PLANS: dict[str, tuple[str, str, list[tuple[str, str, int, int, str, int, str]]]
     "business": (
         "Business",
         "Priority support and audit features.",
-        [("USD", "per_unit", 2500, 0, "seat", 0, ""), ("EUR", "per_unit", 2300, 0, "seat", 1900, "VAT 19%")],
+        [
+            ("USD", "per_unit", 2500, 0, "seat", 0, ""),
+            ("EUR", "per_unit", 2300, 0, "seat", 1900, "VAT 19%"),
+        ],
     ),
     "usage": (
         "Usage",
@@ -143,7 +146,10 @@ CUSTOMERS = (
     ),
 )
 
-STAFF = (("support@example.com", "Sam Support", "support"), ("admin@example.com", "Alex Admin", "admin"))
+STAFF = (
+    ("support@example.com", "Sam Support", "support"),
+    ("admin@example.com", "Alex Admin", "admin"),
+)
 
 # GB processed in each of Grace's months, oldest first (reported as daily usage records).
 GRACE_USAGE_GB = (96, 118, 143, 131)
@@ -362,4 +368,3 @@ def _seed_usage(
                     idempotency_key=f"demo:{(start + timedelta(days=offset)).isoformat()}",
                 )
             )
-

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from portal.extensions import db
+from portal.extensions import db, login_manager
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,22 @@ class ServiceUnavailable(DomainError):
 _TITLES = {
     400: ("Bad request", "The request could not be understood."),
     403: ("Not allowed", "You do not have access to this page."),
-    404: ("Page not found", "We could not find that page. It may have moved, or the link is wrong."),
+    404: (
+        "Page not found",
+        "We could not find that page. It may have moved, or the link is wrong.",
+    ),
     405: ("Not allowed", "That action is not available here."),
     413: ("Too large", "That upload is too large."),
     422: ("Please check what you entered", "Some of the details need another look."),
     429: ("Slow down a little", "Too many attempts. Please wait a minute and try again."),
-    500: ("Something went wrong", "We hit an unexpected error. Nothing was changed; please try again."),
-    503: ("Briefly unavailable", "We cannot reach our billing records right now. Please try again in a minute."),
+    500: (
+        "Something went wrong",
+        "We hit an unexpected error. Nothing was changed; please try again.",
+    ),
+    503: (
+        "Briefly unavailable",
+        "We cannot reach our billing records right now. Please try again in a minute.",
+    ),
 }
 
 
@@ -115,6 +124,8 @@ def register_error_handlers(app: Flask) -> None:
     def database_down(error: Exception) -> Response:
         log.warning("database unavailable: %s", type(error).__name__)
         _safe_rollback()
+        # NOTE: the error page must not ask the database who is signed in a second time.
+        g._login_user = login_manager.anonymous_user()
         response = render_error(503)
         response.headers["Retry-After"] = "30"
         return response
@@ -134,5 +145,5 @@ def _description(error: HTTPException) -> str | None:
 def _safe_rollback() -> None:
     try:
         db.session.rollback()
-    except Exception:  # noqa: BLE001 - the database may be the thing that is down
+    except Exception:
         log.warning("rollback failed after an error", exc_info=True)

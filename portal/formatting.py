@@ -26,7 +26,10 @@ def money(value: Money | None, locale: str | None = None) -> str:
     # NOTE: CLDR and ISO 4217 disagree on a few currencies (IQD); ISO's exponent decides.
     pattern = "¤#,##0" + ("." + "0" * digits if digits else "")
     return format_currency(
-        value.to_decimal(), value.currency, format=pattern, locale=locale or _locale(),
+        value.to_decimal(),
+        value.currency,
+        format=pattern,
+        locale=locale or _locale(),
         currency_digits=False,
     )
 

@@ -6,7 +6,8 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, redirect, render_template, request, url_for
+from flask import Flask, Response, redirect, render_template, request, url_for
+
 from portal.extensions import htmx
 
 
@@ -41,9 +42,10 @@ def is_safe_next(target: str | None) -> bool:
 
 
 def csp_nonce() -> str:
-    if "csp_nonce" not in g:
-        g.csp_nonce = secrets.token_urlsafe(16)
-    return g.csp_nonce
+    """The nonce of this response's Content-Security-Policy (one per request)."""
+    if "portal.csp_nonce" not in request.environ:
+        request.environ["portal.csp_nonce"] = secrets.token_urlsafe(16)
+    return request.environ["portal.csp_nonce"]
 
 
 def init_security_headers(app: Flask) -> None:

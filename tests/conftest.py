@@ -103,6 +103,19 @@ def migrate_to_head(app: Flask) -> None:
         db.engine.dispose()
 
 
+def _fresh_g_per_request(app: Flask) -> None:
+    """Tests hold an app context open (for the rolled-back session), and Flask reuses it for
+    requests; production starts every request with an empty `g`, so the tests do too."""
+
+    def clear_g() -> None:
+        from flask import g
+
+        for name in list(g):
+            g.pop(name)
+
+    app.before_request_funcs.setdefault(None, []).insert(0, clear_g)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -114,6 +127,7 @@ def app(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flas
     url = fresh_database(backend, tmp_path_factory.mktemp(backend), "suite")
     application = create_app(make_config(url))
     migrate_to_head(application)
+    _fresh_g_per_request(application)
     yield application
     with application.app_context():
         db.engine.dispose()
@@ -203,3 +217,17 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.thread.start()
     yield server
     server.server.shutdown()
+
+
+def login_as(client: FlaskClient, user: Any) -> None:
+    """Sign a test client in through the real magic-link flow (issue a token, POST it)."""
+    from datetime import timedelta
+
+    from portal.auth.services import TokenSigner, issue_login_token
+
+    app = client.application
+    token = issue_login_token(
+        db.session, TokenSigner(app.config["SECRET_KEYS"]), user, lifetime=timedelta(minutes=10)
+    )
+    response = client.post(f"/login/{token}")
+    assert response.status_code == 303, response.get_data(as_text=True)

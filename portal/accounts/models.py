@@ -122,5 +122,3 @@ class RecoveryCode(Base):
     code_hash: Mapped[str] = mapped_column(String(64))
     used_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
-
-

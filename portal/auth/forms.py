@@ -13,6 +13,8 @@ class LoginForm(FlaskForm):
         validators=[
             DataRequired("Please enter your email address."),
             Length(max=254, message="That email address is too long."),
-            Email("Please enter an email address like name@example.com.", check_deliverability=False),
+            Email(
+                "Please enter an email address like name@example.com.", check_deliverability=False
+            ),
         ],
     )

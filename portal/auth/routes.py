@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request, url_for
-
 from sqlalchemy import func, select
 
 from portal.accounts.models import User
@@ -101,5 +100,3 @@ def logout() -> Response:
         db.session.commit()
     sign_out()
     return see_other(url_for("auth.login"))
-
-

@@ -1,4 +1,4 @@
-"""The ledger: every change to what an account owes, and the balances and statements read from it."""
+"""The ledger: every change to what an account owes; balances and statements are read from it."""
 
 from __future__ import annotations
 

@@ -78,9 +78,7 @@ class Invoice(Base):
         CheckConstraint(
             "amount_paid_minor + amount_credited_minor <= total_minor", name="not_overpaid"
         ),
-        CheckConstraint(
-            "(status = 'draft') = (number IS NULL)", name="number_iff_finalized"
-        ),
+        CheckConstraint("(status = 'draft') = (number IS NULL)", name="number_iff_finalized"),
         CheckConstraint("due_date IS NULL OR due_date >= issue_date", name="due_after_issue"),
         UniqueConstraint("series_key", "sequence"),
         Index("ix_invoices_account_id_issue_date", "account_id", "issue_date", "id"),
@@ -158,8 +156,10 @@ class InvoiceLine(Base):
             name="kind_valid",
         ),
         CheckConstraint("tax_rate_bp >= 0 AND tax_rate_bp <= 10000", name="tax_rate_valid"),
-        CheckConstraint("kind = 'discount' OR amount_minor >= 0 OR kind = 'proration'",
-                        name="only_credits_negative"),
+        CheckConstraint(
+            "kind = 'discount' OR amount_minor >= 0 OR kind = 'proration'",
+            name="only_credits_negative",
+        ),
         CheckConstraint("kind != 'discount' OR amount_minor <= 0", name="discount_not_positive"),
         CheckConstraint("quantity >= 0", name="quantity_non_negative"),
     )

@@ -57,8 +57,10 @@ def dashboard_summary(
 ) -> DashboardSummary:
     """Everything the dashboard shows, in a fixed handful of queries."""
     overdue_expr = case(
-        (Invoice.due_date < today,
-         Invoice.total_minor - Invoice.amount_paid_minor - Invoice.amount_credited_minor),
+        (
+            Invoice.due_date < today,
+            Invoice.total_minor - Invoice.amount_paid_minor - Invoice.amount_credited_minor,
+        ),
         else_=0,
     )
     overdue_minor, overdue_count = session.execute(
@@ -69,9 +71,7 @@ def dashboard_summary(
     ).one()
     invoices = list(session.scalars(open_invoices(account_id).limit(5)))
     subscriptions = list(
-        session.scalars(
-            subscriptions_of(account_id).where(Subscription.status != "canceled")
-        )
+        session.scalars(subscriptions_of(account_id).where(Subscription.status != "canceled"))
     )
     open_disputes = session.scalar(
         select(func.count(Dispute.id)).where(
@@ -94,7 +94,8 @@ def _next_charge(subscriptions: list[Subscription]) -> NextCharge | None:
     from portal.subscriptions.pricing import estimate_period_amount
 
     upcoming = [
-        s for s in subscriptions
+        s
+        for s in subscriptions
         if s.status in ("active", "trialing", "past_due") and not s.cancel_at_period_end
     ]
     if not upcoming:

@@ -47,7 +47,7 @@ class InvoiceImmutable(Conflict):
 
 @dataclass(frozen=True)
 class LineInput:
-    """A line to put on a draft invoice. `amount_minor` defaults to quantity × unit amount."""
+    """A line to put on a draft invoice. `amount_minor` defaults to quantity times unit amount."""
 
     description: str
     unit_amount_minor: int
@@ -145,7 +145,9 @@ def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
         raise ValidationFailed("Every invoice line needs a description.")
     if line.quantity < 0:
         raise ValidationFailed("A quantity cannot be negative.")
-    amount = line.quantity * line.unit_amount_minor if line.amount_minor is None else line.amount_minor
+    amount = (
+        line.quantity * line.unit_amount_minor if line.amount_minor is None else line.amount_minor
+    )
     if line.kind == LineKind.DISCOUNT and amount > 0:
         amount = -amount
     # NOTE: tax is rounded once per line (half up), so the lines always sum to the total.
@@ -282,7 +284,9 @@ def record_payment(
             raise ValidationFailed("A payment can only be applied to the account's own invoices.")
         if part > invoice.amount_due:
             raise Conflict(f"Invoice {invoice.number} has less than that left to pay.")
-        payment.allocations.append(PaymentAllocation(invoice_id=invoice.id, amount_minor=part.minor))
+        payment.allocations.append(
+            PaymentAllocation(invoice_id=invoice.id, amount_minor=part.minor)
+        )
         invoice.amount_paid_minor += part.minor
         if invoice.amount_due_minor == 0:
             transition(session, invoice, InvoiceStatus.PAID, actor)

@@ -117,9 +117,7 @@ class PaymentAttemptItem(Base):
     )
 
     id: Mapped[intpk]
-    attempt_id: Mapped[int] = mapped_column(
-        ForeignKey("payment_attempts.id", ondelete="CASCADE")
-    )
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("payment_attempts.id", ondelete="CASCADE"))
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="RESTRICT"))
     amount_minor: Mapped[money_minor]
     is_live: Mapped[bool] = mapped_column(default=True)
@@ -209,9 +207,7 @@ class StripeEvent(Base):
 
     __tablename__ = "stripe_events"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('processed', 'ignored', 'failed')", name="status_valid"
-        ),
+        CheckConstraint("status IN ('processed', 'ignored', 'failed')", name="status_valid"),
         Index("ix_stripe_events_received_at", "received_at"),
     )
 

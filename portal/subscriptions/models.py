@@ -60,7 +60,9 @@ class Price(Base):
         CheckConstraint(
             "(pricing_model = 'tiered') = (tier_mode IS NOT NULL)", name="tier_mode_iff_tiered"
         ),
-        CheckConstraint("tier_mode IS NULL OR tier_mode IN ('graduated', 'volume')", name="tier_mode_valid"),
+        CheckConstraint(
+            "tier_mode IS NULL OR tier_mode IN ('graduated', 'volume')", name="tier_mode_valid"
+        ),
         CheckConstraint("min_quantity >= 0", name="min_quantity_non_negative"),
         CheckConstraint(
             "max_quantity IS NULL OR max_quantity >= min_quantity", name="max_quantity_above_min"
@@ -120,9 +122,7 @@ class Subscription(Base):
             name="status_valid",
         ),
         CheckConstraint("quantity >= 0", name="quantity_non_negative"),
-        CheckConstraint(
-            "current_period_end > current_period_start", name="period_end_after_start"
-        ),
+        CheckConstraint("current_period_end > current_period_start", name="period_end_after_start"),
         CheckConstraint(
             "collection_method IN ('charge_automatically', 'send_invoice')",
             name="collection_method_valid",

@@ -1,0 +1,50 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FLASK := $(VENV)/bin/flask --app wsgi
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
+DEMO_PORT ?= 5000
+STRIPE_PORT ?= 8420
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint format bench clean-demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: install, migrate and seed the SQLite database, start the Stripe simulator and the portal
+demo: install
+	@mkdir -p instance
+	$(FLASK) db upgrade
+	$(FLASK) portal seed-demo
+	@bash scripts/demo.sh $(DEMO_PORT) $(STRIPE_PORT)
+
+## make test: install the dev tools and run the whole suite (SQLite and, when reachable, PostgreSQL)
+test: install
+	@start=$$(date +%s); \
+	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s"; exit $$status
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench
+
+clean-demo:
+	rm -f instance/portal.sqlite3 instance/portal.sqlite3-*
