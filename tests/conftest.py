@@ -67,7 +67,8 @@ def fresh_database(backend: str, tmp_dir: Path, name: str) -> str:
     reason = postgres_unavailable()
     if reason:
         missing_service(reason)
-    schema = f"portal_{name}_{worker_id()}".lower()
+    # NOTE: one schema per process, so parallel runs on one server never drop each other's.
+    schema = f"portal_{name}_{worker_id()}_{os.getpid()}".lower()
     engine = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
@@ -77,6 +78,19 @@ def fresh_database(backend: str, tmp_dir: Path, name: str) -> str:
     return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
         hide_password=False
     )
+
+
+def drop_database(url: str) -> None:
+    """Drop the PostgreSQL schema made by fresh_database (SQLite files go with tmp_path)."""
+    parsed = sa.engine.make_url(url)
+    options = parsed.query.get("options", "")
+    if not parsed.drivername.startswith("postgresql") or "search_path=" not in str(options):
+        return
+    schema = str(options).split("search_path=", 1)[1]
+    engine = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
 
 
 def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
@@ -131,6 +145,7 @@ def app(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flas
     yield application
     with application.app_context():
         db.engine.dispose()
+    drop_database(url)
 
 
 @pytest.fixture()

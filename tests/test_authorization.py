@@ -1,0 +1,131 @@
+"""The authorization harness: every route in app.url_map, as every kind of visitor.
+
+Each route must be declared in RULES with the status every role gets. The "other" role is a
+customer of another account who uses the owner's object ids: they must get 404, exactly like a
+missing object. A route that is not declared here fails the test, so new routes cannot ship
+without an access decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from portal.accounts.models import Account, Membership, User
+from portal.billing import services as billing
+from portal.billing.models import Invoice
+from tests.conftest import login_as
+
+ROLES = ("anonymous", "owner", "other", "support", "admin")
+SELLER = {"name": "Seller Ltd.", "address": "1 Street", "tax_id": "X1", "email": "s@example.com"}
+
+
+@dataclass
+class World:
+    """The owner's objects, whose ids every role tries."""
+
+    owner: User
+    other: User
+    support: User
+    admin: User
+    account: Account
+    invoice: Invoice
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    method: str
+    path: Callable[[World], str]
+    expect: dict[str, int]
+
+
+def signed_in_only(owner: int = 200, staff: int = 404) -> dict[str, int]:
+    return {"anonymous": 303, "owner": owner, "other": owner, "support": staff, "admin": staff}
+
+
+def public(status: int = 200) -> dict[str, int]:
+    return dict.fromkeys(ROLES, status)
+
+
+# (endpoint, method) -> rule. Paths are built from the owner's objects.
+RULES: dict[tuple[str, str], Rule] = {
+    ("health.healthz", "GET"): Rule("GET", lambda w: "/healthz", public()),
+    ("auth.login", "GET"): Rule("GET", lambda w: "/login", public()),
+    ("auth.login", "POST"): Rule("POST", lambda w: "/login", public(422)),
+    ("auth.confirm", "GET"): Rule("GET", lambda w: "/login/not-a-token", public(400)),
+    ("auth.consume", "POST"): Rule("POST", lambda w: "/login/not-a-token", public(400)),
+    ("auth.logout", "POST"): Rule("POST", lambda w: "/logout", public(303)),
+    ("billing.dashboard", "GET"): Rule("GET", lambda w: "/", signed_in_only()),
+}
+
+IGNORED_ENDPOINTS = {"static"}
+
+
+def _make_customer(session: Session, email: str, name: str, prefix: str) -> tuple[User, Account]:
+    user = User(email=email, name=name)
+    account = Account(
+        name=name, billing_email=email, currency="USD", invoice_prefix=prefix, country="US"
+    )
+    session.add_all([user, account])
+    session.flush()
+    session.add(Membership(user_id=user.id, account_id=account.id, role="owner"))
+    session.flush()
+    return user, account
+
+
+@pytest.fixture()
+def world(session: Session) -> World:
+    owner, account = _make_customer(session, "owner@example.com", "Owner Co", "OWN")
+    other, _ = _make_customer(session, "other@example.com", "Other Co", "OTH")
+    support = User(email="support-t@example.com", staff_role="support")
+    admin = User(email="admin-t@example.com", staff_role="admin")
+    session.add_all([support, admin])
+    invoice = billing.create_draft_invoice(
+        session, account, [billing.LineInput(description="Team plan", unit_amount_minor=5000)]
+    )
+    billing.finalize_invoice(session, invoice, seller=SELLER)
+    session.flush()
+    return World(owner, other, support, admin, account, invoice)
+
+
+def declared_routes(app: Flask) -> set[tuple[str, str]]:
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in IGNORED_ENDPOINTS:
+            continue
+        for method in rule.methods or ():
+            if method not in {"HEAD", "OPTIONS"}:
+                routes.add((rule.endpoint, method))
+    return routes
+
+
+def test_every_route_has_an_access_rule(app: Flask) -> None:
+    undeclared = declared_routes(app) - set(RULES)
+    assert not undeclared, f"routes without an authorization rule: {sorted(undeclared)}"
+    stale = set(RULES) - declared_routes(app)
+    assert not stale, f"rules for routes that no longer exist: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_route_answers_each_role_as_declared(
+    app: Flask, session: Session, world: World, role: str
+) -> None:
+    failures = []
+    for (endpoint, _method), rule in sorted(RULES.items()):
+        client: FlaskClient = app.test_client()
+        user = getattr(world, role, None) if role != "anonymous" else None
+        if user is not None:
+            login_as(client, user)
+        path = rule.path(world)
+        response = client.open(path, method=rule.method)
+        expected = rule.expect[role]
+        if response.status_code != expected:
+            failures.append(f"{rule.method} {path} ({endpoint}) as {role}: "
+                            f"{response.status_code}, expected {expected}")
+    assert not failures, "\n".join(failures)
