@@ -236,7 +236,10 @@ def _seed_customer(
     # NOTE: the latest period began ten days ago, so with 30-day terms its invoice is open and
     # not yet due while the one before is overdue, whatever day the demo is seeded on.
     latest = today - timedelta(days=10)
-    starts = [add_months(latest, -k) for k in range(customer.months - 1, -1, -1)]
+    # Period boundaries, each computed from `latest` so that clamped month ends (Jan 31 ->
+    # Feb 28) never make two periods overlap.
+    bounds = [add_months(latest, k) for k in range(-customer.months, 2)]
+    starts = bounds[1:-1]
     subscription = Subscription(
         account_id=account.id,
         price_id=price.id,
@@ -264,12 +267,12 @@ def _seed_customer(
 
     metered = price.pricing_model == "metered"
     for index, start in enumerate(starts):
-        end = add_months(start, 1)
+        end = bounds[index + 2]
         is_latest = index == len(starts) - 1
         is_previous = index == len(starts) - 2
         if metered:
             # Usage is billed in arrears: the invoice for a month goes out when it ends.
-            start, end = add_months(start, -1), start
+            start, end = bounds[index], start
             gb = GRACE_USAGE_GB[index % len(GRACE_USAGE_GB)]
             _seed_usage(session, subscription, start, end, gb, tz)
             lines = [

@@ -140,7 +140,7 @@ class Invoice(Base):
 
     def is_overdue(self, on: date) -> bool:
         return (
-            self.status == InvoiceStatus.OPEN
+            self.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
             and self.due_date is not None
             and self.due_date < on
             and self.amount_due_minor > 0

@@ -44,7 +44,13 @@ class CurrencyMismatch(ValueError):
 
 def exponent(currency: str) -> int:
     """How many decimals the currency's minor unit has (JPY 0, USD 2, KWD 3)."""
-    if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+    if (
+        not isinstance(currency, str)
+        or len(currency) != 3
+        or not currency.isascii()
+        or not currency.isalpha()
+        or not currency.isupper()
+    ):
         raise ValueError(f"not an ISO 4217 currency code: {currency!r}")
     return _EXPONENTS.get(currency, 2)
 
@@ -55,6 +61,7 @@ def round_minor(value: Decimal | int) -> int:
     NOTE: "half up" is half away from zero (0.5 -> 1, -0.5 -> -1), so a credit of a charge
     rounds to exactly the negative of the charge.
     """
+    _refuse_float(value)
     return int(Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -75,6 +82,8 @@ class Money:
     @classmethod
     def from_decimal(cls, amount: Decimal | str | int, currency: str) -> Self:
         """From major units ("12.345" USD -> 1235 cents), rounded once, half up."""
+        if isinstance(amount, bool) or not isinstance(amount, Decimal | str | int):
+            raise TypeError("Money.from_decimal takes a Decimal, a str or an int, never a float")
         scaled = Decimal(amount).scaleb(exponent(currency))
         return cls(round_minor(scaled), currency)
 
@@ -119,6 +128,7 @@ class Money:
 
     def times(self, factor: Decimal | int) -> Money:
         """Multiply by a quantity or ratio, rounding once."""
+        _refuse_float(factor)
         return Money(round_minor(Decimal(self.minor) * Decimal(factor)), self.currency)
 
     def basis_points(self, bp: int) -> Money:
@@ -128,6 +138,11 @@ class Money:
     def allocate(self, weights: Sequence[int]) -> list[Money]:
         """Split over weights so that the parts sum exactly to self (largest remainder)."""
         return [Money(part, self.currency) for part in allocate_minor(self.minor, weights)]
+
+
+def _refuse_float(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"money arithmetic takes Decimal or int, not {type(value).__name__}")
 
 
 def allocate_minor(total: int, weights: Sequence[int]) -> list[int]:
