@@ -425,8 +425,14 @@ def record_refund_in_ledger(
     session: Session, payment: Payment, amount: Money, *, refund_id: int, refunded_at: datetime
 ) -> None:
     """Money given back raises the balance again (the payment no longer covers it)."""
-    if amount.minor <= 0 or amount.minor > payment.amount_minor - payment.amount_refunded_minor:
-        raise ValidationFailed("A refund must be positive and no more than what is left to refund.")
+    if (
+        amount.currency != payment.currency
+        or amount.minor <= 0
+        or amount.minor > payment.amount_minor - payment.amount_refunded_minor
+    ):
+        raise ValidationFailed(
+            "A refund must be positive, in the payment's currency and no more than what is left."
+        )
     payment.amount_refunded_minor += amount.minor
     ledger.post(
         session,

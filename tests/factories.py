@@ -1,0 +1,144 @@
+"""Small factories for the models tests need most. Each takes the test's session and flushes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from portal import clock
+from portal.accounts.models import Account, Membership, User
+from portal.billing import services
+from portal.billing.models import Invoice
+from portal.subscriptions.models import Plan, Price, PriceTier
+
+SELLER: dict[str, Any] = {
+    "name": "Northwind Cloud Ltd.",
+    "address": "1 Harbour Street\nBristol BS1 4RN\nUnited Kingdom",
+    "tax_id": "GB 123 4567 89",
+    "email": "billing@example.com",
+}
+
+_counter = itertools.count(1)
+
+
+def _next() -> int:
+    return next(_counter)
+
+
+def make_account(session: Session, currency: str = "USD", **overrides: Any) -> Account:
+    """An account with a unique invoice prefix (T0001, T0002, …) unless one is given."""
+    n = _next()
+    fields: dict[str, Any] = {
+        "name": f"Test Customer {n}",
+        "billing_email": f"billing{n}@example.com",
+        "currency": currency,
+        "invoice_prefix": f"T{n:05d}",
+        "timezone": "UTC",
+    }
+    fields.update(overrides)
+    account = Account(**fields)
+    session.add(account)
+    session.flush()
+    return account
+
+
+def make_user(
+    session: Session,
+    email: str | None = None,
+    account: Account | None = None,
+    role: str = "owner",
+    staff_role: str | None = None,
+) -> User:
+    """A user; with `account`, a member of it in `role`; with `staff_role`, a staff member."""
+    user = User(
+        email=email or f"user{_next()}@example.com", name="Test User", staff_role=staff_role
+    )
+    session.add(user)
+    session.flush()
+    if account is not None:
+        session.add(Membership(user_id=user.id, account_id=account.id, role=role))
+        session.flush()
+    return user
+
+
+def make_invoice(
+    session: Session,
+    account: Account,
+    amounts: Sequence[int] = (1000,),
+    tax_rate_bp: int = 0,
+    finalize: bool = True,
+    issue_date: date | None = None,
+    finalized_at: datetime | None = None,
+) -> Invoice:
+    """An invoice with one line per amount, finalized (numbered, posted) unless told otherwise."""
+    if issue_date is None and finalized_at is not None:
+        issue_date = finalized_at.date()
+    lines = [
+        services.LineInput(
+            description=f"Item {position}",
+            unit_amount_minor=amount,
+            tax_rate_bp=tax_rate_bp,
+            tax_name="VAT" if tax_rate_bp else "",
+        )
+        for position, amount in enumerate(amounts, start=1)
+    ]
+    invoice = services.create_draft_invoice(
+        session, account, lines, issue_date=issue_date or clock.today(account.timezone)
+    )
+    if finalize:
+        services.finalize_invoice(session, invoice, seller=SELLER, finalized_at=finalized_at)
+    return invoice
+
+
+def make_price(
+    session: Session | None = None,
+    *,
+    currency: str = "USD",
+    pricing_model: str = "flat",
+    unit_amount_minor: int = 0,
+    flat_amount_minor: int = 0,
+    tier_mode: str | None = None,
+    tiers: Sequence[tuple[int | None, int, int]] = (),
+    tax_rate_bp: int = 0,
+    min_quantity: int = 1,
+    max_quantity: int | None = None,
+    plan: Plan | None = None,
+) -> Price:
+    """A price; `tiers` are (up_to, unit amount, flat amount). Without a session it stays unsaved.
+
+    Every amount is set explicitly, because column defaults only apply when a row is inserted.
+    """
+    price = Price(
+        currency=currency,
+        billing_interval="month",
+        interval_count=1,
+        pricing_model=pricing_model,
+        tier_mode=tier_mode,
+        unit_amount_minor=unit_amount_minor,
+        flat_amount_minor=flat_amount_minor,
+        unit_label="",
+        min_quantity=min_quantity,
+        max_quantity=max_quantity,
+        tax_rate_bp=tax_rate_bp,
+        tax_name="",
+        is_active=True,
+        tiers=[
+            PriceTier(
+                position=position, up_to=up_to, unit_amount_minor=unit, flat_amount_minor=flat
+            )
+            for position, (up_to, unit, flat) in enumerate(tiers, start=1)
+        ],
+    )
+    if session is not None:
+        if plan is None:
+            n = _next()
+            plan = Plan(code=f"test-plan-{n}", name=f"Test plan {n}")
+            session.add(plan)
+        price.plan = plan
+        session.add(price)
+        session.flush()
+    return price
