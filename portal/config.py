@@ -73,7 +73,7 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "MAIL_PASSWORD": env("MAIL_PASSWORD", ""),
         "MAIL_USE_TLS": _bool("MAIL_USE_TLS", False),
         "MAIL_FROM": env("MAIL_FROM", "Billing <billing@example.com>"),
-        "MAIL_DIR": str(instance_path / "mail"),
+        "MAIL_DIR": env("MAIL_DIR", str(instance_path / "mail")),
         "STRIPE_SECRET_KEY": env("STRIPE_SECRET_KEY", DEMO_STRIPE_SECRET_KEY),
         "STRIPE_PUBLISHABLE_KEY": env("STRIPE_PUBLISHABLE_KEY", DEMO_STRIPE_PUBLISHABLE_KEY),
         "STRIPE_WEBHOOK_SECRET": env("STRIPE_WEBHOOK_SECRET", DEMO_STRIPE_WEBHOOK_SECRET),
@@ -104,5 +104,17 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
             "THANK_YOU_NOTE", "Thank you for your business. Questions? Just reply to this email."
         ),
         "WTF_CSRF_TIME_LIMIT": None,
+        # Abuse limits (Flask-Limiter strings); per IP answers 429, per address stays silent.
+        "LOGIN_IP_RATE_LIMIT": env("LOGIN_IP_RATE_LIMIT", "10 per minute;60 per hour"),
+        "LOGIN_ADDRESS_RATE_LIMIT": env("LOGIN_ADDRESS_RATE_LIMIT", "5 per 15 minutes"),
+        "LOGIN_CONSUME_IP_RATE_LIMIT": env("LOGIN_CONSUME_IP_RATE_LIMIT", "20 per minute"),
+        "TOTP_RATE_LIMIT": env("TOTP_RATE_LIMIT", "5 per minute;20 per hour"),
+        # Outbox delivery: retries with exponential backoff, a lease so a crashed sender's rows
+        # go out later, and a final "failed" state that keeps the message for an operator.
+        "MAIL_BATCH_SIZE": int(env("MAIL_BATCH_SIZE", "50")),
+        "MAIL_MAX_ATTEMPTS": int(env("MAIL_MAX_ATTEMPTS", "12")),
+        "MAIL_RETRY_BASE_SECONDS": int(env("MAIL_RETRY_BASE_SECONDS", "30")),
+        "MAIL_CLAIM_LEASE_SECONDS": int(env("MAIL_CLAIM_LEASE_SECONDS", "300")),
+        "MAIL_TIMEOUT_SECONDS": int(env("MAIL_TIMEOUT_SECONDS", "20")),
         "MAX_CONTENT_LENGTH": 12 * 1024 * 1024,
     }

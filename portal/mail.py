@@ -10,6 +10,14 @@ from sqlalchemy.orm import Session
 from portal.notifications.models import OutboxEmail
 
 
+def render_email(template: str, context: dict[str, Any]) -> tuple[str, str]:
+    """The plain-text and HTML bodies of `email/<template>`."""
+    return (
+        render_template(f"email/{template}.txt", **context),
+        render_template(f"email/{template}.html", **context),
+    )
+
+
 def queue_email(
     session: Session,
     *,
@@ -21,12 +29,13 @@ def queue_email(
     dedupe_key: str | None = None,
 ) -> OutboxEmail:
     """Render `email/<template>.txt` and `.html` and put them in the outbox; sent after commit."""
+    text_body, html_body = render_email(template, context)
     email = OutboxEmail(
         to_address=to,
         subject=subject,
         template=template,
-        text_body=render_template(f"email/{template}.txt", **context),
-        html_body=render_template(f"email/{template}.html", **context),
+        text_body=text_body,
+        html_body=html_body,
         account_id=account_id,
         dedupe_key=dedupe_key,
     )

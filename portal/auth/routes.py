@@ -2,101 +2,206 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
-from flask import Blueprint, Response, current_app, render_template, request, url_for
-from sqlalchemy import func, select
+from flask import Blueprint, Response, current_app, render_template, request, session, url_for
+from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import TooManyRequests
 
+from portal.accounts import services as accounts
 from portal.accounts.models import User
 from portal.audit.services import record
-from portal.auth import services
+from portal.auth import limits, services
 from portal.auth.forms import LoginForm
 from portal.auth.sessions import sign_in, sign_out, signed_in_user
-from portal.extensions import db
-from portal.mail import queue_email
-from portal.web import see_other
+from portal.extensions import db, limiter
+from portal.mail import queue_email, render_email
+from portal.web import is_safe_next, see_other
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
+
+# Kept in the session of the browser that asked for a link (see LoginToken.binding_hash).
+BINDING_KEY = "login_binding"
+NEXT_KEY = "login_next"
 
 
 def signer() -> services.TokenSigner:
     return services.TokenSigner(current_app.config["SECRET_KEYS"])
 
 
-def login_link(user: User) -> str:
+def _lifetime() -> timedelta:
+    return timedelta(minutes=current_app.config["LOGIN_TOKEN_MINUTES"])
+
+
+def _link(token: str) -> str:
+    # NOTE: built from BASE_URL, never from the Host header a client sent.
+    return current_app.config["BASE_URL"] + url_for("auth.confirm", token=token)
+
+
+def login_link(user: User, binding: str | None = None) -> str:
     """Issue a token and build its link from BASE_URL (never from the Host header)."""
     token = services.issue_login_token(
         db.session,
         signer(),
         user,
-        lifetime=timedelta(minutes=current_app.config["LOGIN_TOKEN_MINUTES"]),
+        lifetime=_lifetime(),
+        binding=binding,
         ip=request.remote_addr if request else None,
     )
-    return current_app.config["BASE_URL"] + url_for("auth.confirm", token=token)
+    return _link(token)
+
+
+def _actor_kind(user: User) -> str:
+    return "staff" if user.is_staff else "customer"
+
+
+def _audit(action: str, user: User | None, **after: object) -> None:
+    record(
+        db.session,
+        action,
+        actor_kind=_actor_kind(user) if user else "system",
+        actor_user_id=user.id if user else None,
+        target_type="user" if user else "login_token",
+        target_id=user.public_id if user else "",
+        after=after or None,
+        ip=request.remote_addr,
+    )
+
+
+def _home_for(user: User) -> str:
+    if user.is_staff and "staff.home" in current_app.view_functions:
+        return url_for("staff.home")
+    return url_for("billing.dashboard")
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Response | str:
+@limiter.limit(
+    limits.config_limit("LOGIN_IP_RATE_LIMIT"),
+    methods=["POST"],
+    key_func=get_remote_address,
+    exempt_when=limits.limits_off,
+    on_breach=limits.record_breach,
+)
+def login() -> Response | tuple[str, int] | str:
     form = LoginForm()
+    next_target = request.args.get("next")
     if not form.validate_on_submit():
         status = 422 if request.method == "POST" else 200
         return render_template("auth/login.html", form=form), status
     email = form.email.data.strip().lower()
-    user = db.session.scalar(select(User).where(func.lower(User.email) == email))
-    if user is not None and not user.is_disabled:
-        link = login_link(user)
+
+    # NOTE: the same work, page and status whether or not the address is known, and whether or
+    # not its own limit was reached (no account enumeration, and the owner never sees a limit).
+    binding = session.get(BINDING_KEY) or services.new_binding()
+    session[BINDING_KEY] = binding
+    if is_safe_next(next_target):
+        session[NEXT_KEY] = next_target
+    user = services.find_user_by_email(db.session, email)
+    allowed = limits.address_allowed("login", email)
+    if user is not None and allowed:
+        token = services.issue_login_token(
+            db.session,
+            signer(),
+            user,
+            lifetime=_lifetime(),
+            binding=binding,
+            ip=request.remote_addr,
+        )
+    else:
+        token = services.dummy_token(signer())
+    context = {
+        "link": _link(token),
+        "minutes": current_app.config["LOGIN_TOKEN_MINUTES"],
+        "user": user or User(email=email, name=""),
+    }
+    if user is not None and allowed:
         queue_email(
             db.session,
             to=user.email,
             subject="Your sign-in link",
             template="login_link",
-            context={
-                "link": link,
-                "minutes": current_app.config["LOGIN_TOKEN_MINUTES"],
-                "user": user,
-            },
+            context=context,
         )
-    # NOTE: the same page whether or not the address is known (no account enumeration).
+    else:
+        render_email("login_link", context)
     db.session.commit()
     return render_template("auth/check_email.html", email=email)
 
 
+def _link_problem(error: services.DomainError) -> Response | tuple[str, int]:
+    """A friendly page for an expired, used or broken link, with a new link one tap away."""
+    user = signed_in_user()
+    if isinstance(error, services.TokenUsed) and user and user.id == error.details.get("user_id"):
+        # Opening an already used link again in the browser it signed in: just carry on.
+        return see_other(_home_for(user))
+    kind = {
+        services.TokenExpired: "expired",
+        services.TokenUsed: "used",
+    }.get(type(error), "invalid")
+    email = str(error.details.get("email") or "")
+    return render_template("auth/link_problem.html", kind=kind, email=email), error.status
+
+
 @bp.get("/login/<token>")
-def confirm(token: str) -> Response | str:
-    stored = services.find_login_token(db.session, signer(), token)
-    return render_template("auth/confirm.html", token=token, user=stored.user)
+def confirm(token: str) -> Response | tuple[str, int] | str:
+    try:
+        stored = services.find_login_token(db.session, signer(), token)
+    except (services.TokenInvalid, services.TokenExpired, services.TokenUsed) as error:
+        return _link_problem(error)
+    same_browser = services.is_bound_to(stored, session.get(BINDING_KEY))
+    return render_template(
+        "auth/confirm.html", token=token, user=stored.user, same_browser=same_browser
+    )
 
 
 @bp.post("/login/<token>")
-def consume(token: str) -> Response:
-    user = services.consume_login_token(db.session, signer(), token)
+@limiter.limit(
+    limits.config_limit("LOGIN_CONSUME_IP_RATE_LIMIT"),
+    key_func=get_remote_address,
+    exempt_when=limits.limits_off,
+    on_breach=limits.record_breach,
+)
+def consume(token: str) -> Response | tuple[str, int]:
+    # NOTE: on SQLite, take the write lock first (BEGIN IMMEDIATE); PostgreSQL relies on the
+    # conditional UPDATE in consume_login_token.
+    if not db.session().in_transaction():
+        db.session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    try:
+        stored = services.find_login_token(db.session, signer(), token)
+        if not limits.address_allowed("consume", stored.user.email):
+            raise TooManyRequests()
+        user = services.consume_login_token(db.session, signer(), token, stored=stored)
+    except services.TokenUsed as error:
+        _audit("auth.token_reused", db.session.get(User, error.details.get("user_id")))
+        db.session.commit()
+        return _link_problem(error)
+    except services.TokenExpired as error:
+        _audit("auth.token_expired", db.session.get(User, error.details.get("user_id")))
+        db.session.commit()
+        return _link_problem(error)
+    except services.TokenInvalid as error:
+        db.session.rollback()
+        _audit("auth.token_invalid", None)
+        db.session.commit()
+        return _link_problem(error)
+    same_browser = services.is_bound_to(stored, session.get(BINDING_KEY))
+    next_target = session.get(NEXT_KEY) if same_browser else None
     sign_in(user)
-    record(
-        db.session,
-        "auth.sign_in",
-        actor_kind="staff" if user.is_staff else "customer",
-        actor_user_id=user.id,
-        target_type="user",
-        target_id=user.public_id,
-        ip=request.remote_addr,
-    )
+    _audit("auth.sign_in", user, same_browser=same_browser)
     db.session.commit()
-    return see_other(url_for("billing.dashboard"))
+    log.info("user %s signed in", user.public_id)
+    return see_other(next_target if is_safe_next(next_target) else _home_for(user))
 
 
 @bp.post("/logout")
 def logout() -> Response:
     user = signed_in_user()
     if user is not None:
-        record(
-            db.session,
-            "auth.sign_out",
-            actor_kind="staff" if user.is_staff else "customer",
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.public_id,
-            ip=request.remote_addr,
-        )
+        # NOTE: the epoch moves on, so a copy of this cookie stops working on the server too.
+        accounts.end_all_sessions(db.session, user)
+        _audit("auth.sign_out", user)
         db.session.commit()
     sign_out()
     return see_other(url_for("auth.login"))

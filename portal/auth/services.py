@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -60,6 +61,33 @@ def hash_value(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def new_binding() -> str:
+    """A random value for the requesting browser; only its hash goes on the token row."""
+    return secrets.token_urlsafe(32)
+
+
+def is_bound_to(stored: LoginToken, binding: str | None) -> bool:
+    """True when the link is opened in the browser that asked for it."""
+    if not binding or not stored.binding_hash:
+        return False
+    return hmac.compare_digest(stored.binding_hash, hash_value(binding))
+
+
+def find_user_by_email(session: Session, email: str) -> User | None:
+    """The user who may receive a sign-in link at this address (None if unknown or disabled)."""
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or user.is_disabled:
+        return None
+    return user
+
+
+def dummy_token(signer: TokenSigner) -> str:
+    """The same signing and hashing work as a real token, for an address without an account."""
+    raw = secrets.token_urlsafe(32)
+    hash_value(raw)
+    return signer.sign(raw)
+
+
 def issue_login_token(
     session: Session,
     signer: TokenSigner,
@@ -102,18 +130,22 @@ def find_login_token(session: Session, signer: TokenSigner, token: str) -> Login
     stored = session.scalar(select(LoginToken).where(LoginToken.token_hash == hash_value(raw)))
     if stored is None or stored.purpose != signer.purpose:
         raise TokenInvalid()
-    if stored.consumed_at is not None:
-        raise TokenUsed()
-    if stored.retired_at is not None or stored.expires_at <= clock.now():
-        raise TokenExpired()
     if stored.user.is_disabled:
         raise TokenInvalid()
+    # NOTE: the address travels with the error so the page can offer a new link in one tap.
+    if stored.consumed_at is not None:
+        raise TokenUsed(email=stored.user.email, user_id=stored.user_id)
+    if stored.retired_at is not None or stored.expires_at <= clock.now():
+        raise TokenExpired(email=stored.user.email, user_id=stored.user_id)
     return stored
 
 
-def consume_login_token(session: Session, signer: TokenSigner, token: str) -> User:
+def consume_login_token(
+    session: Session, signer: TokenSigner, token: str, stored: LoginToken | None = None
+) -> User:
     """Use a token exactly once: of any number of concurrent tries, one wins."""
-    stored = find_login_token(session, signer, token)
+    if stored is None:
+        stored = find_login_token(session, signer, token)
     now = clock.now()
     claimed = session.execute(
         update(LoginToken)
@@ -126,6 +158,8 @@ def consume_login_token(session: Session, signer: TokenSigner, token: str) -> Us
         .values(consumed_at=now)
         .execution_options(synchronize_session=False)
     )
+    # NOTE: the conditional UPDATE is the guard: of concurrent consumers exactly one changes the
+    # row; the others see zero rows even though their earlier SELECT saw an unused token.
     if claimed.rowcount != 1:
-        raise TokenUsed()
+        raise TokenUsed(email=stored.user.email, user_id=stored.user_id)
     return stored.user

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import abort, g, session
+import secrets
+from datetime import datetime, timedelta
+
+from flask import Flask, abort, g, session
 from flask_login import UserMixin, current_user, login_user, logout_user
 from sqlalchemy import select
 
@@ -39,14 +42,58 @@ def sign_in(user: User) -> None:
     """Start a fresh session for the user (the old session's contents are dropped: no fixation)."""
     session.clear()
     login_user(SessionUser(user))
-    session["signed_in_at"] = clock.now().isoformat()
+    now = clock.now()
+    # NOTE: a new random id makes every sign-in's cookie differ from anything set before it.
+    session["sid"] = secrets.token_urlsafe(16)
+    session["signed_in_at"] = now.isoformat()
+    session["last_seen_at"] = now.isoformat()
+    session["staff"] = user.is_staff
     session.permanent = False
-    user.last_sign_in_at = clock.now()
+    user.last_sign_in_at = now
 
 
 def sign_out() -> None:
+    """Forget the session in this browser (the caller bumps the epoch to end it everywhere)."""
     logout_user()
     session.clear()
+
+
+def session_user_id() -> str | None:
+    """The id this browser's session was signed in under (public id and epoch)."""
+    return session.get("_user_id")
+
+
+def _timeouts(app: Flask, staff: bool) -> tuple[timedelta, timedelta]:
+    prefix = "STAFF_SESSION" if staff else "SESSION"
+    return (
+        timedelta(minutes=app.config[f"{prefix}_IDLE_MINUTES"]),
+        timedelta(hours=app.config[f"{prefix}_ABSOLUTE_HOURS"]),
+    )
+
+
+def session_expired(app: Flask) -> bool:
+    """Apply the idle and absolute timeouts to this request's session; True if it just ended."""
+    if "_user_id" not in session or "signed_in_at" not in session:
+        # NOTE: every session made by sign_in carries its times; the epoch guards the rest.
+        return False
+    now = clock.now()
+    idle, absolute = _timeouts(app, bool(session.get("staff")))
+    try:
+        signed_in_at = datetime.fromisoformat(session["signed_in_at"])
+        last_seen_at = datetime.fromisoformat(session.get("last_seen_at", session["signed_in_at"]))
+    except (TypeError, ValueError):
+        return _end_session()
+    if now - last_seen_at > idle or now - signed_in_at > absolute:
+        return _end_session()
+    if now - last_seen_at >= timedelta(seconds=60):
+        session["last_seen_at"] = now.isoformat()
+    return False
+
+
+def _end_session() -> bool:
+    logout_user()
+    session.clear()
+    return True
 
 
 def signed_in_user() -> User | None:

@@ -1,0 +1,63 @@
+"""The account details page, and "sign out everywhere"."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, flash, request, url_for
+from flask_login import login_required
+
+from portal.accounts import services
+from portal.accounts.forms import COUNTRIES, LANGUAGES, AccountDetailsForm
+from portal.auth.sessions import current_account, sign_out, signed_in_user
+from portal.errors import NotAllowed
+from portal.extensions import db
+from portal.web import render_page, see_other
+
+bp = Blueprint("accounts", __name__)
+
+
+def _render(form: AccountDetailsForm, can_edit: bool, status: int = 200) -> Response:
+    account = current_account()
+    response = render_page(
+        "accounts/details.html",
+        account=account,
+        form=form,
+        can_edit=can_edit,
+        countries=dict(COUNTRIES),
+        languages=dict(LANGUAGES),
+    )
+    response.status_code = status
+    return response
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@login_required
+def details() -> Response:
+    account = current_account()
+    user = signed_in_user()
+    assert user is not None
+    can_edit = services.can_edit_details(db.session, user, account)
+    if request.method == "GET":
+        return _render(AccountDetailsForm(obj=account), can_edit)
+    if not can_edit:
+        raise NotAllowed("Only the account's owner or billing contact can change these details.")
+    form = AccountDetailsForm()
+    if not form.validate():
+        return _render(form, can_edit, status=422)
+    changes = services.update_account_details(
+        db.session, account, user, form.values(), ip=request.remote_addr
+    )
+    db.session.commit()
+    flash("Your billing details are saved." if changes else "Nothing changed.", "success")
+    return see_other(url_for("accounts.details"))
+
+
+@bp.post("/account/sign-out-everywhere")
+@login_required
+def sign_out_everywhere() -> Response:
+    user = signed_in_user()
+    assert user is not None
+    services.sign_out_everywhere(db.session, user, ip=request.remote_addr)
+    db.session.commit()
+    sign_out()
+    flash("You are signed out on every device, this one included.", "success")
+    return see_other(url_for("auth.login"))

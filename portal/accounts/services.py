@@ -1,0 +1,126 @@
+"""Account details and user sessions: the rules, without Flask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from portal import clock
+from portal.accounts.models import Account, MemberRole, Membership, User
+from portal.audit.services import record
+from portal.errors import NotAllowed
+
+# NOTE: the only fields a customer may change; anything else in a form is ignored (no mass
+# assignment of currency, invoice prefix, Stripe id ...).
+EDITABLE_FIELDS = (
+    "name",
+    "billing_email",
+    "address_line1",
+    "address_line2",
+    "city",
+    "postal_code",
+    "region",
+    "country",
+    "tax_id",
+    "locale",
+)
+EDITOR_ROLES = {MemberRole.OWNER.value, MemberRole.BILLING.value}
+
+
+def membership_role(session: Session, user: User, account: Account) -> str | None:
+    """The user's role on the account, or None."""
+    return session.scalar(
+        select(Membership.role).where(
+            Membership.user_id == user.id, Membership.account_id == account.id
+        )
+    )
+
+
+def can_edit_details(session: Session, user: User, account: Account) -> bool:
+    return membership_role(session, user, account) in EDITOR_ROLES
+
+
+def update_account_details(
+    session: Session,
+    account: Account,
+    user: User,
+    values: dict[str, Any],
+    *,
+    ip: str | None = None,
+) -> dict[str, tuple[Any, Any]]:
+    """Apply the editable fields that changed and audit them; returns {field: (before, after)}."""
+    if not can_edit_details(session, user, account):
+        raise NotAllowed("Only the account's owner or billing contact can change these details.")
+    changes = {
+        name: (getattr(account, name), values[name])
+        for name in EDITABLE_FIELDS
+        if name in values and values[name] != getattr(account, name)
+    }
+    if not changes:
+        return changes
+    for name, (_before, after) in changes.items():
+        setattr(account, name, after)
+    record(
+        session,
+        "account.details_updated",
+        actor_kind="customer",
+        actor_user_id=user.id,
+        account_id=account.id,
+        target_type="account",
+        target_id=account.public_id,
+        before={name: before for name, (before, _after) in changes.items()},
+        after={name: after for name, (_before, after) in changes.items()},
+        ip=ip,
+    )
+    session.flush()
+    return changes
+
+
+def end_all_sessions(session: Session, user: User) -> int:
+    """Move the user's session epoch on: every cookie issued before stops working."""
+    session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(session_epoch=User.session_epoch + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(user, ["session_epoch"])
+    return user.session_epoch
+
+
+def sign_out_everywhere(session: Session, user: User, *, ip: str | None = None) -> None:
+    """End every session of the user, on every device, and audit it."""
+    end_all_sessions(session, user)
+    record(
+        session,
+        "auth.sign_out_everywhere",
+        actor_kind="staff" if user.is_staff else "customer",
+        actor_user_id=user.id,
+        target_type="user",
+        target_id=user.public_id,
+        ip=ip,
+    )
+    session.flush()
+
+
+def disable_user(
+    session: Session, user: User, *, actor: User | None = None, ip: str | None = None
+) -> None:
+    """Disable a user: no new links, and every existing session ends."""
+    if user.disabled_at is None:
+        user.disabled_at = clock.now()
+    session.flush()
+    end_all_sessions(session, user)
+    record(
+        session,
+        "user.disabled",
+        actor_kind="staff" if actor is not None else "system",
+        actor_user_id=actor.id if actor else None,
+        target_type="user",
+        target_id=user.public_id,
+        after={"disabled": True},
+        ip=ip,
+    )
+    session.flush()

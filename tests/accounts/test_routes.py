@@ -1,0 +1,120 @@
+"""The account details page: owners and billing contacts edit, with clear messages and an audit."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal.audit.models import AuditEvent
+from tests.conftest import login_as
+from tests.factories import make_account, make_user
+
+VALID = {
+    "name": "Ada Lovelace Studio",
+    "billing_email": "Accounts@Example.com",
+    "address_line1": "12 St James's Square",
+    "address_line2": "",
+    "city": "London",
+    "postal_code": "sw1y 4jh",
+    "region": "",
+    "country": "GB",
+    "tax_id": "gb 123 4567 89",
+    "locale": "en_GB",
+}
+
+
+def test_the_page_shows_the_details_and_a_sign_out_everywhere_button(
+    client: FlaskClient, session: Session
+) -> None:
+    account = make_account(session, name="Shown & <b>Escaped</b>", tax_id="DE123")
+    login_as(client, make_user(session, account=account))
+    page = client.get("/account")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "Shown &amp; &lt;b&gt;Escaped&lt;/b&gt;" in body
+    assert 'value="DE123"' in body
+    assert "Sign out everywhere" in body
+    assert "Save details" in body
+
+
+def test_an_owner_saves_details_and_the_change_is_audited(
+    client: FlaskClient, session: Session
+) -> None:
+    account = make_account(session, name="Old Name")
+    user = make_user(session, account=account)
+    login_as(client, user)
+    response = client.post("/account", data=VALID)
+    assert response.status_code == 303
+    session.refresh(account)
+    assert account.name == "Ada Lovelace Studio"
+    assert account.billing_email == "accounts@example.com"
+    assert account.tax_id == "GB 123 4567 89"
+    assert account.postal_code == "SW1Y 4JH"
+    assert account.locale == "en_GB"
+    event = session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "account.details_updated")
+    ).one()
+    assert event.actor_user_id == user.id
+    assert event.before["name"] == "Old Name"
+    assert event.after["name"] == "Ada Lovelace Studio"
+    assert "Your billing details are saved." in client.get("/account").get_data(as_text=True)
+
+
+def test_bad_input_is_explained_and_changes_nothing(client: FlaskClient, session: Session) -> None:
+    account = make_account(session, name="Keep Me")
+    login_as(client, make_user(session, account=account))
+    cases = {
+        "name": ("   ", "Please enter the name"),
+        "billing_email": ("nope", "name@example.com"),
+        "country": ("XX", "choose a country"),
+        "locale": ("xx_YY", "choose a language"),
+        "tax_id": ("<script>", "Use only letters"),
+        "postal_code": ("1" * 21, "at most 20"),
+    }
+    for field, (value, message) in cases.items():
+        response = client.post("/account", data={**VALID, field: value})
+        assert response.status_code == 422, field
+        assert message in response.get_data(as_text=True), field
+        session.refresh(account)
+        assert account.name == "Keep Me"
+    assert (
+        session.scalars(select(AuditEvent.id).where(AuditEvent.action.like("account.%"))).all()
+        == []
+    )
+
+
+def test_only_editable_fields_can_change(client: FlaskClient, session: Session) -> None:
+    account = make_account(session, currency="USD")
+    login_as(client, make_user(session, account=account))
+    prefix = account.invoice_prefix
+    client.post(
+        "/account",
+        data={**VALID, "currency": "EUR", "invoice_prefix": "HACK", "stripe_customer_id": "cus_x"},
+    )
+    session.refresh(account)
+    assert (account.currency, account.invoice_prefix, account.stripe_customer_id) == (
+        "USD",
+        prefix,
+        None,
+    )
+
+
+def test_a_viewer_sees_the_details_but_cannot_change_them(
+    client: FlaskClient, session: Session
+) -> None:
+    account = make_account(session, name="Read Only")
+    login_as(client, make_user(session, account=account, role="viewer"))
+    page = client.get("/account").get_data(as_text=True)
+    assert "Only the account" in page
+    assert "Save details" not in page
+    response = client.post("/account", data=VALID)
+    assert response.status_code == 403
+    session.refresh(account)
+    assert account.name == "Read Only"
+
+
+def test_a_billing_contact_can_edit(client: FlaskClient, session: Session) -> None:
+    account = make_account(session)
+    login_as(client, make_user(session, account=account, role="billing"))
+    assert client.post("/account", data=VALID).status_code == 303

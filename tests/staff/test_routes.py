@@ -1,0 +1,172 @@
+"""Staff must pass a TOTP second factor before any /staff/ page: enrolment, checks, recovery."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import timedelta
+
+import pyotp
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal import clock
+from portal.accounts.models import RecoveryCode, User
+from portal.audit.models import AuditEvent
+from portal.auth.services import TokenSigner, hash_value, issue_login_token
+from portal.extensions import db
+from tests.factories import make_account, make_user
+
+
+def _first_factor(client: FlaskClient, app: Flask, user: User) -> str:
+    """Sign in by link only (no TOTP yet); returns where the link sent us."""
+    token = issue_login_token(
+        db.session,
+        TokenSigner(app.config["SECRET_KEYS"]),
+        user,
+        lifetime=timedelta(minutes=10),
+    )
+    response = client.post(f"/login/{token}")
+    assert response.status_code == 303
+    return response.headers["Location"]
+
+
+def _enrolled(session: Session, email: str = "staff@example.com") -> User:
+    user = make_user(session, email, staff_role="support")
+    user.totp_secret = pyotp.random_base32()
+    user.totp_confirmed_at = clock.now()
+    session.flush()
+    return user
+
+
+def _actions(session: Session) -> list[str]:
+    return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+
+
+def test_customers_and_strangers_never_see_the_staff_area(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    anonymous = client.get("/staff/")
+    assert anonymous.status_code == 303
+    assert anonymous.headers["Location"].startswith("/login")
+    customer = make_user(session, "cust@example.com", make_account(session))
+    _first_factor(client, app, customer)
+    for path in ("/staff/", "/staff/two-factor", "/staff/two-factor/setup"):
+        assert client.get(path).status_code == 404
+
+
+def test_a_signed_in_staff_member_without_totp_must_enrol_first(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    staff = make_user(session, "new-staff@example.com", staff_role="admin")
+    assert _first_factor(client, app, staff) == "/staff/"
+    response = client.get("/staff/")
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/staff/two-factor/setup"
+
+    page = client.get("/staff/two-factor/setup")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    qr = re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', body)
+    assert qr, "no QR code image"
+    assert base64.b64decode(qr.group(1)).startswith(b"<?xml") or b"<svg" in base64.b64decode(
+        qr.group(1)
+    )
+    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', body)
+    assert secret
+    session.refresh(staff)
+    assert staff.totp_secret is None  # opening the page stored nothing
+
+    wrong = client.post("/staff/two-factor/setup", data={"code": "000000"})
+    assert wrong.status_code == 422
+    assert "did not match" in wrong.get_data(as_text=True)
+    assert client.get("/staff/").status_code == 303
+
+    code = pyotp.TOTP(secret.group(1)).at(clock.now())
+    done = client.post("/staff/two-factor/setup", data={"code": code})
+    assert done.status_code == 200
+    codes = re.findall(r"<code>([0-9a-f]{5}-[0-9a-f]{5})</code>", done.get_data(as_text=True))
+    assert len(codes) == 10
+    session.refresh(staff)
+    assert staff.totp_confirmed_at is not None
+    stored = session.scalars(select(RecoveryCode.code_hash).where(RecoveryCode.user_id == staff.id))
+    hashes = set(stored)
+    assert hashes == {hash_value(c.replace("-", "")) for c in codes}  # only hashes are kept
+    assert client.get("/staff/").status_code == 200
+    assert "staff.totp_enrolled" in _actions(session)
+
+
+def test_an_enrolled_staff_member_passes_totp_on_every_new_sign_in(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    staff = _enrolled(session)
+    _first_factor(client, app, staff)
+    gate = client.get("/staff/")
+    assert gate.status_code == 303
+    assert gate.headers["Location"] == "/staff/two-factor"
+
+    wrong = client.post("/staff/two-factor", data={"code": "123456"})
+    assert wrong.status_code == 422
+    assert client.get("/staff/").status_code == 303
+    assert "staff.second_factor_failed" in _actions(session)
+
+    right = client.post(
+        "/staff/two-factor", data={"code": pyotp.TOTP(staff.totp_secret).at(clock.now())}
+    )
+    assert right.status_code == 303
+    assert right.headers["Location"] == "/staff/"
+    assert client.get("/staff/").status_code == 200
+
+    # Another browser that signs in with a new link starts over at the second factor.
+    other = app.test_client()
+    _first_factor(other, app, staff)
+    assert other.get("/staff/").status_code == 303
+
+
+def test_a_recovery_code_works_once(client: FlaskClient, session: Session, app: Flask) -> None:
+    from portal.staff.services import _replace_recovery_codes
+
+    staff = _enrolled(session)
+    codes = _replace_recovery_codes(session, staff)
+    _first_factor(client, app, staff)
+    assert client.post("/staff/two-factor", data={"code": codes[0].upper()}).status_code == 303
+    assert client.get("/staff/").status_code == 200
+
+    again = app.test_client()
+    _first_factor(again, app, staff)
+    assert again.post("/staff/two-factor", data={"code": codes[0]}).status_code == 422
+    assert again.post("/staff/two-factor", data={"code": codes[1]}).status_code == 303
+
+
+def test_the_second_factor_remembers_where_you_were_going(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    staff = _enrolled(session)
+    _first_factor(client, app, staff)
+    client.get("/staff/?tab=queue")
+    code = pyotp.TOTP(staff.totp_secret).at(clock.now())
+    response = client.post("/staff/two-factor", data={"code": code})
+    assert response.headers["Location"] == "/staff/?tab=queue"
+
+
+def test_create_staff_command(app: Flask, session: Session) -> None:
+    runner = app.test_cli_runner()
+    result = runner.invoke(
+        args=["portal", "create-staff", "New.Support@Example.com", "--role", "support"]
+    )
+    assert result.exit_code == 0, result.output
+    user = session.scalars(select(User).where(User.email == "new.support@example.com")).one()
+    assert user.staff_role == "support"
+    epoch = user.session_epoch
+    result = runner.invoke(args=["portal", "create-staff", user.email, "--role", "admin"])
+    assert result.exit_code == 0
+    session.refresh(user)
+    assert user.staff_role == "admin"
+    assert user.session_epoch == epoch + 1  # a role change ends old sessions
+    bad = runner.invoke(args=["portal", "create-staff", "not-an-email", "--role", "admin"])
+    assert bad.exit_code != 0
+    wrong_role = runner.invoke(args=["portal", "create-staff", "x@example.com", "--role", "god"])
+    assert wrong_role.exit_code != 0
+    assert "staff.role_set" in _actions(session)
