@@ -33,13 +33,19 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     htmx.init_app(app)
 
+    from portal.accounts.routes import bp as accounts_bp
     from portal.auth.routes import bp as auth_bp
     from portal.billing.routes import bp as billing_bp
     from portal.health import bp as health_bp
+    from portal.payments.routes import bp as payments_bp
+    from portal.staff.routes import bp as staff_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(auth_bp)
+    app.register_blueprint(accounts_bp)
+    app.register_blueprint(staff_bp)
     app.register_blueprint(billing_bp)
+    app.register_blueprint(payments_bp)
 
     from portal import auth, errors, formatting, web
 

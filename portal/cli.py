@@ -42,6 +42,67 @@ def login_link_command(email: str) -> None:
     click.echo(link)
 
 
+@portal_cli.command("send-mail")
+@click.option("--loop", is_flag=True, help="Keep delivering until stopped (Ctrl-C).")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
+def send_mail_command(loop: bool, interval: float) -> None:
+    """Deliver the email outbox (SMTP, or instance/mail/ without MAIL_SERVER), with retries."""
+    import time
+
+    from portal.notifications.delivery import deliver_due
+
+    while True:
+        report = deliver_due(db.session, current_app.config)
+        db.session.remove()
+        if report.sent or report.failed or not loop:
+            click.echo(f"sent {report.sent}, will retry {report.failed}")
+        if not loop:
+            return
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+@portal_cli.command("create-staff")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["support", "admin"]), required=True)
+@click.option("--name", default="", help="The staff member's name.")
+def create_staff_command(email: str, role: str, name: str) -> None:
+    """Create a staff user (or change an existing user's staff role)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from portal.audit.services import record
+
+    try:
+        address = validate_email(email.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as error:
+        raise click.ClickException(f"{email} is not a valid email address: {error}") from error
+    user = db.session.scalar(select(User).where(User.email == address))
+    before = user.staff_role if user is not None else None
+    if user is None:
+        user = User(email=address, name=name, staff_role=role)
+        db.session.add(user)
+    else:
+        user.staff_role = role
+        if name:
+            user.name = name
+        if before != role:
+            user.session_epoch += 1  # a role change ends the user's sessions
+    db.session.flush()
+    record(
+        db.session,
+        "staff.role_set",
+        target_type="user",
+        target_id=user.public_id,
+        before={"staff_role": before},
+        after={"staff_role": role},
+    )
+    db.session.commit()
+    verb = "created" if before is None else "updated"
+    click.echo(f"{verb} {role} {address}; two-factor setup starts at the first sign-in")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(portal_cli)
     app.cli.add_command(billing_cli)

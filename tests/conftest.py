@@ -246,3 +246,58 @@ def login_as(client: FlaskClient, user: Any) -> None:
     )
     response = client.post(f"/login/{token}")
     assert response.status_code == 303, response.get_data(as_text=True)
+    if user.is_staff:
+        pass_second_factor(client, user)
+
+
+def pass_second_factor(client: FlaskClient, user: Any) -> None:
+    """Enrol the staff user in TOTP if needed and pass the check with a current code."""
+    import pyotp
+
+    if user.totp_confirmed_at is None:
+        user.totp_secret = pyotp.random_base32()
+        user.totp_confirmed_at = portal_clock.now()
+        db.session.flush()
+    code = pyotp.TOTP(user.totp_secret).at(portal_clock.now())
+    response = client.post("/staff/two-factor", data={"code": code})
+    assert response.status_code == 303, response.get_data(as_text=True)
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a free local port that keeps what it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.handlers import Message
+
+        self.messages: list[Any] = []
+        outer = self
+
+        class Keep(Message):
+            def handle_message(self, message: Any) -> None:
+                outer.messages.append(message)
+
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.host = "127.0.0.1"
+        self.controller = Controller(Keep(), hostname=self.host, port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def config(self) -> dict[str, Any]:
+        return {"MAIL_SERVER": self.host, "MAIL_PORT": self.port, "MAIL_USE_TLS": False}
+
+
+@pytest.fixture()
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 from flask import Flask
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from portal.accounts.models import Account, Membership, User
 from portal.billing import services as billing
 from portal.billing.models import Invoice
+from portal.billing.money import Money
 from tests.conftest import login_as
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
@@ -49,6 +51,15 @@ def signed_in_only(owner: int = 200, staff: int = 404) -> dict[str, int]:
     return {"anonymous": 303, "owner": owner, "other": owner, "support": staff, "admin": staff}
 
 
+def staff_only(staff: int = 200) -> dict[str, int]:
+    return {"anonymous": 303, "owner": 404, "other": 404, "support": staff, "admin": staff}
+
+
+def own_object(owner: int = 200) -> dict[str, int]:
+    """The owner's object by id: another customer and staff get 404, like a missing one."""
+    return {"anonymous": 303, "owner": owner, "other": 404, "support": 404, "admin": 404}
+
+
 def public(status: int = 200) -> dict[str, int]:
     return dict.fromkeys(ROLES, status)
 
@@ -62,6 +73,39 @@ RULES: dict[tuple[str, str], Rule] = {
     ("auth.consume", "POST"): Rule("POST", lambda w: "/login/not-a-token", public(400)),
     ("auth.logout", "POST"): Rule("POST", lambda w: "/logout", public(303)),
     ("billing.dashboard", "GET"): Rule("GET", lambda w: "/", signed_in_only()),
+    ("billing.invoices", "GET"): Rule("GET", lambda w: "/invoices", signed_in_only()),
+    ("billing.invoice_detail", "GET"): Rule(
+        "GET", lambda w: f"/invoices/{w.invoice.number}", own_object()
+    ),
+    ("billing.statements", "GET"): Rule("GET", lambda w: "/statements", signed_in_only()),
+    ("payments.history", "GET"): Rule("GET", lambda w: "/payments", signed_in_only()),
+    ("payments.receipt", "GET"): Rule(
+        "GET", lambda w: f"/payments/{w.extra['payment']}", own_object()
+    ),
+    ("billing.invoice_pdf", "GET"): Rule(
+        "GET", lambda w: f"/invoices/{w.invoice.number}/pdf", own_object()
+    ),
+    # Another customer has no invoices that year: a friendly 404, never the owner's ZIP.
+    ("billing.invoice_export", "GET"): Rule(
+        "GET", lambda w: f"/invoices/export?year={w.invoice.issue_date.year}", own_object()
+    ),
+    ("payments.receipt_pdf", "GET"): Rule(
+        "GET", lambda w: f"/payments/{w.extra['payment']}/pdf", own_object()
+    ),
+    ("accounts.details", "GET"): Rule("GET", lambda w: "/account", signed_in_only()),
+    # An empty form: the owner gets the form back with messages, and changes nothing.
+    ("accounts.details", "POST"): Rule("POST", lambda w: "/account", signed_in_only(422)),
+    ("accounts.sign_out_everywhere", "POST"): Rule(
+        "POST", lambda w: "/account/sign-out-everywhere", signed_in_only(303, staff=303)
+    ),
+    # Staff pages: customers never learn they exist; staff have passed TOTP in login_as.
+    ("staff.home", "GET"): Rule("GET", lambda w: "/staff/", staff_only()),
+    ("staff.totp_verify", "GET"): Rule("GET", lambda w: "/staff/two-factor", staff_only(303)),
+    ("staff.totp_verify", "POST"): Rule("POST", lambda w: "/staff/two-factor", staff_only(303)),
+    ("staff.totp_setup", "GET"): Rule("GET", lambda w: "/staff/two-factor/setup", staff_only(303)),
+    ("staff.totp_setup", "POST"): Rule(
+        "POST", lambda w: "/staff/two-factor/setup", staff_only(303)
+    ),
 }
 
 IGNORED_ENDPOINTS = {"static"}
@@ -90,8 +134,14 @@ def world(session: Session) -> World:
         session, account, [billing.LineInput(description="Team plan", unit_amount_minor=5000)]
     )
     billing.finalize_invoice(session, invoice, seller=SELLER)
+    # A payment kept as credit (the invoice stays open for the routes that need that).
+    payment = billing.record_payment(
+        session, account, Money(1000, "USD"), [], received_at=datetime.now(UTC)
+    )
     session.flush()
-    return World(owner, other, support, admin, account, invoice)
+    world = World(owner, other, support, admin, account, invoice)
+    world.extra["payment"] = payment.public_id
+    return world
 
 
 def declared_routes(app: Flask) -> set[tuple[str, str]]:
@@ -126,6 +176,8 @@ def test_every_route_answers_each_role_as_declared(
         response = client.open(path, method=rule.method)
         expected = rule.expect[role]
         if response.status_code != expected:
-            failures.append(f"{rule.method} {path} ({endpoint}) as {role}: "
-                            f"{response.status_code}, expected {expected}")
+            failures.append(
+                f"{rule.method} {path} ({endpoint}) as {role}: "
+                f"{response.status_code}, expected {expected}"
+            )
     assert not failures, "\n".join(failures)

@@ -131,3 +131,160 @@ def test_sign_in_by_link_and_see_overdue_on_a_phone(live_server: Any, phone: Any
 
     assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
     context.close()
+
+
+def test_invoices_statement_and_payments_on_a_phone(live_server: Any, phone: Any) -> None:
+    """The pages of "what do I owe, and why?": list, one invoice, statement, payments, receipt."""
+    browser, iphone = phone
+    context = browser.new_context(**iphone, reduced_motion="reduce")
+    page = context.new_page()
+    errors = _page_errors(page)
+    page.goto(live_server.login_link(DEMO_EMAIL))
+    page.get_by_role("button", name=f"Sign in as {DEMO_EMAIL}").click()
+    page.wait_for_url(f"{live_server.url}/")
+
+    # The dashboard's call to action leads to the overdue invoice.
+    page.get_by_test_id("overdue-cta").get_by_role("link").click()
+    page.wait_for_url(f"{live_server.url}/invoices/ALS-0011")
+    assert page.get_by_role("heading", level=1, name="Invoice ALS-0011").is_visible()
+    assert page.get_by_test_id("amount-due").inner_text() == "$75.00"
+    _assert_accessible(page, "an overdue invoice")
+    _screenshot(page, "invoice-iphone13")
+
+    page.goto(f"{live_server.url}/invoices")
+    assert page.get_by_role("heading", level=1, name="Invoices").is_visible()
+    _assert_accessible(page, "the invoice list")
+    _screenshot(page, "invoices-iphone13")
+
+    # Filtering swaps the rows in place (HTMX) and puts the filter in the address bar.
+    page.get_by_label("Status").select_option("overdue")
+    page.wait_for_url("**/invoices?*status=overdue*")
+    cards = page.locator("#invoice-list > li")
+    cards.first.wait_for()
+    assert cards.count() == 1
+    assert "ALS-0011" in cards.first.inner_text()
+    _screenshot(page, "invoices-overdue-iphone13")
+
+    page.goto(f"{live_server.url}/statements?period=this_year")
+    assert page.get_by_role("heading", level=1, name="Statement").is_visible()
+    assert page.get_by_test_id("closing").inner_text() == "$150.00"
+    _assert_accessible(page, "the statement")
+    _screenshot(page, "statement-iphone13")
+
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    _assert_accessible(page, "the statement in dark mode")
+    _screenshot(page, "statement-iphone13-dark")
+    page.emulate_media(color_scheme="light")
+
+    # A reversed range: a clear message on the page, not an error page.
+    response = page.goto(f"{live_server.url}/statements?start=2026-05-01&end=2026-04-01")
+    assert response is not None and response.status == 422
+    assert page.get_by_role("alert").is_visible()
+    _assert_accessible(page, "the statement with a bad period")
+
+    page.goto(f"{live_server.url}/payments")
+    assert page.get_by_role("heading", level=1, name="Payments").is_visible()
+    _assert_accessible(page, "the payment history")
+    _screenshot(page, "payments-iphone13")
+
+    page.locator("#payment-list .item-card__link").first.click()
+    page.wait_for_url("**/payments/*")
+    assert page.get_by_role("heading", level=1, name="Receipt").is_visible()
+    _assert_accessible(page, "a receipt")
+    _screenshot(page, "receipt-iphone13")
+
+    page.goto(f"{live_server.url}/invoices/ALS-0006")
+    _assert_accessible(page, "an invoice with a credit note")
+    _screenshot(page, "invoice-credited-iphone13")
+
+    assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
+    context.close()
+
+
+def test_sign_in_from_the_emailed_link_on_a_phone(
+    live_server: Any, phone: Any, tmp_path: Path
+) -> None:
+    """Type the address, get the email (outbox -> send-mail -> mail directory), open the link,
+    confirm, land on the dashboard; the failure pages and the account page pass axe too."""
+    import email
+    import re
+
+    from portal.extensions import db
+    from portal.notifications.delivery import deliver_due
+
+    browser, iphone = phone
+    context = browser.new_context(**iphone, reduced_motion="reduce")
+    page = context.new_page()
+    errors = _page_errors(page)
+
+    page.goto(f"{live_server.url}/account")  # a deep link: sign in first, then come back here
+    assert "Please sign in to continue." in page.content()
+    page.get_by_label("Email address").fill(DEMO_EMAIL)
+    page.get_by_role("button", name="Email me a sign-in link").click()
+    assert page.get_by_role("heading", level=1, name="Check your inbox").is_visible()
+    _assert_accessible(page, "the check-your-inbox page")
+    _screenshot(page, "check-email-iphone13")
+
+    # The operator's delivery writes the email into the mail directory (no MAIL_SERVER).
+    with live_server.app.app_context():
+        report = deliver_due(db.session, {**live_server.app.config, "MAIL_DIR": str(tmp_path)})
+        db.session.remove()
+    assert report.sent >= 1
+    messages = [email.message_from_bytes(p.read_bytes()) for p in sorted(tmp_path.glob("*.eml"))]
+    mine = [m for m in messages if m["To"] == DEMO_EMAIL]
+    text = next(
+        part.get_payload(decode=True).decode()
+        for part in mine[-1].walk()
+        if part.get_content_type() == "text/plain"
+    )
+    link = re.search(r"http://\S+/login/\S+", text)
+    assert link, text
+
+    page.goto(link.group(0))
+    sign_in = page.get_by_role("button", name=f"Sign in as {DEMO_EMAIL}")
+    assert sign_in.is_visible()
+    assert page.get_by_test_id("other-browser").count() == 0  # the browser that asked
+    box = sign_in.bounding_box()
+    assert box is not None and box["height"] >= 44  # thumb-sized
+    sign_in.click()
+    page.wait_for_url(f"{live_server.url}/account")  # `next` survived the trip through email
+    assert page.get_by_role("heading", level=1, name="Account").is_visible()
+    _assert_accessible(page, "the account page")
+    _screenshot(page, "account-iphone13")
+
+    # The same link opened again on another phone: a friendly page with a new link in one tap.
+    other = browser.new_context(**iphone, reduced_motion="reduce")
+    second = other.new_page()
+    response = second.goto(link.group(0))
+    assert response is not None and response.status == 410
+    assert second.get_by_role("heading", level=1, name="This link was already used").is_visible()
+    assert second.get_by_role("button", name=f"Send a new link to {DEMO_EMAIL}").is_visible()
+    _assert_accessible(second, "the used-link page")
+    _screenshot(second, "link-used-iphone13")
+    other.close()
+
+    page.get_by_role("button", name="Sign out everywhere").click()
+    page.wait_for_url(f"{live_server.url}/login")
+    assert "signed out on every device" in page.content()
+    assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
+    context.close()
+
+
+def test_staff_enrol_in_two_factor_on_a_phone(live_server: Any, phone: Any) -> None:
+    browser, iphone = phone
+    context = browser.new_context(**iphone, reduced_motion="reduce")
+    page = context.new_page()
+    errors = _page_errors(page)
+    page.goto(live_server.login_link("support@example.com"))
+    page.get_by_role("button", name="Sign in as support@example.com").click()
+    page.wait_for_url(f"{live_server.url}/staff/two-factor/setup")
+    assert page.get_by_role("img", name="QR code for your authenticator app").is_visible()
+    _assert_accessible(page, "the two-factor setup page")
+    _screenshot(page, "staff-totp-setup-iphone13")
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    _assert_accessible(page, "the two-factor setup page in dark mode")
+    _screenshot(page, "staff-totp-setup-iphone13-dark")
+    assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
+    context.close()

@@ -1,17 +1,32 @@
-"""Customer billing pages: the dashboard (invoices and statements arrive with their issue)."""
+"""Customer billing pages: the dashboard, the invoice list and page, and the statement."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+import importlib
+import re
+
+from flask import Blueprint, Response, abort, current_app, request, url_for
 from flask_login import login_required
 
 from portal import clock
 from portal.auth.sessions import current_account
-from portal.billing.queries import dashboard_summary
+from portal.billing import queries
+from portal.billing.forms import STATUS_CHOICES, InvoiceFilterForm, StatementPeriodForm
+from portal.billing.queries import Cursor, dashboard_summary
+from portal.billing.statements import (
+    InvalidPeriod,
+    StatementView,
+    csv_filename,
+    parse_period,
+    statement_csv,
+    statement_view,
+)
 from portal.extensions import db
 from portal.web import render_page
 
 bp = Blueprint("billing", __name__)
+
+_INVOICE_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,39}")
 
 
 @bp.get("/")
@@ -21,3 +36,335 @@ def dashboard() -> Response:
     today = clock.today(account.timezone)
     summary = dashboard_summary(db.session, account.id, account.currency, today)
     return render_page("billing/dashboard.html", account=account, summary=summary, today=today)
+
+
+@bp.get("/invoices")
+@login_required
+def invoices() -> Response:
+    account = current_account()
+    today = clock.today(account.timezone)
+    form = InvoiceFilterForm(request.args)
+    after = None
+    error = ""
+    raw_after = request.args.get("after", "")
+    if raw_after:
+        after = Cursor.decode(raw_after)
+        if after is None:
+            error = "That page link is broken. Here are your newest invoices."
+    if not form.validate():
+        page = queries.InvoicePage([], None)
+        error = form.first_error()
+    else:
+        page = queries.invoice_page(db.session, account.id, form.filters(), today, after)
+    filters = form.filters() if not form.errors else queries.InvoiceFilters()
+    args = {
+        k: v
+        for k, v in (("status", filters.status), ("year", filters.year), ("q", filters.search))
+        if v
+    }
+    next_url = (
+        url_for("billing.invoices", **args, after=page.next_cursor.encode())
+        if page.next_cursor
+        else None
+    )
+    response = render_page(
+        "billing/invoices.html",
+        "billing/_invoice_rows.html",
+        account=account,
+        today=today,
+        form=form,
+        status_choices=STATUS_CHOICES,
+        results=page,
+        filters=filters,
+        years=queries.invoice_years(db.session, account.id),
+        next_url=next_url,
+        is_later_page=after is not None,
+        error=error,
+        export_year=(
+            (filters.year or today.year)
+            if "billing.invoice_export" in current_app.view_functions
+            else None
+        ),
+    )
+    if form.errors:
+        response.status_code = 422
+    return response
+
+
+@bp.get("/invoices/<number>")
+@login_required
+def invoice_detail(number: str) -> Response:
+    account = current_account()
+    # NOTE: numbers are letters, digits and dashes; anything else (a NUL byte PostgreSQL would
+    # refuse) cannot name an invoice, so it is a 404 before it reaches the database.
+    if not _INVOICE_NUMBER.fullmatch(number):
+        abort(404)
+    detail = queries.invoice_detail(db.session, account.id, number)
+    if detail is None:
+        abort(404)
+    today = clock.today(account.timezone)
+    views = current_app.view_functions
+    return render_page(
+        "billing/invoice_detail.html",
+        account=account,
+        detail=detail,
+        invoice=detail.invoice,
+        today=today,
+        thank_you=current_app.config.get("THANK_YOU_NOTE", ""),
+        can_pay="payments.pay_invoice" in views,
+        has_pdf="billing.invoice_pdf" in views,
+        can_dispute="disputes.new" in views,
+    )
+
+
+@bp.get("/statements")
+@login_required
+def statements() -> Response:
+    account = current_account()
+    today = clock.today(account.timezone)
+    form = StatementPeriodForm(request.args)
+    args = request.args
+    try:
+        period = parse_period(today, args.get("period"), args.get("start"), args.get("end"))
+    except InvalidPeriod as invalid:
+        response = render_page(
+            "billing/statements.html",
+            account=account,
+            form=form,
+            view=None,
+            error=invalid,
+            today=today,
+        )
+        response.status_code = 422
+        return response
+    view = statement_view(db.session, account, period)
+    fmt = args.get("format", "html")
+    if fmt == "csv":
+        return _download(
+            statement_csv(view).encode("utf-8-sig"),
+            "text/csv; charset=utf-8",
+            csv_filename(account, period),
+        )
+    if fmt == "pdf":
+        return _statement_pdf(account, view)
+    if fmt != "html":
+        abort(404)
+    if not args.get("period") and not args.get("start"):
+        form.period.data = period.preset
+    if period.preset != "custom":
+        form.start.data, form.end.data = period.start.isoformat(), period.end.isoformat()
+    download_args = {"period": period.preset}
+    if period.preset == "custom":
+        download_args |= {"start": period.start.isoformat(), "end": period.end.isoformat()}
+    return render_page(
+        "billing/statements.html",
+        account=account,
+        form=form,
+        view=view,
+        error=None,
+        today=today,
+        csv_url=url_for("billing.statements", **download_args, format="csv"),
+        pdf_url=(
+            url_for("billing.statements", **download_args, format="pdf")
+            if _pdf_module() is not None
+            else None
+        ),
+    )
+
+
+def _download(body: bytes, mimetype: str, filename: str) -> Response:
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _pdf_module() -> object | None:
+    """The statement PDF lives in portal/billing/pdf.py (its own issue); absent until it lands."""
+    try:
+        module = importlib.import_module("portal.billing.pdf")
+    except ImportError:
+        return None
+    return module if hasattr(module, "statement_pdf_response") else None
+
+
+def _statement_pdf(account: object, view: StatementView) -> Response:
+    module = _pdf_module()
+    if module is None:
+        abort(404)
+    return module.statement_pdf_response(account, view)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------------------------
+# Invoice PDFs and the yearly ZIP of them. Rendering lives in portal/billing/pdf.py, storage in
+# portal/billing/documents.py; this section only translates requests.
+
+import zipfile  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from datetime import date  # noqa: E402
+from typing import Any  # noqa: E402
+
+from flask import stream_with_context  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from portal.billing import documents, pdf  # noqa: E402
+from portal.billing.models import Invoice, InvoiceLine, InvoiceStatus  # noqa: E402
+from portal.billing.services import invoice_by_number  # noqa: E402
+from portal.errors import NotFound, ValidationFailed  # noqa: E402
+
+# NOTE: a stored PDF never changes for its URL's (invoice, template version, size), but a new
+# template version replaces it: browsers may keep it an hour, then revalidate by ETag.
+INVOICE_PDF_MAX_AGE = 3600
+MAX_EXPORT_INVOICES = 2000
+
+
+@bp.get("/invoices/<number>/pdf")
+@login_required
+def invoice_pdf(number: str) -> Response:
+    account = current_account()
+    invoice = _finalized_invoice(account.id, number)
+    file_name = pdf.invoice_file_name(invoice.number or number)
+    size = pdf.parse_page_size(request.args.get("size"), account.country)
+    stored = _stored_invoice_pdf(invoice, size)
+    if request.if_none_match.contains(stored.content_hash):
+        response = Response(status=304)
+        response.set_etag(stored.content_hash)
+        response.headers["Cache-Control"] = f"private, max-age={INVOICE_PDF_MAX_AGE}"
+        return response
+    return pdf.pdf_download(
+        documents.document_content(db.session, stored.id),
+        file_name,
+        etag=stored.content_hash,
+        max_age=INVOICE_PDF_MAX_AGE,
+    )
+
+
+@bp.get("/invoices/export")
+@login_required
+def invoice_export() -> Response:
+    account = current_account()
+    year = _export_year(request.args.get("year"), clock.today(account.timezone).year)
+    size = pdf.parse_page_size(request.args.get("size"), account.country)
+    finalized = (
+        Invoice.account_id == account.id,
+        Invoice.status != InvoiceStatus.DRAFT.value,
+        Invoice.number.is_not(None),
+        Invoice.issue_date >= date(year, 1, 1),
+        Invoice.issue_date <= date(year, 12, 31),
+    )
+    invoices = db.session.execute(
+        select(Invoice.id, Invoice.number, Invoice.issue_date)
+        .where(*finalized)
+        .order_by(Invoice.issue_date, Invoice.id)
+        .limit(MAX_EXPORT_INVOICES + 1)
+    ).all()
+    if not invoices:
+        raise NotFound(f"You have no invoices from {year}, so there is nothing to download.")
+    if len(invoices) > MAX_EXPORT_INVOICES:
+        raise ValidationFailed(
+            f"{year} has more than {MAX_EXPORT_INVOICES:,} invoices, too many for one download. "
+            "Please contact us for an export."
+        )
+    # NOTE: checked before the first byte is sent: once the ZIP streams, an error can no longer
+    # reach the person as a page.
+    oversized = db.session.scalar(
+        select(Invoice.number)
+        .join(InvoiceLine, InvoiceLine.invoice_id == Invoice.id)
+        .where(*finalized)
+        .group_by(Invoice.id, Invoice.number)
+        .having(func.count(InvoiceLine.id) > pdf.MAX_INVOICE_LINES)
+        .limit(1)
+    )
+    if oversized is not None:
+        raise pdf.DocumentTooLarge(
+            f"Invoice {oversized} is too long for a PDF, so {year} cannot be exported as one "
+            "download. Please contact us for a copy."
+        )
+    prefix = pdf.safe_file_part(account.invoice_prefix)
+    response = Response(
+        stream_with_context(_zip_of_invoices(invoices, size)), mimetype="application/zip"
+    )
+    response.headers["Content-Disposition"] = f'attachment; filename="invoices-{prefix}-{year}.zip"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _finalized_invoice(account_id: int, number: str) -> Invoice:
+    """The account's finalized invoice; drafts and other accounts' invoices answer 404."""
+    if len(number) > 40:
+        abort(404)
+    invoice = invoice_by_number(db.session, account_id, number)
+    if invoice is None or invoice.status == InvoiceStatus.DRAFT:
+        abort(404)
+    return invoice
+
+
+def _stored_invoice_pdf(invoice: Invoice, size: pdf.PageSize) -> documents.DocumentRef:
+    """The stored PDF of a finalized invoice, rendered and stored on first use."""
+    stored = documents.find_invoice_document(db.session, invoice.id, size)
+    if stored is not None:
+        return stored
+    invoice_id = invoice.id
+    pay_url = current_app.config["BASE_URL"] + url_for(
+        "billing.invoice_detail", number=invoice.number
+    )
+    content = pdf.invoice_pdf(invoice, page_size=size, pay_url=pay_url)
+    # NOTE: the read transaction ends before the write starts: on SQLite a transaction whose
+    # snapshot predates another writer's commit cannot write at all. IMMEDIATE takes the write
+    # lock up front; a request that stored the same PDF meanwhile wins and we serve its row.
+    db.session.commit()
+    db.session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    stored = documents.store_invoice_document(db.session, invoice_id, size, content)
+    db.session.commit()
+    return stored
+
+
+def _export_year(raw: str | None, this_year: int) -> int:
+    text = (raw or "").strip()
+    if not text:
+        raise ValidationFailed("Choose the year of invoices to download, for example ?year=2026.")
+    if not (len(text) == 4 and text.isdigit()) or not 2000 <= int(text) <= this_year:
+        raise ValidationFailed(
+            f"“{text[:12]}” is not a year we have invoices for. Choose a year from 2000 "
+            f"to {this_year}."
+        )
+    return int(text)
+
+
+class _ChunkSink:
+    """A write-only file for zipfile: it keeps what was written until the stream takes it.
+
+    NOTE: without seek/tell, zipfile writes a streaming archive (sizes after each member), so
+    only one PDF at a time is ever held in memory, however many the year has.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data, self._chunks = b"".join(self._chunks), []
+        return data
+
+
+def _zip_of_invoices(invoices: Sequence[Any], size: pdf.PageSize) -> Iterator[bytes]:
+    sink = _ChunkSink()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[arg-type]
+        for invoice_id, number, issued in invoices:
+            invoice = db.session.get(Invoice, invoice_id)
+            if invoice is None:
+                continue
+            stored = _stored_invoice_pdf(invoice, size)
+            member = zipfile.ZipInfo(
+                pdf.invoice_file_name(number),
+                date_time=(issued.year, issued.month, issued.day, 0, 0, 0),
+            )
+            archive.writestr(member, documents.document_content(db.session, stored.id))
+            yield sink.drain()
+    yield sink.drain()

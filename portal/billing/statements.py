@@ -1,0 +1,345 @@
+"""Account statements: the period a customer asks for, the ledger read for it, aging, CSV.
+
+Flask-free, so the statement page, its CSV and its PDF all read the same view model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from portal.accounts.models import Account
+from portal.billing import ledger
+from portal.billing.models import CreditNote, Invoice, InvoiceStatus, LedgerKind
+from portal.billing.money import Money
+from portal.payments.models import Payment, PaymentAllocation
+
+# NOTE: a statement reads every ledger entry of its period; five years is far more than any
+# customer asks for and keeps one request from scanning an account's whole history forever.
+MAX_PERIOD_DAYS = 5 * 366
+EARLIEST = date(2000, 1, 1)
+PRESETS = {
+    "this_month": "This month",
+    "last_month": "Last month",
+    "this_year": "This year",
+    "custom": "Custom dates",
+}
+KIND_LABELS = {
+    LedgerKind.INVOICE.value: "Invoice",
+    LedgerKind.INVOICE_VOID.value: "Invoice voided",
+    LedgerKind.PAYMENT.value: "Payment",
+    LedgerKind.CREDIT_NOTE.value: "Credit note",
+    LedgerKind.REFUND.value: "Refund",
+}
+
+
+class InvalidPeriod(ValueError):
+    """The period asked for makes no sense; the message is written for the customer."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Period:
+    """Whole days, both ends included, in the account's time zone."""
+
+    start: date
+    end: date
+    preset: str
+
+    @property
+    def label(self) -> str:
+        return PRESETS.get(self.preset, "Custom dates")
+
+    def bounds(self, tz: str) -> tuple[datetime, datetime]:
+        """[start, end) in UTC: from the start day's midnight to the midnight after the end day."""
+        zone = ZoneInfo(tz)
+        begin = datetime.combine(self.start, time(0), zone).astimezone(UTC)
+        after = datetime.combine(self.end + timedelta(days=1), time(0), zone).astimezone(UTC)
+        return begin, after
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+
+def _parse_day(raw: str, field: str, label: str) -> date:
+    text = raw.strip()
+    try:
+        parsed = date.fromisoformat(text)
+    except ValueError:
+        raise InvalidPeriod(
+            f"The {label} date “{text[:20]}” is not a date. Use the form 2026-01-31.", field
+        ) from None
+    if len(text) != 10:
+        raise InvalidPeriod(f"Write the {label} date as YYYY-MM-DD, for example 2026-01-31.", field)
+    return parsed
+
+
+def parse_period(
+    today: date, preset: str | None = None, start: str | None = None, end: str | None = None
+) -> Period:
+    """The statement period from the query string: a preset, or custom start and end dates."""
+    preset = (preset or "").strip()
+    if not preset:
+        preset = "custom" if (start or end) else "this_month"
+    if preset not in PRESETS:
+        raise InvalidPeriod("Please choose one of the periods offered.", "period")
+    if preset == "this_month":
+        return Period(today.replace(day=1), today, preset)
+    if preset == "last_month":
+        last = today.replace(day=1) - timedelta(days=1)
+        return Period(last.replace(day=1), last, preset)
+    if preset == "this_year":
+        return Period(today.replace(month=1, day=1), today, preset)
+    if not start or not start.strip():
+        raise InvalidPeriod("Please enter the first day of the statement.", "start")
+    if not end or not end.strip():
+        raise InvalidPeriod("Please enter the last day of the statement.", "end")
+    first = _parse_day(start, "start", "start")
+    last = _parse_day(end, "end", "end")
+    if last < first:
+        raise InvalidPeriod(
+            "The end date is before the start date. Swap them and try again.", "end"
+        )
+    if first < EARLIEST:
+        raise InvalidPeriod(f"Statements start on {EARLIEST.isoformat()} at the earliest.", "start")
+    if first > today:
+        raise InvalidPeriod("The start date is in the future. Choose a day up to today.", "start")
+    if (last - first).days + 1 > MAX_PERIOD_DAYS:
+        raise InvalidPeriod("That period is too long: choose at most five years.", "start")
+    return Period(first, last, preset)
+
+
+@dataclass(frozen=True)
+class StatementRow:
+    """One ledger entry as the customer reads it. `amount` is signed: charges raise the balance."""
+
+    on: date
+    kind: str
+    description: str
+    amount: Money
+    balance: Money
+
+    @property
+    def kind_label(self) -> str:
+        return KIND_LABELS.get(self.kind, self.kind)
+
+    @property
+    def charge(self) -> Money | None:
+        return self.amount if self.amount.minor > 0 else None
+
+    @property
+    def credit(self) -> Money | None:
+        return -self.amount if self.amount.minor < 0 else None
+
+
+@dataclass(frozen=True)
+class AgingBucket:
+    key: str
+    label: str
+    amount: Money
+    count: int
+
+
+@dataclass(frozen=True)
+class Aging:
+    as_of: date
+    buckets: Sequence[AgingBucket]
+
+    @property
+    def total(self) -> Money:
+        currency = self.buckets[0].amount.currency
+        return sum((b.amount for b in self.buckets), Money.zero(currency))
+
+
+@dataclass(frozen=True)
+class StatementView:
+    """Everything a statement shows, as plain values (the page, the CSV and the PDF read it)."""
+
+    account_name: str
+    currency: str
+    period: Period
+    opening: Money
+    rows: Sequence[StatementRow]
+    closing: Money
+    charges: Money
+    credits: Money
+    totals: dict[str, Money]
+    aging: Aging
+
+
+# (key, label, lowest days past due, highest or None)
+AGING_BUCKETS: tuple[tuple[str, str, int, int | None], ...] = (
+    ("current", "Current", -(10**6), 0),
+    ("1_30", "1–30 days", 1, 30),
+    ("31_60", "31–60 days", 31, 60),
+    ("61_90", "61–90 days", 61, 90),
+    ("over_90", "Over 90 days", 91, None),
+)
+
+
+def aging(session: Session, account_id: int, currency: str, as_of: date, tz: str) -> Aging:
+    """What was open at the end of `as_of`, by days past due, in one query.
+
+    NOTE: "open as of" a past day counts payments received and credits issued up to that day
+    only, so an old statement's aging does not change when the invoice is paid later.
+    """
+    _, cutoff = Period(as_of, as_of, "custom").bounds(tz)
+    paid = (
+        select(func.coalesce(func.sum(PaymentAllocation.amount_minor), 0))
+        .join(Payment, Payment.id == PaymentAllocation.payment_id)
+        .where(PaymentAllocation.invoice_id == Invoice.id, Payment.received_at < cutoff)
+        .correlate(Invoice)
+        .scalar_subquery()
+    )
+    credited = (
+        select(func.coalesce(func.sum(CreditNote.amount_minor), 0))
+        .where(CreditNote.invoice_id == Invoice.id, CreditNote.issued_at < cutoff)
+        .correlate(Invoice)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Invoice.due_date, Invoice.total_minor - paid - credited).where(
+            Invoice.account_id == account_id,
+            Invoice.currency == currency,
+            Invoice.finalized_at < cutoff,
+            # Only invoices that could still have been open at the cutoff.
+            or_(
+                Invoice.status.in_((InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)),
+                Invoice.paid_at >= cutoff,
+                Invoice.voided_at >= cutoff,
+            ),
+        )
+    ).all()
+    amounts = {key: 0 for key, *_ in AGING_BUCKETS}
+    counts = {key: 0 for key, *_ in AGING_BUCKETS}
+    for due_date, due_minor in rows:
+        if due_minor <= 0:
+            continue
+        late = (as_of - due_date).days if due_date else 0
+        key = _bucket(late)
+        amounts[key] += int(due_minor)
+        counts[key] += 1
+    return Aging(
+        as_of,
+        [
+            AgingBucket(key, label, Money(amounts[key], currency), counts[key])
+            for key, label, *_ in AGING_BUCKETS
+        ],
+    )
+
+
+def _bucket(days_late: int) -> str:
+    for key, _label, low, high in AGING_BUCKETS:
+        if days_late >= low and (high is None or days_late <= high):
+            return key
+    raise AssertionError("the buckets cover every day")
+
+
+def statement_view(session: Session, account: Account, period: Period) -> StatementView:
+    """The statement of one account for a period: four queries, however long its history."""
+    start, end = period.bounds(account.timezone)
+    zone = ZoneInfo(account.timezone)
+    read = ledger.statement(session, account.id, account.currency, start, end)
+    rows = [
+        StatementRow(
+            on=line.entry.effective_at.astimezone(zone).date(),
+            kind=line.entry.kind,
+            description=line.entry.description,
+            amount=Money(line.entry.amount_minor, account.currency),
+            balance=line.running,
+        )
+        for line in read.lines
+    ]
+    zero = Money.zero(account.currency)
+    charges = sum((r.amount for r in rows if r.amount.minor > 0), zero)
+    credits = sum((-r.amount for r in rows if r.amount.minor < 0), zero)
+    return StatementView(
+        account_name=account.name,
+        currency=account.currency,
+        period=period,
+        opening=read.opening,
+        rows=rows,
+        closing=read.closing,
+        charges=charges,
+        credits=credits,
+        totals=dict(read.totals),
+        aging=aging(session, account.id, account.currency, period.end, account.timezone),
+    )
+
+
+# NOTE: a spreadsheet runs a cell that starts with one of these as a formula (CSV injection,
+# OWASP); a leading apostrophe makes it plain text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: str) -> str:
+    """Text a spreadsheet shows as text, never runs."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def _plain(amount: Money | None) -> str:
+    # Amounts are written without grouping or symbol, so spreadsheets read them as numbers.
+    return "" if amount is None else str(amount.to_decimal())
+
+
+def statement_csv(view: StatementView) -> str:
+    """The statement as CSV: one row per entry, with opening and closing rows."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    rows: Iterable[Sequence[str]] = [
+        ["Date", "Type", "Description", "Charges", "Credits", "Balance", "Currency"],
+        [
+            view.period.start.isoformat(),
+            "",
+            "Opening balance",
+            "",
+            "",
+            _plain(view.opening),
+            view.currency,
+        ],
+        *(
+            [
+                row.on.isoformat(),
+                row.kind_label,
+                row.description,
+                _plain(row.charge),
+                _plain(row.credit),
+                _plain(row.balance),
+                view.currency,
+            ]
+            for row in view.rows
+        ),
+        [
+            view.period.end.isoformat(),
+            "",
+            "Closing balance",
+            _plain(view.charges),
+            _plain(view.credits),
+            _plain(view.closing),
+            view.currency,
+        ],
+    ]
+    for row in rows:
+        # NOTE: negative balances are numbers, not formulas: only text cells are neutralised.
+        writer.writerow(
+            [neutralise_cell(cell) if i in (1, 2) else cell for i, cell in enumerate(row)]
+        )
+    return out.getvalue()
+
+
+def csv_filename(account: Account, period: Period) -> str:
+    """Built by the server from safe parts only (never from what the request said)."""
+    prefix = "".join(ch for ch in account.invoice_prefix if ch.isalnum()) or "account"
+    return f"statement-{prefix}-{period.start.isoformat()}-to-{period.end.isoformat()}.csv"

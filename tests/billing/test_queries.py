@@ -1,0 +1,126 @@
+"""Read models of the billing pages: the invoice list, one invoice, payments."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from portal.billing import queries, services
+from portal.billing.money import Money
+from portal.billing.queries import Cursor, InvoiceFilters, PaymentCursor
+from tests.factories import make_account, make_invoice
+
+TODAY = date(2026, 11, 21)
+
+
+def test_keyset_pages_are_disjoint_and_ordered_with_equal_dates(session: Session) -> None:
+    account = make_account(session)
+    made = [
+        make_invoice(session, account, [100], issue_date=date(2026, 3, 1) + timedelta(days=n // 4))
+        for n in range(11)
+    ]
+    seen = []
+    after = None
+    while True:
+        page = queries.invoice_page(session, account.id, InvoiceFilters(), TODAY, after, size=3)
+        seen += page.invoices
+        if page.next_cursor is None:
+            break
+        after = Cursor.decode(page.next_cursor.encode())
+    expected = sorted(made, key=lambda inv: (inv.issue_date, inv.id), reverse=True)
+    assert [inv.id for inv in seen] == [inv.id for inv in expected]
+
+
+def test_other_accounts_and_drafts_never_appear(session: Session) -> None:
+    mine, theirs = make_account(session), make_account(session)
+    kept = make_invoice(session, mine, [100])
+    make_invoice(session, mine, [100], finalize=False)
+    make_invoice(session, theirs, [100])
+    page = queries.invoice_page(session, mine.id, InvoiceFilters(), TODAY)
+    assert [inv.id for inv in page.invoices] == [kept.id]
+    assert queries.invoice_years(session, mine.id) == [TODAY.year]
+
+
+def test_search_treats_wildcards_literally(session: Session) -> None:
+    account = make_account(session)
+    make_invoice(session, account, [100])
+    for text in ("%", "_", "\\"):
+        assert (
+            queries.invoice_page(session, account.id, InvoiceFilters(search=text), TODAY).invoices
+            == []
+        )
+
+
+def test_overdue_filter_uses_the_given_day(session: Session) -> None:
+    account = make_account(session, payment_terms_days=10)
+    invoice = make_invoice(session, account, [100], issue_date=date(2026, 11, 1))
+    overdue = InvoiceFilters(status="overdue")
+    assert queries.invoice_page(session, account.id, overdue, date(2026, 11, 11)).invoices == []
+    assert queries.invoice_page(session, account.id, overdue, date(2026, 11, 12)).invoices == [
+        invoice
+    ]
+
+
+def test_cursors_refuse_garbage() -> None:
+    assert Cursor.decode("2026-01-01.12") == Cursor(date(2026, 1, 1), 12)
+    for raw in ("", "x", "2026-13-01.1", "2026-01-01.", "2026-01-01.a"):
+        assert Cursor.decode(raw) is None
+    when = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    assert PaymentCursor.decode(PaymentCursor(when, 7).encode()) == PaymentCursor(when, 7)
+    assert PaymentCursor.decode("2026-01-02T03:04:00~7") is None  # naive: refused
+
+
+def test_invoice_detail_groups_tax_per_rate_and_lists_payments(session: Session) -> None:
+    account = make_account(session)
+    invoice = services.create_draft_invoice(
+        session,
+        account,
+        [
+            services.LineInput("A", 1000, tax_rate_bp=2000, tax_name="VAT"),
+            services.LineInput("B", 3333, tax_rate_bp=2000, tax_name="VAT"),
+            services.LineInput("C", 500, tax_rate_bp=500, tax_name="Reduced VAT"),
+            services.LineInput("Free", 0),
+        ],
+    )
+    services.finalize_invoice(session, invoice, seller={"name": "S"})
+    services.record_payment(
+        session,
+        account,
+        Money(1000, "USD"),
+        [(invoice, Money(1000, "USD"))],
+        received_at=datetime(2026, 11, 20, tzinfo=UTC),
+    )
+    detail = queries.invoice_detail(session, account.id, str(invoice.number))
+    assert detail is not None
+    assert [(t.name, t.rate_bp, t.taxable.minor, t.tax.minor) for t in detail.taxes] == [
+        ("VAT", 2000, 4333, 200 + 667),
+        ("Reduced VAT", 500, 500, 25),
+    ]
+    assert sum(t.tax.minor for t in detail.taxes) == invoice.tax_minor
+    assert [p.amount.minor for p in detail.payments] == [1000]
+    assert queries.invoice_detail(session, account.id + 1000, str(invoice.number)) is None
+
+
+def test_payment_history_pages_and_names_invoices(session: Session) -> None:
+    account = make_account(session)
+    received = datetime(2026, 10, 1, tzinfo=UTC)
+    for n in range(5):
+        invoice = make_invoice(session, account, [100 + n])
+        services.record_payment(
+            session,
+            account,
+            invoice.total,
+            [(invoice, invoice.total)],
+            received_at=received + timedelta(days=n),
+        )
+    first = queries.payment_history(session, account.id, size=3)
+    assert first.next_cursor is not None
+    second = queries.payment_history(session, account.id, first.next_cursor, size=3)
+    assert second.next_cursor is None
+    rows = first.rows + second.rows
+    assert [r.payment.amount_minor for r in rows] == [104, 103, 102, 101, 100]
+    assert all(len(r.invoices) == 1 for r in rows)
+    receipt = queries.payment_receipt(session, account.id, rows[0].payment.public_id)
+    assert receipt is not None and receipt.amount == Money(104, "USD")
+    assert queries.payment_receipt(session, account.id + 1000, rows[0].payment.public_id) is None
