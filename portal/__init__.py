@@ -36,10 +36,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from portal.auth.routes import bp as auth_bp
     from portal.billing.routes import bp as billing_bp
     from portal.health import bp as health_bp
+    from portal.payments.checkout import bp as checkout_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(billing_bp)
+    app.register_blueprint(checkout_bp)
 
     from portal import auth, errors, formatting, web
 

@@ -20,6 +20,7 @@ from portal.accounts.models import Account, Membership, User
 from portal.billing import services as billing
 from portal.billing.models import Invoice
 from tests.conftest import login_as
+from tests.payments.auth_objects import owner_attempt, owner_card
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
 SELLER = {"name": "Seller Ltd.", "address": "1 Street", "tax_id": "X1", "email": "s@example.com"}
@@ -49,6 +50,11 @@ def signed_in_only(owner: int = 200, staff: int = 404) -> dict[str, int]:
     return {"anonymous": 303, "owner": owner, "other": owner, "support": staff, "admin": staff}
 
 
+def own_object(owner: int = 200) -> dict[str, int]:
+    """The owner's object by id: another customer and staff get 404, like a missing one."""
+    return {"anonymous": 303, "owner": owner, "other": 404, "support": 404, "admin": 404}
+
+
 def public(status: int = 200) -> dict[str, int]:
     return dict.fromkeys(ROLES, status)
 
@@ -62,6 +68,41 @@ RULES: dict[tuple[str, str], Rule] = {
     ("auth.consume", "POST"): Rule("POST", lambda w: "/login/not-a-token", public(400)),
     ("auth.logout", "POST"): Rule("POST", lambda w: "/logout", public(303)),
     ("billing.dashboard", "GET"): Rule("GET", lambda w: "/", signed_in_only()),
+    # Payments (issue 5). Tests never reach Stripe (STRIPE_API_BASE is a closed port): routes
+    # that must ask Stripe answer 503 "could not reach the payment provider", changing nothing.
+    ("checkout.pay_invoice", "GET"): Rule(
+        "GET", lambda w: f"/invoices/{w.invoice.number}/pay", own_object()
+    ),
+    # No card chosen: the owner is asked to choose one; another account's invoice is 404.
+    ("checkout.pay_invoice_post", "POST"): Rule(
+        "POST", lambda w: f"/invoices/{w.invoice.number}/pay", own_object(422)
+    ),
+    ("checkout.pay_balance", "GET"): Rule("GET", lambda w: "/pay", signed_in_only()),
+    ("checkout.pay_balance_post", "POST"): Rule("POST", lambda w: "/pay", signed_in_only(422)),
+    ("checkout.attempt_status", "GET"): Rule(
+        "GET", lambda w: f"/pay/attempts/{owner_attempt(w)}", own_object()
+    ),
+    ("checkout.attempt_refresh", "POST"): Rule(
+        "POST", lambda w: f"/pay/attempts/{owner_attempt(w)}/refresh", own_object(303)
+    ),
+    ("checkout.attempt_cancel", "POST"): Rule(
+        "POST", lambda w: f"/pay/attempts/{owner_attempt(w)}/cancel", own_object(303)
+    ),
+    ("checkout.payment_methods", "GET"): Rule(
+        "GET", lambda w: "/payment-methods", signed_in_only()
+    ),
+    ("checkout.setup_card", "POST"): Rule(
+        "POST", lambda w: "/payment-methods/setup", signed_in_only(503)
+    ),
+    ("checkout.add_card", "POST"): Rule("POST", lambda w: "/payment-methods", signed_in_only(422)),
+    ("checkout.default_card", "POST"): Rule(
+        "POST", lambda w: f"/payment-methods/{owner_card(w)}/default", own_object(303)
+    ),
+    # Ownership is checked before Stripe hears of the card: another account gets 404.
+    ("checkout.remove_card", "POST"): Rule(
+        "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(503)
+    ),
+    ("checkout.stripe_webhook", "POST"): Rule("POST", lambda w: "/webhooks/stripe", public(400)),
 }
 
 IGNORED_ENDPOINTS = {"static"}
@@ -90,7 +131,9 @@ def world(session: Session) -> World:
         session, account, [billing.LineInput(description="Team plan", unit_amount_minor=5000)]
     )
     billing.finalize_invoice(session, invoice, seller=SELLER)
-    session.flush()
+    # NOTE: committed (to the test's outer transaction) so a route's rollback after a domain
+    # error cannot take the world with it.
+    session.commit()
     return World(owner, other, support, admin, account, invoice)
 
 
@@ -126,6 +169,8 @@ def test_every_route_answers_each_role_as_declared(
         response = client.open(path, method=rule.method)
         expected = rule.expect[role]
         if response.status_code != expected:
-            failures.append(f"{rule.method} {path} ({endpoint}) as {role}: "
-                            f"{response.status_code}, expected {expected}")
+            failures.append(
+                f"{rule.method} {path} ({endpoint}) as {role}: "
+                f"{response.status_code}, expected {expected}"
+            )
     assert not failures, "\n".join(failures)
