@@ -37,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from portal.auth.routes import bp as auth_bp
     from portal.billing.routes import bp as billing_bp
     from portal.health import bp as health_bp
+    from portal.payments.checkout import bp as checkout_bp
     from portal.payments.routes import bp as payments_bp
     from portal.staff.routes import bp as staff_bp
 
@@ -46,6 +47,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(staff_bp)
     app.register_blueprint(billing_bp)
     app.register_blueprint(payments_bp)
+    app.register_blueprint(checkout_bp)
 
     from portal import auth, errors, formatting, web
 

@@ -101,6 +101,23 @@ def create_staff_command(email: str, role: str, name: str) -> None:
     db.session.commit()
     verb = "created" if before is None else "updated"
     click.echo(f"{verb} {role} {address}; two-factor setup starts at the first sign-in")
+@billing_cli.command("reconcile")
+@click.option("--min-age-minutes", default=5, show_default=True, help="Skip younger attempts.")
+def reconcile_command(min_age_minutes: int) -> None:
+    """Settle payments left unknown or processing, record lost webhooks, report mismatches."""
+    from datetime import timedelta
+
+    from portal.payments.gateway import gateway
+    from portal.payments.reconcile import reconcile
+
+    report = reconcile(
+        db.session,
+        gateway(),
+        commit=db.session.commit,
+        min_age=timedelta(minutes=min_age_minutes),
+    )
+    for line in report.lines():
+        click.echo(line)
 
 
 def init_app(app: Flask) -> None:

@@ -10,6 +10,7 @@ flask="$venv/bin/flask --app wsgi"
 export BASE_URL="${BASE_URL:-http://127.0.0.1:$port}"
 export STRIPE_API_BASE="${STRIPE_API_BASE:-http://127.0.0.1:$stripe_port}"
 export STRIPE_JS_URL="${STRIPE_JS_URL:-http://127.0.0.1:$stripe_port/js.stripe.com/v3/}"
+export STRIPE_WEBHOOK_SECRET="${STRIPE_WEBHOOK_SECRET:-whsec_portal_demo}"
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
@@ -23,6 +24,14 @@ if ! curl -fsS "$STRIPE_API_BASE/v1/customers" -u sk_test_portal_demo: >/dev/nul
     curl -fsS "$STRIPE_API_BASE/v1/customers" -u sk_test_portal_demo: >/dev/null 2>&1 && break
     sleep 0.2
   done
+fi
+
+# Stripe's events (payment succeeded, refunds, …) reach the portal through localstripe's webhook.
+if curl -fsS -X POST "$STRIPE_API_BASE/_config/webhooks/portal" -u sk_test_portal_demo: \
+    -d "url=$BASE_URL/webhooks/stripe" -d "secret=$STRIPE_WEBHOOK_SECRET" >/dev/null; then
+  echo "localstripe sends webhooks to $BASE_URL/webhooks/stripe"
+else
+  echo "warning: could not register the webhook with localstripe at $STRIPE_API_BASE" >&2
 fi
 
 echo

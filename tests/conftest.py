@@ -104,6 +104,8 @@ def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
         "RATELIMIT_ENABLED": False,
         "BASE_URL": "http://portal.test",
         "SERVER_NAME": None,
+        # NOTE: tests never reach real Stripe; payment tests point this at localstripe.
+        "STRIPE_API_BASE": "http://127.0.0.1:9",
     }
     config.update(overrides)
     return config

@@ -22,6 +22,7 @@ from portal.billing import services as billing
 from portal.billing.models import Invoice
 from portal.billing.money import Money
 from tests.conftest import login_as
+from tests.payments.auth_objects import owner_attempt, owner_card
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
 SELLER = {"name": "Seller Ltd.", "address": "1 Street", "tax_id": "X1", "email": "s@example.com"}
@@ -106,6 +107,41 @@ RULES: dict[tuple[str, str], Rule] = {
     ("staff.totp_setup", "POST"): Rule(
         "POST", lambda w: "/staff/two-factor/setup", staff_only(303)
     ),
+    # Payments (issue 5). Tests never reach Stripe (STRIPE_API_BASE is a closed port): routes
+    # that must ask Stripe answer 503 "could not reach the payment provider", changing nothing.
+    ("checkout.pay_invoice", "GET"): Rule(
+        "GET", lambda w: f"/invoices/{w.invoice.number}/pay", own_object()
+    ),
+    # No card chosen: the owner is asked to choose one; another account's invoice is 404.
+    ("checkout.pay_invoice_post", "POST"): Rule(
+        "POST", lambda w: f"/invoices/{w.invoice.number}/pay", own_object(422)
+    ),
+    ("checkout.pay_balance", "GET"): Rule("GET", lambda w: "/pay", signed_in_only()),
+    ("checkout.pay_balance_post", "POST"): Rule("POST", lambda w: "/pay", signed_in_only(422)),
+    ("checkout.attempt_status", "GET"): Rule(
+        "GET", lambda w: f"/pay/attempts/{owner_attempt(w)}", own_object()
+    ),
+    ("checkout.attempt_refresh", "POST"): Rule(
+        "POST", lambda w: f"/pay/attempts/{owner_attempt(w)}/refresh", own_object(303)
+    ),
+    ("checkout.attempt_cancel", "POST"): Rule(
+        "POST", lambda w: f"/pay/attempts/{owner_attempt(w)}/cancel", own_object(303)
+    ),
+    ("checkout.payment_methods", "GET"): Rule(
+        "GET", lambda w: "/payment-methods", signed_in_only()
+    ),
+    ("checkout.setup_card", "POST"): Rule(
+        "POST", lambda w: "/payment-methods/setup", signed_in_only(503)
+    ),
+    ("checkout.add_card", "POST"): Rule("POST", lambda w: "/payment-methods", signed_in_only(422)),
+    ("checkout.default_card", "POST"): Rule(
+        "POST", lambda w: f"/payment-methods/{owner_card(w)}/default", own_object(303)
+    ),
+    # Ownership is checked before Stripe hears of the card: another account gets 404.
+    ("checkout.remove_card", "POST"): Rule(
+        "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(503)
+    ),
+    ("checkout.stripe_webhook", "POST"): Rule("POST", lambda w: "/webhooks/stripe", public(400)),
 }
 
 IGNORED_ENDPOINTS = {"static"}
@@ -138,7 +174,9 @@ def world(session: Session) -> World:
     payment = billing.record_payment(
         session, account, Money(1000, "USD"), [], received_at=datetime.now(UTC)
     )
-    session.flush()
+    # NOTE: committed (to the test's outer transaction) so a route's rollback after a domain
+    # error cannot take the world with it.
+    session.commit()
     world = World(owner, other, support, admin, account, invoice)
     world.extra["payment"] = payment.public_id
     return world

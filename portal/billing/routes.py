@@ -111,7 +111,7 @@ def invoice_detail(number: str) -> Response:
         invoice=detail.invoice,
         today=today,
         thank_you=current_app.config.get("THANK_YOU_NOTE", ""),
-        can_pay="payments.pay_invoice" in views,
+        can_pay="checkout.pay_invoice" in views,
         has_pdf="billing.invoice_pdf" in views,
         can_dispute="disputes.new" in views,
     )

@@ -1,0 +1,347 @@
+"""The only module that talks to Stripe. Everything else speaks in the small types below.
+
+Configured by STRIPE_SECRET_KEY, STRIPE_API_BASE (real Stripe, or localstripe in the demo and
+the tests) and STRIPE_WEBHOOK_SECRET. The library's own retries are off: our code retries with
+the same idempotency key, so a retry can never become a second charge.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from flask import current_app
+
+from portal.errors import DomainError, PaymentFailed, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+# NOTE: stripe-python logs whole response bodies (client secrets included) at DEBUG; our logs
+# must never carry them, whatever level the application runs at.
+logging.getLogger("stripe").setLevel(logging.WARNING)
+
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+# Stripe's decline codes, in words a customer understands.
+DECLINE_WORDS = {
+    "card_declined": "Your card was declined. Please use another card or contact your bank.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "expired_card": "Your card has expired.",
+    "incorrect_cvc": "The security code (CVC) is incorrect.",
+    "processing_error": "Your bank could not process the payment. Please try again.",
+    "payment_intent_authentication_failure": (
+        "The card's verification (3-D Secure) did not succeed, so nothing was charged."
+    ),
+    "authentication_required": "Your bank asks you to confirm this payment.",
+}
+
+
+class GatewayUnavailable(ServiceUnavailable):
+    """No answer from Stripe (network, timeout, 5xx, 429): the outcome is UNKNOWN, not failed."""
+
+    title = "We could not reach the payment provider"
+    outcome = "unknown"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "We could not reach the payment provider. If a charge was started it is being "
+            "checked; you will not be charged twice."
+        )
+
+
+class GatewayRejected(DomainError):
+    """Stripe understood the request and refused it (not a card decline)."""
+
+    status = 409
+    title = "The payment provider refused this request"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A PaymentIntent or SetupIntent as the portal needs it. The client secret is never stored."""
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    customer: str | None
+    payment_method: str | None
+    client_secret: str
+    latest_charge: str | None = None
+    failure_code: str = ""
+    failure_message: str = ""
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Card:
+    id: str
+    customer: str | None
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    id: str
+    status: str
+    amount: int
+
+
+def decline_words(code: str | None, message: str | None = None) -> str:
+    """Stripe's reason for a decline in plain words."""
+    if code and code in DECLINE_WORDS:
+        return DECLINE_WORDS[code]
+    return message or DECLINE_WORDS["card_declined"]
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        return default
+
+
+def _intent(obj: Any) -> Intent:
+    error = _get(obj, "last_payment_error") or _get(obj, "last_setup_error")
+    charge = _get(obj, "latest_charge")
+    metadata = _get(obj, "metadata")
+    if metadata is not None and hasattr(metadata, "to_dict"):
+        metadata = metadata.to_dict()
+    return Intent(
+        id=obj.id,
+        status=obj.status,
+        amount=int(_get(obj, "amount", 0) or 0),
+        currency=str(_get(obj, "currency", "") or "").upper(),
+        customer=_get(obj, "customer"),
+        payment_method=_get(obj, "payment_method"),
+        client_secret=_get(obj, "client_secret", "") or "",
+        latest_charge=charge if isinstance(charge, str) or charge is None else charge.id,
+        failure_code=str(_get(error, "code", "") or ""),
+        failure_message=str(_get(error, "message", "") or ""),
+        metadata={str(k): str(v) for k, v in dict(metadata or {}).items()},
+    )
+
+
+def _card(obj: Any) -> Card:
+    card = _get(obj, "card")
+    return Card(
+        id=obj.id,
+        customer=_get(obj, "customer"),
+        brand=str(_get(card, "brand", "card") or "card"),
+        last4=str(_get(card, "last4", "0000") or "0000"),
+        exp_month=int(_get(card, "exp_month", 1) or 1),
+        exp_year=int(_get(card, "exp_year", 2000) or 2000),
+    )
+
+
+class Gateway:
+    """One Stripe client. Every method maps Stripe's errors to the portal's domain errors."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_base: str,
+        webhook_secret: str,
+        timeout: float = 20.0,
+    ) -> None:
+        self.webhook_secret = webhook_secret
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base.rstrip("/")},
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout),
+        )
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except stripe.CardError as error:
+            code = getattr(error, "code", None) or ""
+            raise PaymentFailed(decline_words(code, error.user_message), retryable=False) from error
+        except (stripe.APIConnectionError, stripe.RateLimitError) as error:
+            log.warning("stripe %s: no answer (%s)", what, type(error).__name__)
+            raise GatewayUnavailable() from error
+        except stripe.APIError as error:
+            log.warning("stripe %s: server error %s", what, error.http_status)
+            raise GatewayUnavailable() from error
+        except stripe.StripeError as error:
+            status = getattr(error, "http_status", None) or 0
+            if status >= 500 or status == 429:
+                raise GatewayUnavailable() from error
+            log.warning("stripe %s refused: %s %s", what, status, type(error).__name__)
+            raise GatewayRejected(error.user_message or "The payment provider refused this.") from (
+                error
+            )
+
+    @staticmethod
+    def _options(idempotency_key: str | None) -> dict[str, Any]:
+        return {"idempotency_key": idempotency_key} if idempotency_key else {}
+
+    # -- customers --------------------------------------------------------------------------
+
+    def create_customer(
+        self, *, email: str, name: str, account_ref: str, idempotency_key: str
+    ) -> str:
+        customer = self._call(
+            "customer.create",
+            self.client.v1.customers.create,
+            params={"email": email, "name": name, "metadata": {"account": account_ref}},
+            options=self._options(idempotency_key),
+        )
+        return str(customer.id)
+
+    # -- payment intents ----------------------------------------------------------------------
+
+    def create_payment_intent(
+        self,
+        *,
+        amount_minor: int,
+        currency: str,
+        customer: str,
+        payment_method: str | None,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> Intent:
+        params: dict[str, Any] = {
+            "amount": amount_minor,
+            "currency": currency.lower(),
+            "customer": customer,
+            "payment_method_types": ["card"],
+            "metadata": metadata,
+        }
+        if payment_method:
+            params["payment_method"] = payment_method
+        obj = self._call(
+            "payment_intent.create",
+            self.client.v1.payment_intents.create,
+            params=params,
+            options=self._options(idempotency_key),
+        )
+        return _intent(obj)
+
+    def confirm_payment_intent(self, intent_id: str, *, idempotency_key: str) -> Intent:
+        """Confirm on the server. A decline raises PaymentFailed; 3-D Secure answers
+        `requires_action` and the browser finishes it with the client secret."""
+        obj = self._call(
+            "payment_intent.confirm",
+            self.client.v1.payment_intents.confirm,
+            intent_id,
+            options=self._options(idempotency_key),
+        )
+        return _intent(obj)
+
+    def retrieve_payment_intent(self, intent_id: str) -> Intent:
+        return _intent(
+            self._call(
+                "payment_intent.retrieve", self.client.v1.payment_intents.retrieve, intent_id
+            )
+        )
+
+    def cancel_payment_intent(self, intent_id: str, *, idempotency_key: str) -> Intent:
+        return _intent(
+            self._call(
+                "payment_intent.cancel",
+                self.client.v1.payment_intents.cancel,
+                intent_id,
+                options=self._options(idempotency_key),
+            )
+        )
+
+    # -- setup intents and payment methods ----------------------------------------------------
+
+    def create_setup_intent(self, *, customer: str, idempotency_key: str) -> Intent:
+        obj = self._call(
+            "setup_intent.create",
+            self.client.v1.setup_intents.create,
+            params={"customer": customer, "usage": "off_session", "payment_method_types": ["card"]},
+            options=self._options(idempotency_key),
+        )
+        return _intent(obj)
+
+    def retrieve_setup_intent(self, intent_id: str) -> Intent:
+        return _intent(
+            self._call("setup_intent.retrieve", self.client.v1.setup_intents.retrieve, intent_id)
+        )
+
+    def retrieve_payment_method(self, method_id: str) -> Card:
+        return _card(
+            self._call(
+                "payment_method.retrieve", self.client.v1.payment_methods.retrieve, method_id
+            )
+        )
+
+    def list_payment_methods(self, customer: str) -> list[Card]:
+        result = self._call(
+            "payment_method.list",
+            self.client.v1.payment_methods.list,
+            params={"customer": customer, "type": "card"},
+        )
+        return [_card(pm) for pm in result.data]
+
+    def attach_payment_method(self, method_id: str, *, customer: str, idempotency_key: str) -> Card:
+        return _card(
+            self._call(
+                "payment_method.attach",
+                self.client.v1.payment_methods.attach,
+                method_id,
+                params={"customer": customer},
+                options=self._options(idempotency_key),
+            )
+        )
+
+    def detach_payment_method(self, method_id: str) -> None:
+        self._call("payment_method.detach", self.client.v1.payment_methods.detach, method_id)
+
+    # -- refunds ------------------------------------------------------------------------------
+
+    def create_refund(
+        self, *, payment_intent: str, amount_minor: int, idempotency_key: str
+    ) -> RefundResult:
+        obj = self._call(
+            "refund.create",
+            self.client.v1.refunds.create,
+            params={"payment_intent": payment_intent, "amount": amount_minor},
+            options=self._options(idempotency_key),
+        )
+        return RefundResult(id=obj.id, status=obj.status, amount=int(obj.amount))
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def construct_event(self, payload: bytes, signature: str | None) -> stripe.Event:
+        """Verify the signature on the raw body (300 s tolerance); ValueError when it is bad."""
+        if not signature:
+            raise ValueError("missing Stripe-Signature header")
+        try:
+            return stripe.Webhook.construct_event(
+                payload, signature, self.webhook_secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
+            )
+        except stripe.SignatureVerificationError as error:
+            raise ValueError("bad signature") from error
+
+
+def gateway() -> Gateway:
+    """The app's gateway, built once per app from its configuration."""
+    app = current_app
+    existing = app.extensions.get("portal.gateway")
+    if existing is None:
+        existing = Gateway(
+            api_key=app.config["STRIPE_SECRET_KEY"],
+            api_base=app.config["STRIPE_API_BASE"],
+            webhook_secret=app.config["STRIPE_WEBHOOK_SECRET"],
+            timeout=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or 20),
+        )
+        app.extensions["portal.gateway"] = existing
+    return existing
