@@ -101,6 +101,25 @@ def create_staff_command(email: str, role: str, name: str) -> None:
     db.session.commit()
     verb = "created" if before is None else "updated"
     click.echo(f"{verb} {role} {address}; two-factor setup starts at the first sign-in")
+
+
+@portal_cli.command("sync-demo-stripe")
+def sync_demo_stripe_command() -> None:
+    """Give the demo accounts real customers and cards in the Stripe simulator (idempotent;
+    refuses real Stripe)."""
+    from portal.payments.demo_sync import RealStripeRefused, sync_demo_stripe
+    from portal.payments.gateway import gateway
+
+    try:
+        report = sync_demo_stripe(
+            db.session, gateway(), current_app.config, commit=db.session.commit
+        )
+    except RealStripeRefused as refused:
+        raise click.ClickException(str(refused)) from refused
+    for line in report.lines():
+        click.echo(line)
+
+
 @billing_cli.command("reconcile")
 @click.option("--min-age-minutes", default=5, show_default=True, help="Skip younger attempts.")
 def reconcile_command(min_age_minutes: int) -> None:

@@ -92,6 +92,7 @@ _NAVIGATION = (
     ("billing.invoices", "Invoices"),
     ("billing.statements", "Statements"),
     ("payments.history", "Payments"),
+    ("checkout.payment_methods", "Payment methods"),
     ("subscriptions.index", "Subscriptions"),
     ("accounts.details", "Account"),
 )

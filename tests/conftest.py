@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,24 @@ def migrate_to_head(app: Flask) -> None:
     with app.app_context():
         upgrade()
         db.engine.dispose()
+
+
+@contextmanager
+def app_with_own_database(
+    backend: str, tmp_dir: Path, name: str, **overrides: Any
+) -> Iterator[Flask]:
+    """An app over a migrated database of its own, where commits really commit (threads,
+    several requests racing); the database is dropped afterwards."""
+    url = fresh_database(backend, tmp_dir, name)
+    application = create_app(make_config(url, **overrides))
+    migrate_to_head(application)
+    try:
+        yield application
+    finally:
+        with application.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        drop_database(url)
 
 
 def _fresh_g_per_request(app: Flask) -> None:

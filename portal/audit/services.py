@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -36,3 +37,40 @@ def record(
     )
     session.add(event)
     return event
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who causes a change: a customer, staff member, Stripe or the system, and from where."""
+
+    kind: str = "system"
+    user_id: int | None = None
+    ip: str | None = None
+
+    def record(
+        self,
+        session: Session,
+        action: str,
+        *,
+        account_id: int | None,
+        target_type: str,
+        target_id: str | int,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Audit an action taken by this actor."""
+        return record(
+            session,
+            action,
+            actor_kind=self.kind,
+            actor_user_id=self.user_id,
+            account_id=account_id,
+            target_type=target_type,
+            target_id=target_id,
+            before=before,
+            after=after,
+            ip=self.ip,
+        )
+
+
+SYSTEM = Actor()

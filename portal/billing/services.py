@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.accounts.models import Account
-from portal.audit.services import record
+from portal.audit.services import SYSTEM, Actor
 from portal.billing import ledger
 from portal.billing.models import (
     CreditNote,
@@ -61,18 +61,6 @@ class LineInput:
     amount_minor: int | None = None
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who causes a change, for the audit trail."""
-
-    kind: str = "system"
-    user_id: int | None = None
-    ip: str | None = None
-
-
-SYSTEM = Actor()
-
-
 def transition(
     session: Session, invoice: Invoice, to: InvoiceStatus, actor: Actor = SYSTEM
 ) -> None:
@@ -81,17 +69,14 @@ def transition(
     if to not in INVOICE_TRANSITIONS[current]:
         raise Conflict(f"An invoice that is {current.value} cannot become {to.value}.")
     invoice.status = to.value
-    record(
+    actor.record(
         session,
         f"invoice.{to.value}",
-        actor_kind=actor.kind,
-        actor_user_id=actor.user_id,
         account_id=invoice.account_id,
         target_type="invoice",
         target_id=invoice.number or invoice.public_id,
         before={"status": current.value},
         after={"status": to.value},
-        ip=actor.ip,
     )
 
 
@@ -300,16 +285,13 @@ def record_payment(
         effective_at=received_at,
         description=f"Payment {method_description}".strip(),
     )
-    record(
+    actor.record(
         session,
         "payment.recorded",
-        actor_kind=actor.kind,
-        actor_user_id=actor.user_id,
         account_id=account.id,
         target_type="payment",
         target_id=payment.public_id,
         after={"amount_minor": amount.minor, "currency": amount.currency},
-        ip=actor.ip,
     )
     session.flush()
     return payment
@@ -382,16 +364,13 @@ def issue_credit_note(
     if invoice.amount_due_minor == 0:
         transition(session, invoice, InvoiceStatus.PAID, actor)
         invoice.paid_at = when
-    record(
+    actor.record(
         session,
         "credit_note.issued",
-        actor_kind=actor.kind,
-        actor_user_id=actor.user_id,
         account_id=account.id,
         target_type="credit_note",
         target_id=note.number,
         after={"amount_minor": amount.minor, "invoice": invoice.number, "reason": reason},
-        ip=actor.ip,
     )
     session.flush()
     return note

@@ -14,9 +14,9 @@ from flask_login import login_required
 from sqlalchemy import select
 
 from portal import clock
+from portal.audit.services import Actor
 from portal.auth.sessions import current_account, signed_in_user
 from portal.billing.models import Invoice
-from portal.billing.services import Actor
 from portal.errors import NotFound, PaymentFailed, ValidationFailed
 from portal.extensions import csrf, db
 from portal.payments import services, webhooks
@@ -192,6 +192,15 @@ def attempt_status(public_id: str) -> Response:
     )
 
 
+def _record_intent(attempt_id: int, intent: services.Intent) -> None:
+    """Write what Stripe said about an attempt, under the attempt's row lock, and commit."""
+    services.begin_locked_write(db.session)
+    locked = services.lock_attempt(db.session, attempt_id)
+    if locked is not None:
+        services.apply_intent(db.session, locked, intent)
+    db.session.commit()
+
+
 @bp.post("/pay/attempts/<public_id>/refresh")
 @login_required
 def attempt_refresh(public_id: str) -> Response:
@@ -199,11 +208,7 @@ def attempt_refresh(public_id: str) -> Response:
     attempt = _attempt_of_account(public_id)
     if attempt.stripe_payment_intent_id and attempt.status in services.LIVE_ATTEMPT_STATUSES:
         intent = gateway().retrieve_payment_intent(attempt.stripe_payment_intent_id)
-        services.begin_locked_write(db.session)
-        locked = services.lock_attempt(db.session, attempt.id)
-        if locked is not None:
-            services.apply_intent(db.session, locked, intent)
-        db.session.commit()
+        _record_intent(attempt.id, intent)
     return see_other(url_for("checkout.attempt_status", public_id=public_id))
 
 
@@ -216,11 +221,7 @@ def attempt_cancel(public_id: str) -> Response:
         intent = gateway().cancel_payment_intent(
             attempt.stripe_payment_intent_id, idempotency_key=f"{attempt.idempotency_key}:cancel"
         )
-        services.begin_locked_write(db.session)
-        locked = services.lock_attempt(db.session, attempt.id)
-        if locked is not None:
-            services.apply_intent(db.session, locked, intent)
-        db.session.commit()
+        _record_intent(attempt.id, intent)
     return see_other(url_for("checkout.attempt_status", public_id=public_id))
 
 

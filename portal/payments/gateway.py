@@ -305,6 +305,62 @@ class Gateway:
     def detach_payment_method(self, method_id: str) -> None:
         self._call("payment_method.detach", self.client.v1.payment_methods.detach, method_id)
 
+    # -- lookups that may find nothing ----------------------------------------------------------
+
+    @staticmethod
+    def _missing_is_none(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except stripe.InvalidRequestError as error:
+                if getattr(error, "http_status", None) == 404:
+                    return None
+                raise
+
+        return call
+
+    def find_customer(self, customer_id: str) -> str | None:
+        """The customer's id when Stripe knows it (and it is not deleted); None otherwise."""
+        obj = self._call(
+            "customer.retrieve",
+            self._missing_is_none(self.client.v1.customers.retrieve),
+            customer_id,
+        )
+        if obj is None or _get(obj, "deleted", False):
+            return None
+        return str(obj.id)
+
+    def find_payment_method(self, method_id: str) -> Card | None:
+        """The card when Stripe knows it; None when it does not."""
+        obj = self._call(
+            "payment_method.retrieve",
+            self._missing_is_none(self.client.v1.payment_methods.retrieve),
+            method_id,
+        )
+        return None if obj is None else _card(obj)
+
+    def create_test_card(
+        self, *, number: str, exp_month: int, exp_year: int, idempotency_key: str
+    ) -> Card:
+        """A card PaymentMethod from a raw TEST card number, for the demo's simulator only
+        (portal/payments/demo_sync.py refuses real Stripe). Real cards never reach our servers:
+        the browser sends them to Stripe."""
+        obj = self._call(
+            "payment_method.create",
+            self.client.v1.payment_methods.create,
+            params={
+                "type": "card",
+                "card": {
+                    "number": number,
+                    "exp_month": exp_month,
+                    "exp_year": exp_year,
+                    "cvc": "123",
+                },
+            },
+            options=self._options(idempotency_key),
+        )
+        return _card(obj)
+
     # -- refunds ------------------------------------------------------------------------------
 
     def create_refund(

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.accounts.models import Account
-from portal.audit.services import record
+from portal.audit.services import SYSTEM, Actor
 from portal.billing.models import Invoice, InvoiceStatus
 from portal.billing.money import Money
-from portal.billing.services import SYSTEM, Actor, record_payment
+from portal.billing.services import record_payment
 from portal.errors import Conflict, NotFound, PaymentFailed, ValidationFailed
 from portal.mail import queue_email
 from portal.payments.gateway import Card, Gateway, GatewayRejected, GatewayUnavailable, Intent
@@ -437,16 +437,13 @@ def lock_attempt(session: Session, attempt_id: int) -> PaymentAttempt | None:
 def audit_attempt(
     session: Session, attempt: PaymentAttempt, action: str, actor: Actor = SYSTEM
 ) -> None:
-    record(
+    actor.record(
         session,
         action,
-        actor_kind=actor.kind,
-        actor_user_id=actor.user_id,
         account_id=attempt.account_id,
         target_type="payment_attempt",
         target_id=attempt.public_id,
         after={"status": attempt.status, "amount_minor": attempt.amount_minor},
-        ip=actor.ip,
     )
 
 

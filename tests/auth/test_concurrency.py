@@ -11,13 +11,12 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from portal import create_app
 from portal.accounts.models import User
 from portal.audit.models import AuditEvent
 from portal.auth.models import LoginToken
 from portal.auth.services import TokenSigner, issue_login_token
 from portal.extensions import db
-from tests.conftest import drop_database, fresh_database, make_config, migrate_to_head
+from tests.conftest import app_with_own_database
 
 pytestmark = pytest.mark.concurrency
 
@@ -27,14 +26,8 @@ THREADS = 20
 @pytest.fixture()
 def committed_app(backend: str, tmp_path: Path) -> Iterator[Flask]:
     """An app over its own database where every request really commits."""
-    url = fresh_database(backend, tmp_path, "consume")
-    application = create_app(make_config(url))
-    migrate_to_head(application)
-    yield application
-    with application.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    drop_database(url)
+    with app_with_own_database(backend, tmp_path, "consume") as application:
+        yield application
 
 
 def test_twenty_concurrent_taps_sign_in_exactly_once(committed_app: Flask) -> None:

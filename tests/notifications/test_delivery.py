@@ -15,12 +15,11 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal import create_app
 from portal.clock import FrozenClock
 from portal.extensions import db
 from portal.notifications import delivery
 from portal.notifications.models import OutboxEmail
-from tests.conftest import SmtpServer, drop_database, fresh_database, make_config, migrate_to_head
+from tests.conftest import SmtpServer, app_with_own_database
 
 
 def _queue(session: Session, n: int = 1, **fields: Any) -> list[OutboxEmail]:
@@ -151,14 +150,8 @@ def test_send_mail_command(app: Flask, session: Session, smtp_server: SmtpServer
 
 @pytest.fixture()
 def committed_app(backend: str, tmp_path: Path) -> Iterator[Flask]:
-    url = fresh_database(backend, tmp_path, "outbox")
-    application = create_app(make_config(url))
-    migrate_to_head(application)
-    yield application
-    with application.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    drop_database(url)
+    with app_with_own_database(backend, tmp_path, "outbox") as application:
+        yield application
 
 
 def test_concurrent_senders_deliver_each_mail_exactly_once(committed_app: Flask) -> None:

@@ -19,20 +19,11 @@ import requests
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from portal import create_app
 from portal.accounts.models import Account, User
-from portal.extensions import db
 from portal.payments import services
 from portal.payments.gateway import Gateway
 from portal.payments.models import PaymentMethod
-from tests.conftest import (
-    ROOT,
-    drop_database,
-    fresh_database,
-    make_config,
-    migrate_to_head,
-    missing_service,
-)
+from tests.conftest import ROOT, app_with_own_database, missing_service
 from tests.factories import make_account, make_invoice, make_user
 from tests.payments.fault_proxy import FaultProxy
 
@@ -120,14 +111,8 @@ class PayWorld:
 @pytest.fixture()
 def pay_app(backend: str, tmp_path: Path, proxy: FaultProxy) -> Iterator[Flask]:
     """An app over its own fresh database: real commits, many threads."""
-    url = fresh_database(backend, tmp_path, "pay")
-    application = create_app(make_config(url, **stripe_config(proxy.url)))
-    migrate_to_head(application)
-    yield application
-    with application.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    drop_database(url)
+    with app_with_own_database(backend, tmp_path, "pay", **stripe_config(proxy.url)) as application:
+        yield application
 
 
 def gateway_for(proxy_url: str) -> Gateway:
