@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import importlib
 import re
+import zipfile
+from collections.abc import Iterator, Sequence
+from datetime import date
+from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, request, url_for
+from flask import Blueprint, Response, abort, current_app, request, stream_with_context, url_for
 from flask_login import login_required
+from sqlalchemy import func, select
 
 from portal import clock
 from portal.auth.sessions import current_account
-from portal.billing import queries
+from portal.billing import documents, pdf, queries
 from portal.billing.forms import STATUS_CHOICES, InvoiceFilterForm, StatementPeriodForm
+from portal.billing.models import Invoice, InvoiceLine, InvoiceStatus
 from portal.billing.queries import Cursor, dashboard_summary
+from portal.billing.services import invoice_by_number
 from portal.billing.statements import (
     InvalidPeriod,
-    StatementView,
     csv_filename,
     parse_period,
     statement_csv,
     statement_view,
 )
+from portal.errors import NotFound, ValidationFailed
 from portal.extensions import db
 from portal.web import render_page
 
@@ -146,7 +152,7 @@ def statements() -> Response:
             csv_filename(account, period),
         )
     if fmt == "pdf":
-        return _statement_pdf(account, view)
+        return pdf.statement_pdf_response(account, view)
     if fmt != "html":
         abort(404)
     if not args.get("period") and not args.get("start"):
@@ -164,11 +170,7 @@ def statements() -> Response:
         error=None,
         today=today,
         csv_url=url_for("billing.statements", **download_args, format="csv"),
-        pdf_url=(
-            url_for("billing.statements", **download_args, format="pdf")
-            if _pdf_module() is not None
-            else None
-        ),
+        pdf_url=url_for("billing.statements", **download_args, format="pdf"),
     )
 
 
@@ -179,38 +181,10 @@ def _download(body: bytes, mimetype: str, filename: str) -> Response:
     return response
 
 
-def _pdf_module() -> object | None:
-    """The statement PDF lives in portal/billing/pdf.py (its own issue); absent until it lands."""
-    try:
-        module = importlib.import_module("portal.billing.pdf")
-    except ImportError:
-        return None
-    return module if hasattr(module, "statement_pdf_response") else None
-
-
-def _statement_pdf(account: object, view: StatementView) -> Response:
-    module = _pdf_module()
-    if module is None:
-        abort(404)
-    return module.statement_pdf_response(account, view)  # type: ignore[attr-defined]
-
-
 # ----------------------------------------------------------------------------------------------
 # Invoice PDFs and the yearly ZIP of them. Rendering lives in portal/billing/pdf.py, storage in
 # portal/billing/documents.py; this section only translates requests.
 
-import zipfile  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
-from datetime import date  # noqa: E402
-from typing import Any  # noqa: E402
-
-from flask import stream_with_context  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
-
-from portal.billing import documents, pdf  # noqa: E402
-from portal.billing.models import Invoice, InvoiceLine, InvoiceStatus  # noqa: E402
-from portal.billing.services import invoice_by_number  # noqa: E402
-from portal.errors import NotFound, ValidationFailed  # noqa: E402
 
 # NOTE: a stored PDF never changes for its URL's (invoice, template version, size), but a new
 # template version replaces it: browsers may keep it an hour, then revalidate by ETag.
