@@ -21,6 +21,7 @@ from portal.accounts.models import Account, Membership, User
 from portal.billing import services as billing
 from portal.billing.models import Invoice
 from portal.billing.money import Money
+from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
 from tests.payments.auth_objects import owner_attempt, owner_card
 
@@ -96,6 +97,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("accounts.details", "GET"): Rule("GET", lambda w: "/account", signed_in_only()),
     # An empty form: the owner gets the form back with messages, and changes nothing.
     ("accounts.details", "POST"): Rule("POST", lambda w: "/account", signed_in_only(422)),
+    # Another user's (or staff's) try at the owner's session id: 404, like a missing one.
+    ("accounts.end_session", "POST"): Rule(
+        "POST", lambda w: f"/account/sessions/{owner_session(w)}/sign-out", own_object(303)
+    ),
     ("accounts.sign_out_everywhere", "POST"): Rule(
         "POST", lambda w: "/account/sign-out-everywhere", signed_in_only(303, staff=303)
     ),

@@ -76,6 +76,9 @@ class User(Base):
     disabled_at: Mapped[datetime | None]
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     totp_confirmed_at: Mapped[datetime | None]
+    # NOTE: the 30-second time step of the last TOTP code accepted; a code of this step or an
+    # earlier one is refused, so a code seen over a shoulder cannot be used again.
+    totp_last_step: Mapped[int | None]
     last_sign_in_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 

@@ -1,13 +1,16 @@
-"""The account details page, and "sign out everywhere"."""
+"""The account details page, the signed-in devices, and "sign out everywhere"."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, flash, request, url_for
-from flask_login import login_required
+from datetime import timedelta
+
+from flask import Blueprint, Response, current_app, flash, request, url_for
+from flask_login import current_user, login_required
 
 from portal.accounts import services
 from portal.accounts.forms import COUNTRIES, LANGUAGES, AccountDetailsForm
-from portal.auth.sessions import current_account, sign_out, signed_in_user
+from portal.auth.models import UserSession
+from portal.auth.sessions import current_account, end_current_session, sign_out, signed_in_user
 from portal.errors import NotAllowed
 from portal.extensions import db
 from portal.web import render_page, see_other
@@ -15,8 +18,25 @@ from portal.web import render_page, see_other
 bp = Blueprint("accounts", __name__)
 
 
+def _this_browser() -> UserSession | None:
+    return getattr(current_user, "browser_session", None)
+
+
+def _devices() -> list[UserSession]:
+    user = signed_in_user()
+    assert user is not None
+    prefix = "STAFF_SESSION" if user.is_staff else "SESSION"
+    return services.active_sessions(
+        db.session,
+        user,
+        idle=timedelta(minutes=current_app.config[f"{prefix}_IDLE_MINUTES"]),
+        absolute=timedelta(hours=current_app.config[f"{prefix}_ABSOLUTE_HOURS"]),
+    )
+
+
 def _render(form: AccountDetailsForm, can_edit: bool, status: int = 200) -> Response:
     account = current_account()
+    this_browser = _this_browser()
     response = render_page(
         "accounts/details.html",
         account=account,
@@ -24,6 +44,8 @@ def _render(form: AccountDetailsForm, can_edit: bool, status: int = 200) -> Resp
         can_edit=can_edit,
         countries=dict(COUNTRIES),
         languages=dict(LANGUAGES),
+        devices=_devices(),
+        this_device_id=this_browser.id if this_browser else None,
     )
     response.status_code = status
     return response
@@ -48,6 +70,25 @@ def details() -> Response:
     )
     db.session.commit()
     flash("Your billing details are saved." if changes else "Nothing changed.", "success")
+    return see_other(url_for("accounts.details"))
+
+
+@bp.post("/account/sessions/<session_id>/sign-out")
+@login_required
+def end_session(session_id: str) -> Response:
+    user = signed_in_user()
+    assert user is not None
+    this_browser = _this_browser()
+    # NOTE: only the signed-in user's own sessions: another user's id is a 404, like a missing one.
+    ended = services.end_session(db.session, user, session_id, ip=request.remote_addr)
+    if this_browser is not None and ended.id == this_browser.id:
+        end_current_session()
+        db.session.commit()
+        sign_out()
+        flash("You are signed out on this device.", "success")
+        return see_other(url_for("auth.login"))
+    db.session.commit()
+    flash(f"{ended.device} is signed out.", "success")
     return see_other(url_for("accounts.details"))
 
 

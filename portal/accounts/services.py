@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -10,7 +11,8 @@ from sqlalchemy.orm import Session
 from portal import clock
 from portal.accounts.models import Account, MemberRole, Membership, User
 from portal.audit.services import record
-from portal.errors import NotAllowed
+from portal.auth.models import UserSession
+from portal.errors import NotAllowed, NotFound
 
 # NOTE: the only fields a customer may change; anything else in a form is ignored (no mass
 # assignment of currency, invoice prefix, Stripe id ...).
@@ -79,7 +81,13 @@ def update_account_details(
 
 
 def end_all_sessions(session: Session, user: User) -> int:
-    """Move the user's session epoch on: every cookie issued before stops working."""
+    """End every session row of the user and move the epoch on: every cookie stops working."""
+    session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+        .values(ended_at=clock.now())
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(User)
         .where(User.id == user.id)
@@ -88,6 +96,56 @@ def end_all_sessions(session: Session, user: User) -> int:
     )
     session.refresh(user, ["session_epoch"])
     return user.session_epoch
+
+
+def active_sessions(
+    session: Session, user: User, *, idle: timedelta, absolute: timedelta
+) -> list[UserSession]:
+    """The user's signed-in browsers, most recently seen first (timed-out ones left out)."""
+    now = clock.now()
+    return list(
+        session.scalars(
+            select(UserSession)
+            .where(
+                UserSession.user_id == user.id,
+                UserSession.ended_at.is_(None),
+                UserSession.last_seen_at >= now - idle,
+                UserSession.created_at >= now - absolute,
+            )
+            .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
+        )
+    )
+
+
+def end_session(
+    session: Session, user: User, session_public_id: str, *, ip: str | None = None
+) -> UserSession:
+    """Sign one of the user's browsers out. Another user's session is NotFound, like a missing one.
+
+    An already ended session is returned unchanged (a second tap changes nothing).
+    """
+    target = session.scalar(
+        select(UserSession).where(
+            UserSession.public_id == session_public_id, UserSession.user_id == user.id
+        )
+    )
+    if target is None:
+        raise NotFound("That device is not in your list of signed-in devices.")
+    if target.ended_at is not None:
+        return target
+    target.ended_at = clock.now()
+    record(
+        session,
+        "auth.session_ended",
+        actor_kind="staff" if user.is_staff else "customer",
+        actor_user_id=user.id,
+        target_type="user_session",
+        target_id=target.public_id,
+        after={"device": target.device},
+        ip=ip,
+    )
+    session.flush()
+    return target
 
 
 def sign_out_everywhere(session: Session, user: User, *, ip: str | None = None) -> None:

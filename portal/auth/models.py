@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal import clock
 from portal.accounts.models import User
-from portal.db import Base, intpk
+from portal.db import Base, intpk, public_id
 
 
 class LoginToken(Base):
@@ -34,3 +34,28 @@ class LoginToken(Base):
     retired_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship()
+
+
+class UserSession(Base):
+    """One signed-in browser. The cookie carries a random id; only its SHA-256 is stored here."""
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_user_id_ended_at", "user_id", "ended_at"),)
+
+    id: Mapped[intpk]
+    # Names the row in the "Signed-in devices" list and its sign-out form (never the cookie id).
+    public_id: Mapped[public_id]
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    sid_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
+    last_seen_at: Mapped[datetime] = mapped_column(default=clock.now)
+    ended_at: Mapped[datetime | None]
+    ip: Mapped[str | None] = mapped_column(String(45))
+    # A short summary of the User-Agent header, e.g. "Safari on iPhone".
+    device: Mapped[str] = mapped_column(String(100), default="")
+
+    user: Mapped[User] = relationship()
+
+    @property
+    def is_active(self) -> bool:
+        return self.ended_at is None

@@ -9,12 +9,11 @@ from flask import Blueprint, Response, current_app, render_template, request, se
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import TooManyRequests
 
-from portal.accounts import services as accounts
 from portal.accounts.models import User
 from portal.audit.services import record
 from portal.auth import limits, services
 from portal.auth.forms import LoginForm
-from portal.auth.sessions import sign_in, sign_out, signed_in_user
+from portal.auth.sessions import end_current_session, sign_in, sign_out, signed_in_user
 from portal.extensions import db, limiter
 from portal.mail import queue_email, render_email
 from portal.web import is_safe_next, see_other
@@ -198,10 +197,11 @@ def consume(token: str) -> Response | tuple[str, int]:
 @bp.post("/logout")
 def logout() -> Response:
     user = signed_in_user()
-    if user is not None:
-        # NOTE: the epoch moves on, so a copy of this cookie stops working on the server too.
-        accounts.end_all_sessions(db.session, user)
-        _audit("auth.sign_out", user)
+    # NOTE: ends this browser's row in user_sessions, so a copy of this cookie stops working on
+    # the server too; the user's other devices stay signed in ("sign out everywhere" ends them).
+    if end_current_session() or user is not None:
+        if user is not None:
+            _audit("auth.sign_out", user)
         db.session.commit()
     sign_out()
     return see_other(url_for("auth.login"))

@@ -1,24 +1,39 @@
-"""Who is signed in, and for which account. Sessions carry the user's epoch (see User)."""
+"""Who is signed in, and for which account.
+
+Every sign-in makes a row in user_sessions (one per browser); the cookie carries the row's
+random id ("sid", only its hash is stored) and the user's epoch (see User). A request is signed
+in only while its row is not ended and the epoch matches: sign-out ends this browser's row,
+"sign out everywhere" and disabling a user end every row and move the epoch on.
+"""
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
 
-from flask import Flask, abort, g, session
+from flask import Flask, abort, g, request, session
 from flask_login import UserMixin, current_user, login_user, logout_user
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from portal import clock
 from portal.accounts.models import Account, Membership, User
+from portal.auth.devices import describe_user_agent
+from portal.auth.models import UserSession
+from portal.auth.services import hash_value
 from portal.extensions import db, login_manager
+
+SID_KEY = "sid"
+# NOTE: the cookie's last_seen_at (and the row's) move on at most once a minute.
+TOUCH_EVERY = timedelta(seconds=60)
 
 
 class SessionUser(UserMixin):
     """Flask-Login's view of a User: the id names the user and the epoch it was signed in under."""
 
-    def __init__(self, user: User) -> None:
+    def __init__(self, user: User, browser_session: UserSession | None = None) -> None:
         self.user = user
+        # This browser's row in user_sessions (None in the request that signs in).
+        self.browser_session = browser_session
 
     def get_id(self) -> str:
         return f"{self.user.public_id}:{self.user.session_epoch}"
@@ -28,32 +43,81 @@ class SessionUser(UserMixin):
         return not self.user.is_disabled
 
 
+def _sid_hash() -> str | None:
+    sid = session.get(SID_KEY)
+    return hash_value(sid) if isinstance(sid, str) and sid else None
+
+
 @login_manager.user_loader
 def load_user(session_id: str) -> SessionUser | None:
     public_id, _, epoch = session_id.partition(":")
-    user = db.session.scalar(select(User).where(User.public_id == public_id))
-    # NOTE: a bumped epoch (sign out everywhere, disabled user) ends every older session.
-    if user is None or user.is_disabled or str(user.session_epoch) != epoch:
+    # NOTE: a cookie without a session id (made before user_sessions existed, or forged) still
+    # asks the database, and matches no row: the same path, and a 503 when the database is gone.
+    sid_hash = _sid_hash() or ""
+    # NOTE: one statement per request: the user and this browser's session row, joined.
+    row = db.session.execute(
+        select(User, UserSession)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(
+            User.public_id == public_id,
+            UserSession.sid_hash == sid_hash,
+            UserSession.ended_at.is_(None),
+        )
+    ).first()
+    if row is None:
+        return None  # signed out here or on /account, or a cookie from before user_sessions
+    user, browser_session = row
+    # NOTE: a bumped epoch (sign out everywhere, disabled user, role change) ends every session.
+    if user.is_disabled or str(user.session_epoch) != epoch:
         return None
-    return SessionUser(user)
+    return SessionUser(user, browser_session)
 
 
 def sign_in(user: User) -> None:
-    """Start a fresh session for the user (the old session's contents are dropped: no fixation)."""
+    """Start a fresh session for the user (the old session's contents are dropped: no fixation).
+
+    The caller commits (the new user_sessions row is added to the database session).
+    """
     session.clear()
     login_user(SessionUser(user))
     now = clock.now()
-    # NOTE: a new random id makes every sign-in's cookie differ from anything set before it.
-    session["sid"] = secrets.token_urlsafe(16)
+    # NOTE: a new random id makes every sign-in's cookie differ from anything set before it, and
+    # names this browser's row in user_sessions (which keeps only its hash).
+    sid = secrets.token_urlsafe(32)
+    session[SID_KEY] = sid
     session["signed_in_at"] = now.isoformat()
     session["last_seen_at"] = now.isoformat()
     session["staff"] = user.is_staff
     session.permanent = False
     user.last_sign_in_at = now
+    db.session.add(
+        UserSession(
+            user_id=user.id,
+            sid_hash=hash_value(sid),
+            created_at=now,
+            last_seen_at=now,
+            ip=request.remote_addr,
+            device=describe_user_agent(request.headers.get("User-Agent")),
+        )
+    )
+
+
+def end_current_session() -> bool:
+    """End this browser's row in user_sessions (the caller commits); True if one was open."""
+    sid_hash = _sid_hash()
+    if sid_hash is None:
+        return False
+    ended = db.session.execute(
+        update(UserSession)
+        .where(UserSession.sid_hash == sid_hash, UserSession.ended_at.is_(None))
+        .values(ended_at=clock.now())
+        .execution_options(synchronize_session=False)
+    )
+    return ended.rowcount == 1
 
 
 def sign_out() -> None:
-    """Forget the session in this browser (the caller bumps the epoch to end it everywhere)."""
+    """Forget the session in this browser's cookie (end its row first: end_current_session)."""
     logout_user()
     session.clear()
 
@@ -85,12 +149,30 @@ def session_expired(app: Flask) -> bool:
         return _end_session()
     if now - last_seen_at > idle or now - signed_in_at > absolute:
         return _end_session()
-    if now - last_seen_at >= timedelta(seconds=60):
+    if now - last_seen_at >= TOUCH_EVERY:
         session["last_seen_at"] = now.isoformat()
+        _touch_row(now)
     return False
 
 
+def _touch_row(now: datetime) -> None:
+    """Move this browser's row's last_seen_at on (at most once a minute, like the cookie)."""
+    sid_hash = _sid_hash()
+    if sid_hash is None:
+        return
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.sid_hash == sid_hash, UserSession.ended_at.is_(None))
+        .values(last_seen_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+
+
 def _end_session() -> bool:
+    # NOTE: a timed-out session ends on the server too, so it leaves the devices list.
+    if end_current_session():
+        db.session.commit()
     logout_user()
     session.clear()
     return True

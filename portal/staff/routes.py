@@ -129,11 +129,17 @@ def totp_verify() -> Response | tuple[str, int] | str:
     if request.method == "GET":
         return render_template("staff/totp_verify.html", form=form)
     if form.validate():
-        method = services.verify_second_factor(db.session, user, form.code.data)
+        result = services.verify_second_factor(db.session, user, form.code.data)
         db.session.commit()
-        if method is not None:
+        if result in services.PASSED:
             return _after_second_factor()
-        form.code.errors = [
-            "That code did not work. Codes change every 30 seconds: try the current one."
-        ]
+        if result == services.REUSED:
+            form.code.errors = [
+                "That code was already used. Wait for the next code to appear in your app "
+                "(a new one every 30 seconds) and enter that one."
+            ]
+        else:
+            form.code.errors = [
+                "That code did not work. Codes change every 30 seconds: try the current one."
+            ]
     return render_template("staff/totp_verify.html", form=form), 422

@@ -16,6 +16,7 @@ from portal import clock
 from portal.accounts.models import RecoveryCode, User
 from portal.audit.models import AuditEvent
 from portal.auth.services import TokenSigner, hash_value, issue_login_token
+from portal.clock import FrozenClock
 from portal.extensions import db
 from tests.factories import make_account, make_user
 
@@ -170,3 +171,58 @@ def test_create_staff_command(app: Flask, session: Session) -> None:
     wrong_role = runner.invoke(args=["portal", "create-staff", "x@example.com", "--role", "god"])
     assert wrong_role.exit_code != 0
     assert "staff.role_set" in _actions(session)
+
+
+def test_a_totp_code_works_once_and_the_next_steps_code_works(
+    session: Session, app: Flask, clock: FrozenClock
+) -> None:
+    staff = _enrolled(session, "replay@example.com")
+    totp = pyotp.TOTP(staff.totp_secret)
+    code = totp.at(clock())
+
+    first = app.test_client()
+    _first_factor(first, app, staff)
+    assert first.post("/staff/two-factor", data={"code": code}).status_code == 303
+    assert first.get("/staff/").status_code == 200
+
+    # Someone who saw the code (or a second tab) tries it again within its 30 seconds.
+    second = app.test_client()
+    _first_factor(second, app, staff)
+    replay = second.post("/staff/two-factor", data={"code": code})
+    assert replay.status_code == 422
+    assert "already used" in replay.get_data(as_text=True)
+    assert second.get("/staff/").status_code == 303
+    event = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.action == "staff.second_factor_failed")
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).one()
+    assert event.after == {"reason": "reused"}
+
+    # An earlier step's code (still inside the drift window) is refused as well.
+    earlier = totp.at(clock() - timedelta(seconds=30))
+    assert second.post("/staff/two-factor", data={"code": earlier}).status_code == 422
+
+    clock.advance(seconds=30)
+    fresh = second.post("/staff/two-factor", data={"code": totp.at(clock())})
+    assert fresh.status_code == 303
+    assert second.get("/staff/").status_code == 200
+    session.refresh(staff)
+    assert staff.totp_last_step == totp.timecode(clock())
+
+
+def test_the_enrolment_code_cannot_pass_the_check_again(
+    client: FlaskClient, session: Session, app: Flask, clock: FrozenClock
+) -> None:
+    staff = make_user(session, "enrol-replay@example.com", staff_role="support")
+    _first_factor(client, app, staff)
+    body = client.get("/staff/two-factor/setup").get_data(as_text=True)
+    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', body)
+    assert secret
+    code = pyotp.TOTP(secret.group(1)).at(clock())
+    assert client.post("/staff/two-factor/setup", data={"code": code}).status_code == 200
+
+    other = app.test_client()
+    _first_factor(other, app, staff)
+    assert other.post("/staff/two-factor", data={"code": code}).status_code == 422
