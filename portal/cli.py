@@ -107,6 +107,7 @@ def create_staff_command(email: str, role: str, name: str) -> None:
 def sync_demo_stripe_command() -> None:
     """Give the demo accounts real customers and cards in the Stripe simulator (idempotent;
     refuses real Stripe)."""
+    from portal.errors import DomainError, ServiceUnavailable
     from portal.payments.demo_sync import RealStripeRefused, sync_demo_stripe
     from portal.payments.gateway import gateway
 
@@ -116,6 +117,13 @@ def sync_demo_stripe_command() -> None:
         )
     except RealStripeRefused as refused:
         raise click.ClickException(str(refused)) from refused
+    except DomainError as error:
+        base = current_app.config["STRIPE_API_BASE"]
+        said = "" if isinstance(error, ServiceUnavailable) else f" ({error.message})"
+        raise click.ClickException(
+            f"{error.title} at {base}{said}. Is the simulator running there? "
+            "`make demo` starts it and sets STRIPE_API_BASE."
+        ) from error
     for line in report.lines():
         click.echo(line)
 

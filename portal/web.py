@@ -88,7 +88,7 @@ def _origin(url: str) -> str:
 
 
 _NAVIGATION = (
-    ("billing.dashboard", "Dashboard"),
+    ("billing.dashboard", "Overview"),
     ("billing.invoices", "Invoices"),
     ("billing.statements", "Statements"),
     ("payments.history", "Payments"),

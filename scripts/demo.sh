@@ -34,6 +34,15 @@ else
   echo "warning: could not register the webhook with localstripe at $STRIPE_API_BASE" >&2
 fi
 
+# The seeded saved cards are fake ids and localstripe starts empty each time: give the demo
+# accounts real simulator customers and cards (idempotent; it refuses real Stripe).
+if sync_report="$($flask portal sync-demo-stripe 2>&1)"; then
+  printf '%s\n' "$sync_report" | sed 's/^/  /'
+else
+  printf '%s\n' "$sync_report" >&2
+  echo "warning: the demo's saved cards are not in localstripe; paying with them will fail" >&2
+fi
+
 echo
 echo "Sign-in links (each works once, for ${LOGIN_TOKEN_MINUTES:-10} minutes; get another with"
 echo "  $flask portal login-link EMAIL):"

@@ -288,3 +288,120 @@ def test_staff_enrol_in_two_factor_on_a_phone(live_server: Any, phone: Any) -> N
     _screenshot(page, "staff-totp-setup-iphone13-dark")
     assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
     context.close()
+
+
+def _sign_in(page: Any, live_server: Any, email: str = DEMO_EMAIL) -> None:
+    page.goto(live_server.login_link(email))
+    page.get_by_role("button", name=f"Sign in as {email}").click()
+    page.wait_for_url(f"{live_server.url}/")
+
+
+def _assert_on_screen_and_tappable(page: Any, locator: Any, what: str) -> None:
+    box = locator.bounding_box()
+    assert box is not None, f"{what} is not rendered"
+    width = page.viewport_size["width"]
+    height = page.viewport_size["height"]
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width, f"{what} is cut off: {box}"
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height, f"{what} is off screen: {box}"
+    assert box["width"] >= 44 and box["height"] >= 44, f"{what} is too small to tap: {box}"
+
+
+def test_navigation_fits_a_phone_and_reaches_every_page(live_server: Any, phone: Any) -> None:
+    """The tab bar: every item on screen at 390px (no sideways scrolling), 44px targets, the
+    current place marked, "More" for the rest; light and dark both axe-clean."""
+    browser, iphone = phone
+    context = browser.new_context(**iphone, reduced_motion="reduce")
+    page = context.new_page()
+    errors = _page_errors(page)
+    _sign_in(page, live_server)
+    assert page.viewport_size["width"] == 390
+
+    nav = page.get_by_role("navigation", name="Main")
+    tabs = ["Overview", "Invoices", "Statements", "Payments"]
+    for name in tabs:
+        _assert_on_screen_and_tappable(page, nav.get_by_role("link", name=name, exact=True), name)
+    more = nav.locator("summary", has_text="More")
+    _assert_on_screen_and_tappable(page, more, "More")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert nav.get_by_role("link", name="Overview").get_attribute("aria-current") == "page"
+
+    # An invoice and its pay page belong to Invoices.
+    page.goto(f"{live_server.url}/invoices/ALS-0011")
+    assert nav.get_by_role("link", name="Invoices").get_attribute("aria-current") == "page"
+    assert nav.locator("[aria-current]").count() == 1
+
+    # "More" opens upward over the page and leads to payment methods and the account.
+    page.goto(f"{live_server.url}/payments")
+    more.click()
+    methods = nav.get_by_role("link", name="Payment methods", exact=True)
+    _assert_on_screen_and_tappable(page, methods, "Payment methods in More")
+    _assert_on_screen_and_tappable(
+        page, nav.get_by_role("link", name="Account", exact=True), "Account in More"
+    )
+    _assert_accessible(page, "the payments page with More open")
+    _screenshot(page, "nav-more-iphone13")
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    more.click()
+    _assert_accessible(page, "More open in dark mode")
+    _screenshot(page, "nav-more-iphone13-dark")
+    page.emulate_media(color_scheme="light")
+    methods.click()
+    page.wait_for_url(f"{live_server.url}/payment-methods")
+    assert page.get_by_role("heading", level=1, name="Payment methods").is_visible()
+    # Marked current in the (closed) More panel, and More itself looks current.
+    current = nav.locator(".site-nav__panel-link[aria-current=page]")
+    assert current.text_content() == "Payment methods"
+    assert "site-nav__link--current" in (more.get_attribute("class") or "")
+
+    # The account page and the payment history link to the saved cards too.
+    for path in ("/account", "/payments"):
+        page.goto(f"{live_server.url}{path}")
+        page.get_by_role("main").get_by_role("link", name="Payment methods").click()
+        page.wait_for_url(f"{live_server.url}/payment-methods")
+
+    # The page's last line is not hidden behind the tab bar.
+    page.goto(f"{live_server.url}/")
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    footer_end = page.locator(".site-footer__contact").bounding_box()
+    bar = nav.bounding_box()
+    assert footer_end is not None and bar is not None
+    assert footer_end["y"] + footer_end["height"] <= bar["y"]
+    _screenshot(page, "dashboard-bottom-iphone13")
+
+    assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
+    context.close()
+
+
+def test_navigation_works_without_javascript_and_on_a_wide_screen(
+    live_server: Any, phone: Any
+) -> None:
+    browser, iphone = phone
+    context = browser.new_context(**iphone, java_script_enabled=False)
+    page = context.new_page()
+    _sign_in(page, live_server)
+    nav = page.get_by_role("navigation", name="Main")
+    nav.locator("summary", has_text="More").click()
+    nav.get_by_role("link", name="Account", exact=True).click()
+    page.wait_for_url(f"{live_server.url}/account")
+    assert page.get_by_role("heading", level=1, name="Account").is_visible()
+    context.close()
+
+    # From 640px every item is inline in one row under the header and "More" is gone.
+    context = browser.new_context(viewport={"width": 1024, "height": 800})
+    page = context.new_page()
+    _sign_in(page, live_server)
+    nav = page.get_by_role("navigation", name="Main")
+    names = ["Overview", "Invoices", "Statements", "Payments", "Payment methods", "Account"]
+    tops = set()
+    for name in names:
+        link = nav.get_by_role("link", name=name, exact=True)
+        assert link.is_visible(), name
+        box = link.bounding_box()
+        assert box is not None and box["height"] >= 44
+        tops.add(round(box["y"]))
+    assert len(tops) == 1, "the wide navigation should be one row"
+    assert not nav.locator("summary").is_visible()
+    _assert_accessible(page, "the dashboard on a wide screen")
+    _screenshot(page, "dashboard-wide")
+    context.close()

@@ -138,7 +138,9 @@ def _sync_card(
             exp_year=method.exp_year,
             idempotency_key=_key("card"),
         )
-        card = gw.attach_payment_method(created.id, customer=customer, idempotency_key=_key("attach"))
+        card = gw.attach_payment_method(
+            created.id, customer=customer, idempotency_key=_key("attach")
+        )
         why = "replaced fake " if stored.startswith(DEMO_PREFIX) else "replaced unknown "
         why += stored
     before = {"stripe_payment_method_id": stored, "brand": method.brand, "last4": method.last4}

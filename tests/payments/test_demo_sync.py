@@ -3,6 +3,7 @@ are repaired, a second run changes nothing, and real Stripe is refused."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -72,9 +73,7 @@ def _pay_als_0011_with_default_card(session: Session, gw: Gateway) -> None:
     session.expire_all()
     invoice = services.invoice_of(session, account, "ALS-0011")
     assert invoice is not None and invoice.status == InvoiceStatus.PAID
-    payment = session.scalar(
-        select(Payment).where(Payment.stripe_payment_intent_id == intent.id)
-    )
+    payment = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == intent.id))
     assert payment is not None and payment.amount_minor == intent.amount
 
 
@@ -241,3 +240,23 @@ def test_the_command_reports_what_it_did(
         first.output
     )
     assert second.exit_code == 0 and "nothing changed" in second.output
+
+
+def test_the_command_explains_an_unreachable_simulator(
+    stripe_app: Flask, session: Session, proxy: FaultProxy
+) -> None:
+    seed_demo(session, SELLER)
+    session.commit()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once closed
+    stripe_app.config.update(STRIPE_API_BASE=dead, STRIPE_TIMEOUT_SECONDS=2)
+    stripe_app.extensions.pop("portal.gateway", None)
+
+    result = stripe_app.test_cli_runner().invoke(args=["portal", "sync-demo-stripe"])
+
+    assert result.exit_code == 1
+    assert "could not reach the payment provider" in result.output
+    assert dead in result.output and "Traceback" not in result.output
+    session.expire_all()
+    assert _default_card(session, _ada(session)).stripe_payment_method_id.startswith("pm_demo_")
