@@ -45,7 +45,7 @@ def login_link_command(email: str) -> None:
 @portal_cli.command("send-mail")
 @click.option("--loop", is_flag=True, help="Keep delivering until stopped (Ctrl-C).")
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
-def send_mail_command(loop: bool, interval: float) -> None:
+def send_mail_command(loop: bool, interval: float) -> None:  # money-safe: seconds
     """Deliver the email outbox (SMTP, or instance/mail/ without MAIL_SERVER), with retries."""
     import time
 

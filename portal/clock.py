@@ -37,7 +37,7 @@ class FrozenClock:
     def __call__(self) -> datetime:
         return self.current
 
-    def advance(self, **delta: float) -> datetime:
+    def advance(self, **delta: float) -> datetime:  # money-safe: a duration
         self.current += timedelta(**delta)
         return self.current
 

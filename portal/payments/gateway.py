@@ -153,7 +153,7 @@ class Gateway:
         api_key: str,
         api_base: str,
         webhook_secret: str,
-        timeout: float = 20.0,
+        timeout: float = 20.0,  # money-safe: seconds
     ) -> None:
         self.webhook_secret = webhook_secret
         self.client = stripe.StripeClient(
@@ -397,7 +397,7 @@ def gateway() -> Gateway:
             api_key=app.config["STRIPE_SECRET_KEY"],
             api_base=app.config["STRIPE_API_BASE"],
             webhook_secret=app.config["STRIPE_WEBHOOK_SECRET"],
-            timeout=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or 20),
+            timeout=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or 20),  # money-safe
         )
         app.extensions["portal.gateway"] = existing
     return existing
