@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 from flask_login import login_required
@@ -44,14 +45,26 @@ def _stripe_context() -> dict[str, str]:
 def _invoices_from_request(account_id: int, number: str | None) -> list[str]:
     if number:
         return [number]
-    chosen = request.values.getlist("invoice")
-    if request.values.get("scope") == "balance" or not chosen:
+    chosen = [n.strip()[:40] for n in request.values.getlist("invoice") if n.strip()]
+    if request.values.get("scope") == "balance" or (not chosen and not _from_chooser()):
         account = current_account()
         return [invoice.number or "" for invoice in services.payable_invoices(db.session, account)]
     return chosen
 
 
-def _card_from_form(account_id: int) -> PaymentMethod:
+def _from_chooser() -> bool:
+    """The request comes from the chooser on /pay: no invoice ticked means none, not all."""
+    return request.values.get("choose") == "1"
+
+
+def _wants_card_saved() -> bool:
+    # NOTE: the form sends save_card=0 (hidden) then save_card=1 (the checkbox, when ticked);
+    # a client that sends neither keeps the old behaviour: the card is saved.
+    values = request.form.getlist("save_card")
+    return "1" in values or not values
+
+
+def _card_from_form(account_id: int, *, keep: bool = True) -> PaymentMethod:
     """The card to charge: a saved card of the account, or the card a SetupIntent just saved."""
     account = current_account()
     setup_intent = request.form.get("setup_intent", "").strip()
@@ -72,11 +85,62 @@ def _card_from_form(account_id: int) -> PaymentMethod:
                 idempotency_key=f"attach_{details.id}",
             )
         services.begin_locked_write(db.session)
-        return services.save_card(db.session, account, details)
+        return services.save_card(db.session, account, details, keep=keep)
+    if request.form.get("pay_with") == "new":
+        raise ValidationFailed(
+            "The card details did not arrive (paying with a new card needs JavaScript). "
+            "Nothing was charged."
+        )
     method = request.form.get("payment_method", "").strip()
     if not method:
         raise ValidationFailed("Choose a card to pay with.")
     return services.card_of(db.session, account, method)
+
+
+def _render_pay(account: Any, **context: Any) -> Response:
+    return render_page(
+        "payments/pay.html",
+        "payments/_pay_summary.html",
+        account=account,
+        cards=services.active_cards(db.session, account),
+        today=clock.today(account.timezone),
+        **context,
+        **_stripe_context(),
+    )
+
+
+def _chooser(account: Any) -> Response:
+    """The account's open invoices as choices, the chosen ones totalled by the server.
+
+    NOTE: a number that is not one of the account's payable invoices (another account's, a paid
+    one, a typo) is left out with a message that says so, the same words for each, so the page
+    never tells whether another account's invoice exists. Paying (POST) such a number is a 404.
+    """
+    open_invoices = services.payable_invoices(db.session, account)
+    live = services.live_attempts_by_invoice(db.session, [i.id for i in open_invoices])
+    offered = [i for i in open_invoices if i.id not in live]
+    in_progress = [(i, live[i.id]) for i in open_invoices if i.id in live]
+    requested = _invoices_from_request(account.id, None)
+    by_number = {i.number: i for i in offered}
+    unknown = [n for n in dict.fromkeys(requested) if n not in by_number]
+    chosen = [i for i in offered if i.number in set(requested)]
+    messages = []
+    if unknown:
+        listed = ", ".join(n for n in unknown if n not in {i.number for i, _ in in_progress})
+        if listed:
+            messages.append(
+                f"We left out {listed}: not one of your open invoices, so it cannot be paid here."
+            )
+    return _render_pay(
+        account,
+        invoices=offered,
+        chosen=chosen,
+        chosen_numbers={i.number for i in chosen},
+        in_progress=in_progress,
+        number=None,
+        total_minor=sum(i.amount_due_minor for i in chosen),
+        messages=messages,
+    )
 
 
 @bp.get("/invoices/<number>/pay")
@@ -84,28 +148,26 @@ def _card_from_form(account_id: int) -> PaymentMethod:
 @login_required
 def pay_invoice(number: str | None) -> Response:
     account = current_account()
-    numbers = _invoices_from_request(account.id, number)
-    invoices = list(
-        db.session.scalars(
-            select(Invoice).where(Invoice.account_id == account.id, Invoice.number.in_(numbers))
-        )
-    )
-    if number and not invoices:
+    if number is None:
+        return _chooser(account)
+    invoice = services.invoice_of(db.session, account, number)
+    if invoice is None:
         raise NotFound("We could not find that invoice.")
-    live = services.live_attempt_for(db.session, [i.id for i in invoices]) if invoices else None
+    live = services.live_attempt_for(db.session, [invoice.id])
     if live is not None:
         return see_other(url_for("checkout.attempt_status", public_id=live.public_id))
-    payable = [i for i in invoices if i.amount_due_minor > 0 and i.status in services.PAYABLE]
-    total = sum(i.amount_due_minor for i in payable)
-    return render_page(
-        "payments/pay.html",
-        account=account,
+    payable = (
+        [invoice] if invoice.amount_due_minor > 0 and invoice.status in services.PAYABLE else []
+    )
+    return _render_pay(
+        account,
         invoices=payable,
+        chosen=payable,
+        chosen_numbers={i.number for i in payable},
+        in_progress=[],
         number=number,
-        total_minor=total,
-        cards=services.active_cards(db.session, account),
-        today=clock.today(account.timezone),
-        **_stripe_context(),
+        total_minor=sum(i.amount_due_minor for i in payable),
+        messages=[],
     )
 
 
@@ -116,10 +178,27 @@ def pay_invoice_post(number: str | None) -> Response:
     account = current_account()
     if number and services.invoice_of(db.session, account, number) is None:
         raise NotFound("We could not find that invoice.")
+    if number is None and request.form.get("action") == "update":
+        # The chooser's "Update total" without JavaScript: show the new total, charge nothing.
+        return _chooser(account)
     numbers = _invoices_from_request(account.id, number)
     if not numbers:
-        raise ValidationFailed("There is nothing to pay right now.")
-    card = _card_from_form(account.id)
+        raise ValidationFailed(
+            "Choose at least one invoice to pay." if _from_chooser() else "There is nothing to pay."
+        )
+    # NOTE: every number must be this account's before Stripe hears of anything (404 otherwise,
+    # like a missing invoice); the amount is computed from these rows, never from the form.
+    owned = set(
+        db.session.scalars(
+            select(Invoice.number).where(
+                Invoice.account_id == account.id, Invoice.number.in_(set(numbers))
+            )
+        )
+    )
+    if owned != set(numbers):
+        raise NotFound("We could not find that invoice.")
+    keep_card = _wants_card_saved()
+    card = _card_from_form(account.id, keep=keep_card)
     gw = gateway()
     customer = services.ensure_customer(db.session, account, gw, db.session.commit)
     card_id, stripe_card = card.id, card.stripe_payment_method_id
@@ -148,7 +227,33 @@ def pay_invoice_post(number: str | None) -> Response:
         )
     except (PaymentFailed, GatewayUnavailable, GatewayRejected):
         db.session.commit()
+    _release_unsaved_card(attempt.id)
     return see_other(status_url)
+
+
+def _release_unsaved_card(attempt_id: int) -> None:
+    """After an attempt ends, a card used "for this payment only" is detached at Stripe.
+
+    NOTE: the card went through a SetupIntent like a saved one (real Stripe attaches it to the
+    customer then; the 3-D Secure of the setup is done once), so it is detached only when its
+    payment has ended: a payment waiting for 3-D Secure still needs it. Our row is stored as
+    detached from the start, so it is never listed or offered. If Stripe cannot be reached now
+    the card stays attached there but unusable through the portal; nothing is charged by it.
+    """
+    attempt = db.session.get(PaymentAttempt, attempt_id)
+    if attempt is None:
+        return
+    try:
+        services.release_unsaved_card(db.session, attempt, gateway())
+    except (GatewayUnavailable, GatewayRejected):
+        log.warning("could not detach the one-payment card of attempt %s", attempt.public_id)
+    db.session.commit()
+
+
+@bp.app_template_global()
+def payable_invoice_count() -> int:
+    """How many invoices the signed-in account can pay now (the invoice list links the chooser)."""
+    return len(services.payable_invoices(db.session, current_account()))
 
 
 def _attempt_of_account(public_id: str) -> PaymentAttempt:
@@ -209,6 +314,7 @@ def attempt_refresh(public_id: str) -> Response:
     if attempt.stripe_payment_intent_id and attempt.status in services.LIVE_ATTEMPT_STATUSES:
         intent = gateway().retrieve_payment_intent(attempt.stripe_payment_intent_id)
         _record_intent(attempt.id, intent)
+        _release_unsaved_card(attempt.id)
     return see_other(url_for("checkout.attempt_status", public_id=public_id))
 
 
@@ -222,6 +328,7 @@ def attempt_cancel(public_id: str) -> Response:
             attempt.stripe_payment_intent_id, idempotency_key=f"{attempt.idempotency_key}:cancel"
         )
         _record_intent(attempt.id, intent)
+        _release_unsaved_card(attempt.id)
     return see_other(url_for("checkout.attempt_status", public_id=public_id))
 
 

@@ -447,6 +447,20 @@ def audit_attempt(
     )
 
 
+def live_attempts_by_invoice(
+    session: Session, invoice_ids: Sequence[int]
+) -> dict[int, PaymentAttempt]:
+    """The live attempt of each of these invoices that has one."""
+    if not invoice_ids:
+        return {}
+    rows = session.execute(
+        select(PaymentAttemptItem.invoice_id, PaymentAttempt)
+        .join(PaymentAttempt, PaymentAttempt.id == PaymentAttemptItem.attempt_id)
+        .where(PaymentAttemptItem.invoice_id.in_(list(invoice_ids)), PaymentAttemptItem.is_live)
+    ).all()
+    return {invoice_id: attempt for invoice_id, attempt in rows}
+
+
 def live_statuses() -> tuple[str, ...]:
     return LIVE_ATTEMPT_STATUSES
 
@@ -454,8 +468,14 @@ def live_statuses() -> tuple[str, ...]:
 # -- saved cards ---------------------------------------------------------------------------------
 
 
-def save_card(session: Session, account: Account, card: Card) -> PaymentMethod:
-    """Insert or refresh our copy of a card (brand, last 4, expiry only); the first is default."""
+def save_card(
+    session: Session, account: Account, card: Card, *, keep: bool = True
+) -> PaymentMethod:
+    """Insert or refresh our copy of a card (brand, last 4, expiry only); the first is default.
+
+    With `keep=False` the card is for one payment only: the row exists (the payment and the
+    ledger name the card) but is stored as detached, so it is never listed or offered again.
+    """
     if card.customer and account.stripe_customer_id and card.customer != account.stripe_customer_id:
         raise NotFound("We could not find that card.")
     row = session.scalar(
@@ -484,8 +504,35 @@ def save_card(session: Session, account: Account, card: Card) -> PaymentMethod:
     else:
         row.brand, row.last4 = card.brand[:32], card.last4
         row.exp_month, row.exp_year = card.exp_month, card.exp_year
+    if not keep:
+        # NOTE: a webhook (setup_intent.succeeded, payment_method.attached) may have saved the
+        # card a moment ago; "not for next time" wins, and later webhooks never undo it
+        # (save_card only refreshes brand and expiry of an existing row).
+        row.is_default = False
+        row.detached_at = row.detached_at or clock.now()
     session.flush()
     return row
+
+
+def release_unsaved_card(session: Session, attempt: PaymentAttempt, gw: Gateway) -> bool:
+    """Detach at Stripe the one-payment card of an ended attempt; True when Stripe was asked.
+
+    The caller commits first: Stripe is called outside any transaction.
+    """
+    if attempt.status not in ENDED or attempt.payment_method_id is None:
+        return False
+    method = session.get(PaymentMethod, attempt.payment_method_id)
+    if method is None or method.detached_at is None:
+        return False
+    # NOTE: a card removed by the customer is already detached; Stripe then refuses, harmlessly.
+    found = gw.find_payment_method(method.stripe_payment_method_id)
+    if found is None or found.customer is None:
+        return False
+    try:
+        gw.detach_payment_method(method.stripe_payment_method_id)
+    except GatewayRejected:
+        log.info("card %s was already detached at Stripe", method.public_id)
+    return True
 
 
 def active_cards(session: Session, account: Account) -> list[PaymentMethod]:

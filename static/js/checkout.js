@@ -1,6 +1,7 @@
 // Card payments with Stripe.js (the subset localstripe serves too): the card Element and a
-// SetupIntent save a new card at Stripe; the form then posts only the SetupIntent's id. A payment
-// that needs 3-D Secure is confirmed with confirmCardPayment, then the page asks the server.
+// SetupIntent save a new card at Stripe (3-D Secure for the card happens inside confirmCardSetup);
+// the form then posts only the SetupIntent's id. A payment that needs 3-D Secure is confirmed with
+// confirmCardPayment, then the page asks the server.
 (function () {
   "use strict";
   var csrf = document.querySelector('meta[name="csrf-token"]');
@@ -16,12 +17,29 @@
     var card = stripe.elements().create("card");
     card.mount(form.querySelector("[data-card-element]"));
     var busy = false;
+    // The pay page's form also holds "Update total" and "Pay with a saved card": only the
+    // new-card button (or the only button, on Payment methods) goes through Stripe.js first.
+    function newCardButton() {
+      return form.querySelector('button[name="pay_with"][value="new"]') ||
+        form.querySelector("button[type=submit]:not([name])");
+    }
+    // Enter inside the card fields means "pay with this card", never the first (saved-card) button.
+    form.querySelector("[data-card-element]").addEventListener("keydown", function (event) {
+      if (event.key !== "Enter") { return; }
+      event.preventDefault();
+      var button = newCardButton();
+      if (button && !button.disabled) { form.requestSubmit(button); }
+    });
     form.addEventListener("submit", async function (event) {
       if (form.elements.setup_intent.value) { return; }
+      var submitter = event.submitter;
+      if (submitter && submitter.name && !(submitter.name === "pay_with" && submitter.value === "new")) {
+        return;
+      }
       event.preventDefault();
       if (busy) { return; }
       busy = true;
-      var button = form.querySelector("button[type=submit]");
+      var button = newCardButton() || form.querySelector("button[type=submit]");
       button.disabled = true;
       try {
         var response = await fetch(form.dataset.setupUrl, {
@@ -39,6 +57,47 @@
         showError(form, error.message || String(error));
         button.disabled = false;
         busy = false;
+      }
+    });
+  });
+
+  // The chooser on /pay: its hx-get swaps in the server's total. NOTE: localstripe's Stripe.js
+  // declares a global `class Element`, which shadows the DOM's Element for every script on the
+  // page, and htmx (`node instanceof Element`) then ignores the whole page; real Stripe.js does
+  // not. Where the DOM's Element is shadowed, the same request is made here instead.
+  var domElementShadowed = !(document.body instanceof Element);
+  document.querySelectorAll("[data-pay-choices]").forEach(function (choices) {
+    // The total follows every tick, so the no-JavaScript "Update total" button is not needed.
+    var update = choices.form && choices.form.querySelector("[data-update-total]");
+    if (update) { update.hidden = true; }
+    if (window.htmx && !domElementShadowed) { return; }
+    var url = choices.getAttribute("hx-get");
+    var summary = document.getElementById("pay-summary");
+    var pending = null;
+    choices.addEventListener("change", async function () {
+      var params = new URLSearchParams([["choose", "1"]]);
+      choices.querySelectorAll('input[name="invoice"]:checked').forEach(function (box) {
+        params.append("invoice", box.value);
+      });
+      if (pending) { pending.abort(); }
+      pending = new AbortController();
+      try {
+        var response = await fetch(url + "?" + params.toString(), {
+          headers: {"HX-Request": "true"}, credentials: "same-origin", signal: pending.signal
+        });
+        if (!response.ok) { return; }
+        var fresh = new DOMParser().parseFromString(await response.text(), "text/html").body;
+        Array.from(fresh.querySelectorAll("[hx-swap-oob]")).forEach(function (node) {
+          var old = document.getElementById(node.id);
+          node.remove();
+          node.removeAttribute("hx-swap-oob");
+          if (old) { old.replaceWith(document.importNode(node, true)); }
+        });
+        summary.replaceChildren.apply(summary, Array.from(fresh.childNodes).map(function (node) {
+          return document.importNode(node, true);
+        }));
+      } catch (error) {
+        // Aborted by a newer change, or offline: "Update total" still works.
       }
     });
   });

@@ -182,3 +182,29 @@ def event_body(event_type: str, obj: dict[str, Any], event_id: str | None = None
             "created": int(time.time()),
         }
     ).encode()
+
+
+def confirm_setup(localstripe: str, client_secret: str, number: str = SUCCESS) -> str:
+    """What Stripe.js confirmCardSetup does with the card Element (3-D Secure completed)."""
+    setup_id = client_secret.split("_secret_")[0]
+    response = requests.post(
+        f"{localstripe}/v1/setup_intents/{setup_id}/confirm",
+        json={
+            "key": "pk_test_portal",
+            "client_secret": client_secret,
+            "payment_method_data": {
+                "type": "card",
+                "card": {"number": number, "exp_month": "12", "exp_year": "2031", "cvc": "123"},
+            },
+        },
+        timeout=10,
+    )
+    body = response.json()
+    if body.get("status") == "requires_action":
+        body = requests.post(
+            f"{localstripe}/v1/setup_intents/{setup_id}/confirm",
+            json={"key": "pk_test_portal", "client_secret": client_secret},
+            timeout=10,
+        ).json()
+    assert body["status"] == "succeeded", body
+    return setup_id
