@@ -25,15 +25,23 @@ from portal.extensions import db, login_manager
 SID_KEY = "sid"
 # NOTE: the cookie's last_seen_at (and the row's) move on at most once a minute.
 TOUCH_EVERY = timedelta(seconds=60)
+_NOT_LOADED = object()
 
 
 class SessionUser(UserMixin):
     """Flask-Login's view of a User: the id names the user and the epoch it was signed in under."""
 
-    def __init__(self, user: User, browser_session: UserSession | None = None) -> None:
+    def __init__(
+        self,
+        user: User,
+        browser_session: UserSession | None = None,
+        account: Account | object | None = _NOT_LOADED,
+    ) -> None:
         self.user = user
         # This browser's row in user_sessions (None in the request that signs in).
         self.browser_session = browser_session
+        # The account the user acts for (see current_account), when it came with the user.
+        self.account = account
 
     def get_id(self) -> str:
         return f"{self.user.public_id}:{self.user.session_epoch}"
@@ -54,10 +62,20 @@ def load_user(session_id: str) -> SessionUser | None:
     # NOTE: a cookie without a session id (made before user_sessions existed, or forged) still
     # asks the database, and matches no row: the same path, and a 503 when the database is gone.
     sid_hash = _sid_hash() or ""
-    # NOTE: one statement per request: the user and this browser's session row, joined.
+    # NOTE: one statement per request: the user, this browser's session row and the account
+    # current_account() answers with (the user's first membership's; none for staff), joined.
+    first_account_id = (
+        select(Membership.account_id)
+        .where(Membership.user_id == User.id)
+        .order_by(Membership.id)
+        .limit(1)
+        .correlate(User)
+        .scalar_subquery()
+    )
     row = db.session.execute(
-        select(User, UserSession)
+        select(User, UserSession, Account)
         .join(UserSession, UserSession.user_id == User.id)
+        .outerjoin(Account, Account.id == first_account_id)
         .where(
             User.public_id == public_id,
             UserSession.sid_hash == sid_hash,
@@ -66,11 +84,11 @@ def load_user(session_id: str) -> SessionUser | None:
     ).first()
     if row is None:
         return None  # signed out here or on /account, or a cookie from before user_sessions
-    user, browser_session = row
+    user, browser_session, account = row
     # NOTE: a bumped epoch (sign out everywhere, disabled user, role change) ends every session.
     if user.is_disabled or str(user.session_epoch) != epoch:
         return None
-    return SessionUser(user, browser_session)
+    return SessionUser(user, browser_session, account)
 
 
 def sign_in(user: User) -> None:
@@ -188,6 +206,12 @@ def current_account() -> Account:
         user = signed_in_user()
         if user is None:
             abort(401)
+        loaded = current_user.account
+        if loaded is not _NOT_LOADED:
+            if loaded is None:
+                abort(404)
+            g.account = loaded
+            return g.account
         account = db.session.scalar(
             select(Account)
             .join(Membership, Membership.account_id == Account.id)

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, ScalarSelect, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from portal.billing.models import LedgerEntry, LedgerKind
+from portal.billing.models import AccountBalance, LedgerEntry, LedgerKind
 from portal.billing.money import Money
 
 _SIGN = {
@@ -47,19 +48,64 @@ def post(
     )
     session.add(entry)
     session.flush()
+    _add_to_balance(session, account_id, amount.currency, entry.amount_minor)
     return entry
+
+
+def _add_to_balance(session: Session, account_id: int, currency: str, delta: int) -> None:
+    """Move the account's balance row by `delta`, creating it on first use.
+
+    NOTE: one upsert in the entry's own transaction (after the entry's INSERT, so a replayed
+    source_ref fails before the balance moves). Its row lock serialises concurrent posts on
+    PostgreSQL; SQLite has one writer anyway.
+    """
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    upsert = dialect.insert(AccountBalance).values(
+        account_id=account_id, currency=currency, balance_minor=delta
+    )
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[AccountBalance.account_id, AccountBalance.currency],
+            set_={"balance_minor": AccountBalance.balance_minor + upsert.excluded.balance_minor},
+        )
+    )
+
+
+def _balance_row(account_id: int, currency: str) -> ScalarSelect[int]:
+    return (
+        select(AccountBalance.balance_minor)
+        .where(AccountBalance.account_id == account_id, AccountBalance.currency == currency)
+        .scalar_subquery()
+    )
+
+
+def balance_expr(account_id: int, currency: str) -> ColumnElement[int]:
+    """The current balance in minor units as a SQL expression (0 without any entries yet), for
+    callers that read it in a query of their own."""
+    return func.coalesce(_balance_row(account_id, currency), 0)
 
 
 def balance(
     session: Session, account_id: int, currency: str, *, before: datetime | None = None
 ) -> Money:
-    """What the account owes in this currency (positive) or has in credit (negative)."""
-    query = select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0)).where(
-        LedgerEntry.account_id == account_id, LedgerEntry.currency == currency
+    """What the account owes in this currency (positive) or has in credit (negative).
+
+    Read from the balance row (one row, however long the history); the balance before a moment
+    is the current one less the entries since (cheap for the recent periods people ask for).
+    """
+    current = balance_expr(account_id, currency)
+    if before is None:
+        return Money(int(session.scalar(select(current)) or 0), currency)
+    since = (
+        select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
+        .where(
+            LedgerEntry.account_id == account_id,
+            LedgerEntry.currency == currency,
+            LedgerEntry.effective_at >= before,
+        )
+        .scalar_subquery()
     )
-    if before is not None:
-        query = query.where(LedgerEntry.effective_at < before)
-    return Money(int(session.scalar(query) or 0), currency)
+    return Money(int(session.scalar(select(current - since)) or 0), currency)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ class Invoice(Base):
         Index("ix_invoices_account_id_issue_date", "account_id", "issue_date", "id"),
         Index("ix_invoices_account_id_status_due_date", "account_id", "status", "due_date"),
         Index("ix_invoices_subscription_id", "subscription_id"),
+        # NOTE: aging reads the invoices paid or voided after a cutoff (0003).
+        Index("ix_invoices_account_id_paid_at", "account_id", "paid_at"),
+        Index("ix_invoices_account_id_voided_at", "account_id", "voided_at"),
     )
 
     id: Mapped[intpk]
@@ -286,3 +289,21 @@ class LedgerEntry(Base):
     source_ref: Mapped[str] = mapped_column(String(80), unique=True)
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id", ondelete="RESTRICT"))
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
+
+
+class AccountBalance(Base):
+    """The sum of an account's ledger entries in one currency, kept by ledger.post.
+
+    NOTE: invariant: balance_minor == sum(ledger_entries.amount_minor) for the same account and
+    currency. ledger.post changes both in one transaction (an upsert: the row lock it takes
+    serialises concurrent posts), so the dashboard and statements read one row, not the history.
+    """
+
+    __tablename__ = "account_balances"
+    __table_args__ = (CheckConstraint(currency_check(), name="currency_iso"),)
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="RESTRICT"), primary_key=True
+    )
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    balance_minor: Mapped[money_minor] = mapped_column(default=0)

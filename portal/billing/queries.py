@@ -6,17 +6,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from sqlalchemy import Select, and_, case, extract, func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from portal.billing import ledger
 from portal.billing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, LineKind
 from portal.billing.money import Money
 from portal.disputes.models import Dispute
 from portal.payments.models import Payment, PaymentAllocation, Refund
-from portal.subscriptions.models import Subscription
+from portal.subscriptions.models import Price, Subscription
 
 OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
+# NOTE: lists show an invoice's number, dates, amounts and status; the seller and buyer snapshots
+# (JSON, decoded per row) and the memo are read only on the invoice's own page and PDF.
+LIST_ONLY = (defer(Invoice.seller), defer(Invoice.buyer), defer(Invoice.memo))
 
 
 def open_invoices(account_id: int) -> Select[tuple[Invoice]]:
@@ -65,15 +68,22 @@ def dashboard_summary(
         ),
         else_=0,
     )
-    overdue_minor, overdue_count = session.execute(
+    # NOTE: the balance (one row of account_balances) rides along with the overdue sums.
+    overdue_minor, overdue_count, balance_minor = session.execute(
         select(
             func.coalesce(func.sum(overdue_expr), 0),
             func.count(Invoice.id).filter(Invoice.due_date < today),
+            ledger.balance_expr(account_id, currency),
         ).where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES))
     ).one()
-    invoices = list(session.scalars(open_invoices(account_id).limit(5)))
+    invoices = list(session.scalars(open_invoices(account_id).options(*LIST_ONLY).limit(5)))
+    # The page shows each subscription's plan: loaded in the same query, not one by one.
     subscriptions = list(
-        session.scalars(subscriptions_of(account_id).where(Subscription.status != "canceled"))
+        session.scalars(
+            subscriptions_of(account_id)
+            .where(Subscription.status != "canceled")
+            .options(joinedload(Subscription.price).joinedload(Price.plan))
+        )
     )
     open_disputes = session.scalar(
         select(func.count(Dispute.id)).where(
@@ -82,7 +92,7 @@ def dashboard_summary(
         )
     )
     return DashboardSummary(
-        balance=ledger.balance(session, account_id, currency),
+        balance=Money(int(balance_minor), currency),
         overdue=Money(int(overdue_minor), currency),
         overdue_count=int(overdue_count),
         open_invoices=invoices,
@@ -198,24 +208,23 @@ def invoice_page(
     size: int = PAGE_SIZE,
 ) -> InvoicePage:
     """One page of the list in one query (one row more than shown tells whether more follow)."""
-    rows = list(session.scalars(invoice_list(account_id, filters, today, after).limit(size + 1)))
+    query = invoice_list(account_id, filters, today, after).options(*LIST_ONLY)
+    rows = list(session.scalars(query.limit(size + 1)))
     shown = rows[:size]
     more = len(rows) > size
     return InvoicePage(shown, Cursor(shown[-1].issue_date, shown[-1].id) if more else None)
 
 
 def invoice_years(session: Session, account_id: int) -> list[int]:
-    """The years the account has invoices in, newest first (for the year filter)."""
-    year = extract("year", Invoice.issue_date)
-    return [
-        int(y)
-        for y in session.scalars(
-            select(year)
-            .where(Invoice.account_id == account_id, Invoice.status != InvoiceStatus.DRAFT.value)
-            .group_by(year)
-            .order_by(year.desc())
-        )
-    ]
+    """The years from the account's first invoice to its latest, newest first (for the year
+    filter): the two ends read from the (account_id, issue_date) index, whatever the history."""
+    issued = (Invoice.account_id == account_id, Invoice.status != InvoiceStatus.DRAFT.value)
+    first = select(Invoice.issue_date).where(*issued).order_by(Invoice.issue_date).limit(1)
+    last = select(Invoice.issue_date).where(*issued).order_by(Invoice.issue_date.desc()).limit(1)
+    oldest, newest = session.execute(select(first.scalar_subquery(), last.scalar_subquery())).one()
+    if oldest is None or newest is None:
+        return []
+    return list(range(newest.year, oldest.year - 1, -1))
 
 
 # --- One invoice ------------------------------------------------------------------------------

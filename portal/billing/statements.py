@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
@@ -179,6 +179,7 @@ class StatementView:
     aging: Aging
 
 
+OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 # (key, label, lowest days past due, highest or None)
 AGING_BUCKETS: tuple[tuple[str, str, int, int | None], ...] = (
     ("current", "Current", -(10**6), 0),
@@ -209,17 +210,31 @@ def aging(session: Session, account_id: int, currency: str, as_of: date, tz: str
         .correlate(Invoice)
         .scalar_subquery()
     )
+    # Only invoices that could still have been open at the cutoff: open now, or paid or voided
+    # after it. NOTE: three disjoint parts, each read through its own index ((account_id,
+    # status, due_date), (account_id, paid_at), (account_id, voided_at)); one OR of the three
+    # would read every invoice of the account.
+    open_now = Invoice.status.in_(OPEN_STATUSES)
+    parts = (
+        open_now,
+        and_(~open_now, Invoice.paid_at >= cutoff),
+        and_(
+            ~open_now,
+            or_(Invoice.paid_at.is_(None), Invoice.paid_at < cutoff),
+            Invoice.voided_at >= cutoff,
+        ),
+    )
     rows = session.execute(
-        select(Invoice.due_date, Invoice.total_minor - paid - credited).where(
-            Invoice.account_id == account_id,
-            Invoice.currency == currency,
-            Invoice.finalized_at < cutoff,
-            # Only invoices that could still have been open at the cutoff.
-            or_(
-                Invoice.status.in_((InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)),
-                Invoice.paid_at >= cutoff,
-                Invoice.voided_at >= cutoff,
-            ),
+        union_all(
+            *(
+                select(Invoice.due_date, Invoice.total_minor - paid - credited).where(
+                    Invoice.account_id == account_id,
+                    part,
+                    Invoice.currency == currency,
+                    Invoice.finalized_at < cutoff,
+                )
+                for part in parts
+            )
         )
     ).all()
     amounts = {key: 0 for key, *_ in AGING_BUCKETS}

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
 from portal.billing import ledger, services
-from portal.billing.models import Invoice, InvoiceStatus, LedgerEntry, LedgerKind
+from portal.billing.models import AccountBalance, Invoice, InvoiceStatus, LedgerEntry, LedgerKind
 from portal.billing.money import Money
 from portal.payments.models import Payment, Refund
 from tests.factories import make_account, make_invoice
@@ -67,6 +68,47 @@ def test_balance_is_the_sum_of_entries_before_a_moment(session: Session, history
     assert ledger.balance(session, history.id, "USD", before=at(2)) == Money(100, "USD")
     assert ledger.balance(session, history.id, "USD", before=at(5.5)) == Money(105, "USD")
     assert ledger.balance(session, history.id, "EUR") == Money(0, "EUR")
+
+
+def balance_rows(session: Session, account: Account) -> dict[str, int]:
+    return dict(
+        session.execute(
+            select(AccountBalance.currency, AccountBalance.balance_minor).where(
+                AccountBalance.account_id == account.id
+            )
+        ).all()
+    )
+
+
+def test_posting_keeps_one_balance_row_per_account_and_currency(
+    session: Session, history: Account
+) -> None:
+    assert balance_rows(session, history) == {"USD": 55}
+    ledger.post(
+        session,
+        account_id=history.id,
+        kind=LedgerKind.INVOICE,
+        amount=Money(7, "EUR"),
+        source_ref=f"test:{history.id}:eur",
+        effective_at=at(7),
+        description="EUR invoice",
+    )
+    other = make_account(session)
+    post(session, other, LedgerKind.INVOICE, 999, 2)
+    assert balance_rows(session, history) == {"USD": 55, "EUR": 7}
+    assert balance_rows(session, other) == {"USD": 999}
+    assert ledger.balance(session, history.id, "EUR") == Money(7, "EUR")
+
+
+def test_a_replayed_posting_moves_neither_the_ledger_nor_the_balance(
+    session: Session, history: Account
+) -> None:
+    nested = session.begin_nested()
+    with pytest.raises(IntegrityError):
+        post(session, history, LedgerKind.INVOICE, 100, 1)  # the same source_ref again
+    nested.rollback()
+    assert balance_rows(session, history) == {"USD": 55}
+    assert ledger.balance(session, history.id, "USD") == Money(55, "USD")
 
 
 def test_statement_has_opening_running_and_closing_balances(
@@ -279,6 +321,9 @@ def test_statements_add_up_and_match_the_ledger_for_any_history(
                 LedgerEntry.account_id == account.id
             )
         )
+        # The balance row kept by ledger.post is the sum of the ledger (none before any entry).
+        assert balance_rows(session, account).get(currency, 0) == int(total)
+        assert set(balance_rows(session, account)) <= {currency}
         assert (
             ledger.balance(session, account.id, currency).minor
             == int(total)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
 from portal.billing import services
+from portal.billing.models import Invoice
 from portal.billing.money import Money
 from portal.billing.statements import (
     InvalidPeriod,
@@ -297,3 +298,28 @@ def test_zero_decimal_currency(session: Session) -> None:
     view = statement_view(session, account, Period(date(2026, 6, 1), date(2026, 6, 30), "custom"))
     rows = list(csv.reader(io.StringIO(statement_csv(view))))
     assert rows[-1][5] == "21560"
+
+
+def test_aging_counts_each_invoice_open_at_the_cutoff_once(session: Session) -> None:
+    """Open now, paid after the cutoff, voided after it: each once; settled before it: never."""
+    account = make_account(session, payment_terms_days=10)
+    other = make_account(session, payment_terms_days=10)
+    jan = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+    def invoice(owner: Account, minor: int) -> Invoice:
+        return make_invoice(session, owner, [minor], issue_date=date(2026, 1, 1), finalized_at=jan)
+
+    invoice(account, 100)  # still open
+    paid_later = invoice(account, 200)
+    voided_later = invoice(account, 400)
+    paid_before = invoice(account, 800)
+    invoice(other, 1600)  # another account's
+    later = datetime(2026, 3, 1, tzinfo=UTC)
+    for paid, when in ((paid_later, later), (paid_before, datetime(2026, 1, 15, tzinfo=UTC))):
+        money = Money(paid.total_minor, "USD")
+        services.record_payment(session, account, money, [(paid, money)], received_at=when)
+    services.void_invoice(session, voided_later, voided_at=later)
+    view = statement_view(session, account, Period(date(2026, 1, 1), date(2026, 1, 31), "custom"))
+    buckets = {b.key: (b.amount.minor, b.count) for b in view.aging.buckets}
+    assert buckets["1_30"] == (700, 3)
+    assert view.aging.total == view.closing
