@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, redirect, render_template, request, url_for
+from flask import Flask, Response, has_request_context, redirect, render_template, request, url_for
+from markupsafe import Markup
 
 from portal.extensions import htmx
 
@@ -98,11 +101,55 @@ _NAVIGATION = (
 )
 
 
+def _cached_macro(app: Flask, macro: str) -> Callable[..., Markup]:
+    """A macro of templates/_ui.html whose output depends only on its arguments, rendered once
+    per distinct arguments (icons and badges are drawn for every row of a list)."""
+    cache: dict[tuple[Any, ...], Markup] = {}
+
+    def call(*args: Any) -> Markup:
+        key = args
+        found = cache.get(key)
+        if found is None:
+            found = Markup(getattr(app.jinja_env.get_template("_ui.html").module, macro)(*args))
+            # NOTE: when templates reload (debug), an edited macro must show: no caching then.
+            if not app.jinja_env.auto_reload and len(cache) < 512:
+                cache[key] = found
+        return found
+
+    return call
+
+
+# Path segments that URL building leaves as they are (invoice numbers, public ids).
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _cached_path(endpoint: str, argument: str) -> Callable[[str], str]:
+    """url_for(endpoint, **{argument: value}) for plain values, with the URL built once per
+    request and the value appended (Werkzeug's URL building costs more than the row it links)."""
+
+    def build(value: str) -> str:
+        if not has_request_context() or not _PLAIN_SEGMENT.fullmatch(value):
+            return url_for(endpoint, **{argument: value})
+        key = f"portal.prefix.{endpoint}"
+        prefix = request.environ.get(key)
+        if prefix is None:
+            prefix = request.environ[key] = url_for(endpoint, **{argument: "0"})[:-1]
+        return prefix + value
+
+    return build
+
+
 def init_template_globals(app: Flask) -> None:
+    invoice_path = _cached_path("billing.invoice_detail", "number")
+
     def invoice_url(number: str) -> str | None:
         if "billing.invoice_detail" not in app.view_functions:
             return None
-        return url_for("billing.invoice_detail", number=number)
+        return invoice_path(number)
+
+    app.add_template_global(_cached_macro(app, "svg_icon"), "cached_icon")
+    app.add_template_global(_cached_macro(app, "status_badge"), "cached_badge")
+    app.add_template_global(_cached_path("payments.receipt", "public_id"), "receipt_url")
 
     @app.context_processor
     def portal_globals() -> dict[str, Any]:

@@ -23,10 +23,11 @@ LIST_ONLY = (defer(Invoice.seller), defer(Invoice.buyer), defer(Invoice.memo))
 
 
 def open_invoices(account_id: int) -> Select[tuple[Invoice]]:
-    """Issued invoices with something left to pay, oldest due first."""
+    """Issued invoices with something left to pay, oldest due first (what can be paid now)."""
+    due = Invoice.total_minor - Invoice.amount_paid_minor - Invoice.amount_credited_minor
     return (
         select(Invoice)
-        .where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES))
+        .where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES), due > 0)
         .order_by(Invoice.due_date, Invoice.id)
     )
 
@@ -213,6 +214,12 @@ def invoice_page(
     shown = rows[:size]
     more = len(rows) > size
     return InvoicePage(shown, Cursor(shown[-1].issue_date, shown[-1].id) if more else None)
+
+
+def payable_count(session: Session, account_id: int) -> int:
+    """How many invoices the account can pay now, counted in SQL."""
+    listed = open_invoices(account_id).order_by(None).subquery()
+    return int(session.scalar(select(func.count()).select_from(listed)) or 0)
 
 
 def invoice_years(session: Session, account_id: int) -> list[int]:

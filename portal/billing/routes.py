@@ -83,6 +83,11 @@ def invoices() -> Response:
         results=page,
         filters=filters,
         years=queries.invoice_years(db.session, account.id),
+        payable_count=(
+            queries.payable_count(db.session, account.id)
+            if "checkout.pay_balance" in current_app.view_functions
+            else 0
+        ),
         next_url=next_url,
         is_later_page=after is not None,
         error=error,

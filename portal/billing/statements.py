@@ -10,9 +10,10 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select, union_all
+from sqlalchemy import CompoundSelect, and_, bindparam, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
@@ -190,13 +191,13 @@ AGING_BUCKETS: tuple[tuple[str, str, int, int | None], ...] = (
 )
 
 
-def aging(session: Session, account_id: int, currency: str, as_of: date, tz: str) -> Aging:
-    """What was open at the end of `as_of`, by days past due, in one query.
-
-    NOTE: "open as of" a past day counts payments received and credits issued up to that day
-    only, so an old statement's aging does not change when the invoice is paid later.
-    """
-    _, cutoff = Period(as_of, as_of, "custom").bounds(tz)
+@lru_cache(maxsize=1)
+def _aging_query() -> CompoundSelect:
+    """The aging query with the account, currency and cutoff as bound parameters: built once
+    (building the expression costs more than running it)."""
+    cutoff = bindparam("cutoff", type_=Invoice.finalized_at.type)
+    account_id = bindparam("account_id", type_=Invoice.account_id.type)
+    currency = bindparam("currency", type_=Invoice.currency.type)
     paid = (
         select(func.coalesce(func.sum(PaymentAllocation.amount_minor), 0))
         .join(Payment, Payment.id == PaymentAllocation.payment_id)
@@ -224,18 +225,28 @@ def aging(session: Session, account_id: int, currency: str, as_of: date, tz: str
             Invoice.voided_at >= cutoff,
         ),
     )
-    rows = session.execute(
-        union_all(
-            *(
-                select(Invoice.due_date, Invoice.total_minor - paid - credited).where(
-                    Invoice.account_id == account_id,
-                    part,
-                    Invoice.currency == currency,
-                    Invoice.finalized_at < cutoff,
-                )
-                for part in parts
+    return union_all(
+        *(
+            select(Invoice.due_date, Invoice.total_minor - paid - credited).where(
+                Invoice.account_id == account_id,
+                part,
+                Invoice.currency == currency,
+                Invoice.finalized_at < cutoff,
             )
+            for part in parts
         )
+    )
+
+
+def aging(session: Session, account_id: int, currency: str, as_of: date, tz: str) -> Aging:
+    """What was open at the end of `as_of`, by days past due, in one query.
+
+    NOTE: "open as of" a past day counts payments received and credits issued up to that day
+    only, so an old statement's aging does not change when the invoice is paid later.
+    """
+    _, cutoff = Period(as_of, as_of, "custom").bounds(tz)
+    rows = session.execute(
+        _aging_query(), {"account_id": account_id, "currency": currency, "cutoff": cutoff}
     ).all()
     amounts = {key: 0 for key, *_ in AGING_BUCKETS}
     counts = {key: 0 for key, *_ in AGING_BUCKETS}

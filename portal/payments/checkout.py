@@ -250,12 +250,6 @@ def _release_unsaved_card(attempt_id: int) -> None:
     db.session.commit()
 
 
-@bp.app_template_global()
-def payable_invoice_count() -> int:
-    """How many invoices the signed-in account can pay now (the invoice list links the chooser)."""
-    return len(services.payable_invoices(db.session, current_account()))
-
-
 def _attempt_of_account(public_id: str) -> PaymentAttempt:
     account = current_account()
     attempt = db.session.scalar(

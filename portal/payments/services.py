@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from portal import clock
 from portal.accounts.models import Account
 from portal.audit.services import SYSTEM, Actor
-from portal.billing.models import Invoice, InvoiceStatus
+from portal.billing.models import Invoice
 from portal.billing.money import Money
+from portal.billing.queries import OPEN_STATUSES, open_invoices
 from portal.billing.services import record_payment
 from portal.errors import Conflict, NotFound, PaymentFailed, ValidationFailed
 from portal.mail import queue_email
@@ -38,7 +39,7 @@ from portal.payments.models import (
 log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[], None]
-PAYABLE = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
+PAYABLE = OPEN_STATUSES
 ENDED = (AttemptStatus.SUCCEEDED.value, AttemptStatus.FAILED.value, AttemptStatus.CANCELED.value)
 
 # Stripe's PaymentIntent status -> our attempt status.
@@ -82,12 +83,7 @@ def invoice_of(session: Session, account: Account, number: str) -> Invoice | Non
 
 def payable_invoices(session: Session, account: Account) -> list[Invoice]:
     """Every invoice with something left to pay (the "whole balance")."""
-    rows = session.scalars(
-        select(Invoice)
-        .where(Invoice.account_id == account.id, Invoice.status.in_(PAYABLE))
-        .order_by(Invoice.due_date, Invoice.id)
-    ).all()
-    return [invoice for invoice in rows if invoice.amount_due_minor > 0]
+    return list(session.scalars(open_invoices(account.id)))
 
 
 def live_attempt_for(session: Session, invoice_ids: Sequence[int]) -> PaymentAttempt | None:

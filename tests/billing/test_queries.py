@@ -124,3 +124,17 @@ def test_payment_history_pages_and_names_invoices(session: Session) -> None:
     receipt = queries.payment_receipt(session, account.id, rows[0].payment.public_id)
     assert receipt is not None and receipt.amount == Money(104, "USD")
     assert queries.payment_receipt(session, account.id + 1000, rows[0].payment.public_id) is None
+
+
+def test_payable_count_counts_what_can_be_paid_now(session: Session) -> None:
+    account = make_account(session)
+    paid = make_invoice(session, account, [500])
+    services.record_payment(
+        session, account, paid.amount_due, [(paid, paid.amount_due)], received_at=datetime.now(UTC)
+    )
+    make_invoice(session, account, [700])
+    make_invoice(session, account, [900])
+    make_invoice(session, make_account(session), [300])
+    assert queries.payable_count(session, account.id) == 2
+    listed = session.scalars(queries.open_invoices(account.id)).all()
+    assert [invoice.total_minor for invoice in listed] == [700, 900]
