@@ -51,27 +51,38 @@ def csp_nonce() -> str:
     return request.environ["portal.csp_nonce"]
 
 
+def _csp_template(stripe_js_url: str, stripe_api_base: str) -> tuple[str, str]:
+    """The Content-Security-Policy around its nonce (the rest depends only on the config)."""
+    stripe_origin = _origin(stripe_js_url)
+    stripe_api = _origin(stripe_api_base)
+    before = "default-src 'self'; script-src 'self' 'nonce-"
+    after = "; ".join(
+        [
+            f"' {stripe_origin}",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            f"connect-src 'self' {stripe_api} {stripe_origin}",
+            f"frame-src {stripe_origin}",
+            "font-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return before, after
+
+
 def init_security_headers(app: Flask) -> None:
+    csp_parts: dict[tuple[str, str], tuple[str, str]] = {}
+
     @app.after_request
     def security_headers(response: Response) -> Response:
-        stripe_origin = _origin(app.config["STRIPE_JS_URL"])
-        stripe_api = _origin(app.config["STRIPE_API_BASE"])
-        nonce = csp_nonce()
-        response.headers["Content-Security-Policy"] = "; ".join(
-            [
-                "default-src 'self'",
-                f"script-src 'self' 'nonce-{nonce}' {stripe_origin}",
-                "style-src 'self'",
-                "img-src 'self' data:",
-                f"connect-src 'self' {stripe_api} {stripe_origin}",
-                f"frame-src {stripe_origin}",
-                "font-src 'self'",
-                "object-src 'none'",
-                "base-uri 'none'",
-                "form-action 'self'",
-                "frame-ancestors 'none'",
-            ]
-        )
+        origins = (app.config["STRIPE_JS_URL"], app.config["STRIPE_API_BASE"])
+        parts = csp_parts.get(origins)
+        if parts is None:
+            parts = csp_parts[origins] = _csp_template(*origins)
+        response.headers["Content-Security-Policy"] = parts[0] + csp_nonce() + parts[1]
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Frame-Options"] = "DENY"
@@ -139,6 +150,27 @@ def _cached_path(endpoint: str, argument: str) -> Callable[[str], str]:
     return build
 
 
+def _cached_url(app: Flask) -> Callable[..., str]:
+    """url_for(endpoint) or url_for("static", filename=...) built once per app (and script root):
+    the page shell links the same few places on every page."""
+    cache: dict[tuple[str, str, str], str] = {}
+
+    def build(endpoint: str, filename: str | None = None) -> str:
+        arguments = {} if filename is None else {"filename": filename}
+        # NOTE: url_defaults functions may add per-request values: no caching when any exist.
+        if not has_request_context() or app.url_default_functions:
+            return url_for(endpoint, **arguments)
+        key = (request.script_root, endpoint, filename or "")
+        found = cache.get(key)
+        if found is None:
+            found = url_for(endpoint, **arguments)
+            if len(cache) < 256:
+                cache[key] = found
+        return found
+
+    return build
+
+
 def init_template_globals(app: Flask) -> None:
     invoice_path = _cached_path("billing.invoice_detail", "number")
 
@@ -150,6 +182,7 @@ def init_template_globals(app: Flask) -> None:
     app.add_template_global(_cached_macro(app, "svg_icon"), "cached_icon")
     app.add_template_global(_cached_macro(app, "status_badge"), "cached_badge")
     app.add_template_global(_cached_path("payments.receipt", "public_id"), "receipt_url")
+    app.add_template_global(_cached_url(app), "app_url")
 
     @app.context_processor
     def portal_globals() -> dict[str, Any]:

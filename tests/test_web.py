@@ -99,3 +99,10 @@ def test_signed_in_page_is_a_friendly_503_when_the_database_is_gone(
     assert "Briefly unavailable" in response.get_data(as_text=True)
     assert response.headers["Retry-After"] == "30"
     assert "Content-Security-Policy" in response.headers
+
+
+def test_links_built_once_per_app_respect_the_mount_point(client: FlaskClient) -> None:
+    mounted = client.get("/login", base_url="http://portal.test/billing/").get_data(as_text=True)
+    assert 'href="/billing/static/css/portal.css' in mounted
+    plain = client.get("/login").get_data(as_text=True)
+    assert 'href="/static/css/portal.css' in plain

@@ -8,12 +8,13 @@ in only while its row is not ended and the epoch matches: sign-out ends this bro
 
 from __future__ import annotations
 
+import functools
 import secrets
 from datetime import datetime, timedelta
 
 from flask import Flask, abort, g, request, session
 from flask_login import UserMixin, current_user, login_user, logout_user
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select, update
 
 from portal import clock
 from portal.accounts.models import Account, Membership, User
@@ -56,12 +57,8 @@ def _sid_hash() -> str | None:
     return hash_value(sid) if isinstance(sid, str) and sid else None
 
 
-@login_manager.user_loader
-def load_user(session_id: str) -> SessionUser | None:
-    public_id, _, epoch = session_id.partition(":")
-    # NOTE: a cookie without a session id (made before user_sessions existed, or forged) still
-    # asks the database, and matches no row: the same path, and a 503 when the database is gone.
-    sid_hash = _sid_hash() or ""
+@functools.cache
+def _user_query() -> Select[tuple[User, UserSession, Account]]:
     # NOTE: one statement per request: the user, this browser's session row and the account
     # current_account() answers with (the user's first membership's; none for staff), joined.
     first_account_id = (
@@ -72,16 +69,27 @@ def load_user(session_id: str) -> SessionUser | None:
         .correlate(User)
         .scalar_subquery()
     )
-    row = db.session.execute(
+    return (
         select(User, UserSession, Account)
         .join(UserSession, UserSession.user_id == User.id)
         .outerjoin(Account, Account.id == first_account_id)
         .where(
-            User.public_id == public_id,
-            UserSession.sid_hash == sid_hash,
+            User.public_id == bindparam("public_id"),
+            UserSession.sid_hash == bindparam("sid_hash"),
             UserSession.ended_at.is_(None),
         )
-    ).first()
+    )
+
+
+@login_manager.user_loader
+def load_user(session_id: str) -> SessionUser | None:
+    public_id, _, epoch = session_id.partition(":")
+    # NOTE: a cookie without a session id (made before user_sessions existed, or forged) still
+    # asks the database, and matches no row: the same path, and a 503 when the database is gone.
+    sid_hash = _sid_hash() or ""
+    # NOTE: the statement is built once, with bound parameters: building a select (and its cache
+    # key) on every request cost more than running it.
+    row = db.session.execute(_user_query(), {"public_id": public_id, "sid_hash": sid_hash}).first()
     if row is None:
         return None  # signed out here or on /account, or a cookie from before user_sessions
     user, browser_session, account = row

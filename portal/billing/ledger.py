@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, ScalarSelect, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, Select, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -71,7 +72,9 @@ def _add_to_balance(session: Session, account_id: int, currency: str, delta: int
     )
 
 
-def _balance_row(account_id: int, currency: str) -> ScalarSelect[int]:
+def _balance_row(
+    account_id: int | ColumnElement[int], currency: str | ColumnElement[str]
+) -> ScalarSelect[int]:
     return (
         select(AccountBalance.balance_minor)
         .where(AccountBalance.account_id == account_id, AccountBalance.currency == currency)
@@ -79,9 +82,12 @@ def _balance_row(account_id: int, currency: str) -> ScalarSelect[int]:
     )
 
 
-def balance_expr(account_id: int, currency: str) -> ColumnElement[int]:
+def balance_expr(
+    account_id: int | ColumnElement[int], currency: str | ColumnElement[str]
+) -> ColumnElement[int]:
     """The current balance in minor units as a SQL expression (0 without any entries yet), for
-    callers that read it in a query of their own."""
+    callers that read it in a query of their own (values, or bound parameters of a statement
+    built once)."""
     return func.coalesce(_balance_row(account_id, currency), 0)
 
 
@@ -93,19 +99,46 @@ def balance(
     Read from the balance row (one row, however long the history); the balance before a moment
     is the current one less the entries since (cheap for the recent periods people ask for).
     """
-    current = balance_expr(account_id, currency)
+    now_statement, before_statement, _ = _statements()
     if before is None:
-        return Money(int(session.scalar(select(current)) or 0), currency)
+        return Money(
+            int(session.scalar(now_statement, _params(account_id, currency)) or 0), currency
+        )
+    params = {**_params(account_id, currency), "before": before}
+    return Money(int(session.scalar(before_statement, params) or 0), currency)
+
+
+def _params(account_id: int, currency: str) -> dict[str, object]:
+    return {"account_id": account_id, "currency": currency}
+
+
+@functools.cache
+def _statements() -> tuple[Select[tuple[int]], Select[tuple[int]], Select[tuple[LedgerEntry]]]:
+    """The balance now, the balance before a moment and a period's entries, built once
+    with bound parameters (building statements and their cache keys costs more than running
+    these)."""
+    account_id, currency = bindparam("account_id"), bindparam("currency")
+    current = balance_expr(account_id, currency)
     since = (
         select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
         .where(
             LedgerEntry.account_id == account_id,
             LedgerEntry.currency == currency,
-            LedgerEntry.effective_at >= before,
+            LedgerEntry.effective_at >= bindparam("before"),
         )
         .scalar_subquery()
     )
-    return Money(int(session.scalar(select(current - since)) or 0), currency)
+    entries = (
+        select(LedgerEntry)
+        .where(
+            LedgerEntry.account_id == account_id,
+            LedgerEntry.currency == currency,
+            LedgerEntry.effective_at >= bindparam("start"),
+            LedgerEntry.effective_at < bindparam("end"),
+        )
+        .order_by(LedgerEntry.effective_at, LedgerEntry.id)
+    )
+    return select(current), select(current - since), entries
 
 
 @dataclass(frozen=True)
@@ -137,16 +170,8 @@ def statement(
     if end <= start:
         raise ValueError("a statement period must end after it starts")
     opening = balance(session, account_id, currency, before=start)
-    entries = session.scalars(
-        select(LedgerEntry)
-        .where(
-            LedgerEntry.account_id == account_id,
-            LedgerEntry.currency == currency,
-            LedgerEntry.effective_at >= start,
-            LedgerEntry.effective_at < end,
-        )
-        .order_by(LedgerEntry.effective_at, LedgerEntry.id)
-    ).all()
+    params = {**_params(account_id, currency), "start": start, "end": end}
+    entries = session.scalars(_statements()[2], params).all()
     running = opening
     lines = []
     totals = {kind.value: Money.zero(currency) for kind in LedgerKind}

@@ -42,8 +42,16 @@ class CurrencyMismatch(ValueError):
     """Two amounts in different currencies were combined."""
 
 
+# Codes already checked (every Money checks its currency: a statement makes hundreds).
+_CHECKED: dict[str, int] = {}
+
+
 def exponent(currency: str) -> int:
     """How many decimals the currency's minor unit has (JPY 0, USD 2, KWD 3)."""
+    if type(currency) is str:
+        found = _CHECKED.get(currency)
+        if found is not None:
+            return found
     if (
         not isinstance(currency, str)
         or len(currency) != 3
@@ -52,7 +60,10 @@ def exponent(currency: str) -> int:
         or not currency.isupper()
     ):
         raise ValueError(f"not an ISO 4217 currency code: {currency!r}")
-    return _EXPONENTS.get(currency, 2)
+    digits = _EXPONENTS.get(currency, 2)
+    if type(currency) is str and len(_CHECKED) < 1024:
+        _CHECKED[currency] = digits
+    return digits
 
 
 def round_minor(value: Decimal | int) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from portal.billing import ledger
@@ -22,7 +24,7 @@ OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 LIST_ONLY = (defer(Invoice.seller), defer(Invoice.buyer), defer(Invoice.memo))
 
 
-def open_invoices(account_id: int) -> Select[tuple[Invoice]]:
+def open_invoices(account_id: int | ColumnElement[int]) -> Select[tuple[Invoice]]:
     """Issued invoices with something left to pay, oldest due first (what can be paid now)."""
     due = Invoice.total_minor - Invoice.amount_paid_minor - Invoice.amount_credited_minor
     return (
@@ -32,7 +34,7 @@ def open_invoices(account_id: int) -> Select[tuple[Invoice]]:
     )
 
 
-def subscriptions_of(account_id: int) -> Select[tuple[Subscription]]:
+def subscriptions_of(account_id: int | ColumnElement[int]) -> Select[tuple[Subscription]]:
     return (
         select(Subscription)
         .where(Subscription.account_id == account_id)
@@ -58,10 +60,12 @@ class DashboardSummary:
     open_disputes: int
 
 
-def dashboard_summary(
-    session: Session, account_id: int, currency: str, today: date
-) -> DashboardSummary:
-    """Everything the dashboard shows, in a fixed handful of queries."""
+@functools.cache
+def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any], Select[Any]]:
+    """The dashboard's statements, built once with bound parameters (account_id, currency,
+    today): building them and their cache keys on every request cost more than running them."""
+    account_id = bindparam("account_id")
+    today = bindparam("today")
     overdue_expr = case(
         (
             Invoice.due_date < today,
@@ -70,28 +74,35 @@ def dashboard_summary(
         else_=0,
     )
     # NOTE: the balance (one row of account_balances) rides along with the overdue sums.
-    overdue_minor, overdue_count, balance_minor = session.execute(
-        select(
-            func.coalesce(func.sum(overdue_expr), 0),
-            func.count(Invoice.id).filter(Invoice.due_date < today),
-            ledger.balance_expr(account_id, currency),
-        ).where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES))
-    ).one()
-    invoices = list(session.scalars(open_invoices(account_id).options(*LIST_ONLY).limit(5)))
+    sums = select(
+        func.coalesce(func.sum(overdue_expr), 0),
+        func.count(Invoice.id).filter(Invoice.due_date < today),
+        ledger.balance_expr(account_id, bindparam("currency")),
+    ).where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES))
+    invoices = open_invoices(account_id).options(*LIST_ONLY).limit(5)
     # The page shows each subscription's plan: loaded in the same query, not one by one.
-    subscriptions = list(
-        session.scalars(
-            subscriptions_of(account_id)
-            .where(Subscription.status != "canceled")
-            .options(joinedload(Subscription.price).joinedload(Price.plan))
-        )
+    subscriptions = (
+        subscriptions_of(account_id)
+        .where(Subscription.status != "canceled")
+        .options(joinedload(Subscription.price).joinedload(Price.plan))
     )
-    open_disputes = session.scalar(
-        select(func.count(Dispute.id)).where(
-            Dispute.account_id == account_id,
-            Dispute.status.in_(("open", "in_review", "waiting_on_customer")),
-        )
+    disputes = select(func.count(Dispute.id)).where(
+        Dispute.account_id == account_id,
+        Dispute.status.in_(("open", "in_review", "waiting_on_customer")),
     )
+    return sums, invoices, subscriptions, disputes
+
+
+def dashboard_summary(
+    session: Session, account_id: int, currency: str, today: date
+) -> DashboardSummary:
+    """Everything the dashboard shows, in a fixed handful of queries."""
+    sums, invoices_of, subscriptions_of_account, disputes = _dashboard_statements()
+    params = {"account_id": account_id, "currency": currency, "today": today}
+    overdue_minor, overdue_count, balance_minor = session.execute(sums, params).one()
+    invoices = list(session.scalars(invoices_of, params))
+    subscriptions = list(session.scalars(subscriptions_of_account, params))
+    open_disputes = session.scalar(disputes, params)
     return DashboardSummary(
         balance=Money(int(balance_minor), currency),
         overdue=Money(int(overdue_minor), currency),
