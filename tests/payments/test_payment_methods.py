@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import requests
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,36 +16,11 @@ from tests.factories import make_account, make_price, make_user
 from tests.payments.conftest import (
     SUCCESS,
     THREE_DS,
+    confirm_setup,
     customer_with_card,
     gateway_for,
 )
 from tests.payments.fault_proxy import FaultProxy
-
-
-def _confirm_setup(localstripe: str, client_secret: str, number: str) -> str:
-    """What Stripe.js confirmCardSetup does with the card Element."""
-    setup_id = client_secret.split("_secret_")[0]
-    response = requests.post(
-        f"{localstripe}/v1/setup_intents/{setup_id}/confirm",
-        json={
-            "key": "pk_test_portal",
-            "client_secret": client_secret,
-            "payment_method_data": {
-                "type": "card",
-                "card": {"number": number, "exp_month": "12", "exp_year": "2031", "cvc": "123"},
-            },
-        },
-        timeout=10,
-    )
-    body = response.json()
-    if body.get("status") == "requires_action":
-        body = requests.post(
-            f"{localstripe}/v1/setup_intents/{setup_id}/confirm",
-            json={"key": "pk_test_portal", "client_secret": client_secret},
-            timeout=10,
-        ).json()
-    assert body["status"] == "succeeded", body
-    return setup_id
 
 
 def test_add_make_default_and_remove_cards(
@@ -58,7 +32,7 @@ def test_add_make_default_and_remove_cards(
     login_as(client, user)
     for number in (SUCCESS, THREE_DS):
         secret = client.post("/payment-methods/setup").json["client_secret"]
-        setup_id = _confirm_setup(localstripe, secret, number)
+        setup_id = confirm_setup(localstripe, secret, number)
         response = client.post("/payment-methods", data={"setup_intent": setup_id})
         assert response.status_code == 303
     page = client.get("/payment-methods").get_data(as_text=True)
