@@ -15,9 +15,8 @@ from portal.db import Base
 from portal.payments.models import PaymentAttempt
 from tests.conftest import login_as
 from tests.factories import make_account, make_invoice, make_user
-from tests.payments.conftest import THREE_DS, gateway_for
+from tests.payments.conftest import THREE_DS, confirm_setup, gateway_for
 from tests.payments.fault_proxy import FaultProxy
-from tests.payments.test_payment_methods import _confirm_setup
 
 CVC = "123"
 
@@ -38,7 +37,7 @@ def test_a_full_payment_leaves_no_card_data_or_secret_behind(
     pages = [client.get(f"/invoices/{invoice.number}/pay").get_data(as_text=True)]
     # A new card that needs 3-D Secure, through a SetupIntent, then the payment.
     setup_secret = client.post("/payment-methods/setup").json["client_secret"]
-    setup_id = _confirm_setup(localstripe, setup_secret, THREE_DS)
+    setup_id = confirm_setup(localstripe, setup_secret, THREE_DS)
     response = client.post(f"/invoices/{invoice.number}/pay", data={"setup_intent": setup_id})
     status_page = client.get(response.headers["Location"]).get_data(as_text=True)
     pages.append(status_page)
