@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from sqlalchemy import BigInteger, Date, DateTime, Integer, MetaData, String, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, mapped_column, registry
+from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, registry, scoped_session
 from sqlalchemy.types import TypeDecorator
 
 # NOTE: stable constraint names let Alembic drop and alter constraints on every backend.
@@ -93,6 +93,20 @@ def _begin_sqlite(conn: Any) -> None:
     if conn.dialect.name != "sqlite":
         return
     # NOTE: a transaction that will write under contention asks for IMMEDIATE up front, which is
-    # SQLite's equivalent of taking the row lock first (see portal.db.lock_for_write).
+    # SQLite's equivalent of taking the row lock first (see begin_write).
     mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def begin_write(session: Session | scoped_session[Session]) -> None:
+    """Start the session's next transaction as a writer, committing any open (read) one first.
+
+    On SQLite it begins with BEGIN IMMEDIATE, which takes the database write lock up front: a
+    transaction that reads and then writes can neither deadlock with another writer nor fail on
+    a snapshot older than their commit. On PostgreSQL it is an ordinary transaction; rows that
+    must not change underneath are locked with FOR UPDATE.
+    """
+    current = session() if isinstance(session, scoped_session) else session
+    if current.in_transaction():
+        current.commit()
+    current.connection(execution_options={"sqlite_begin": "IMMEDIATE"})

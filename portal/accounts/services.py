@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.accounts.models import Account, MemberRole, Membership, User
-from portal.audit.services import record
+from portal.audit.services import Actor, record
 from portal.auth.models import UserSession
 from portal.errors import NotAllowed, NotFound
 
@@ -134,15 +134,13 @@ def end_session(
     if target.ended_at is not None:
         return target
     target.ended_at = clock.now()
-    record(
+    Actor.person(user, ip).record(
         session,
         "auth.session_ended",
-        actor_kind="staff" if user.is_staff else "customer",
-        actor_user_id=user.id,
+        account_id=None,
         target_type="user_session",
         target_id=target.public_id,
         after={"device": target.device},
-        ip=ip,
     )
     session.flush()
     return target
@@ -151,14 +149,12 @@ def end_session(
 def sign_out_everywhere(session: Session, user: User, *, ip: str | None = None) -> None:
     """End every session of the user, on every device, and audit it."""
     end_all_sessions(session, user)
-    record(
+    Actor.person(user, ip).record(
         session,
         "auth.sign_out_everywhere",
-        actor_kind="staff" if user.is_staff else "customer",
-        actor_user_id=user.id,
+        account_id=None,
         target_type="user",
         target_id=user.public_id,
-        ip=ip,
     )
     session.flush()
 

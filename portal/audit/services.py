@@ -47,6 +47,11 @@ class Actor:
     user_id: int | None = None
     ip: str | None = None
 
+    @classmethod
+    def person(cls, user: Any, ip: str | None = None) -> Actor:
+        """A signed-in person: staff when they hold a staff role, a customer otherwise."""
+        return cls("staff" if user.is_staff else "customer", user.id, ip)
+
     def record(
         self,
         session: Session,

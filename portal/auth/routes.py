@@ -10,10 +10,11 @@ from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import TooManyRequests
 
 from portal.accounts.models import User
-from portal.audit.services import record
+from portal.audit.services import Actor
 from portal.auth import limits, services
 from portal.auth.forms import LoginForm
 from portal.auth.sessions import end_current_session, sign_in, sign_out, signed_in_user
+from portal.db import begin_write
 from portal.extensions import db, limiter
 from portal.mail import queue_email, render_email
 from portal.web import is_safe_next, see_other
@@ -52,20 +53,15 @@ def login_link(user: User, binding: str | None = None) -> str:
     return _link(token)
 
 
-def _actor_kind(user: User) -> str:
-    return "staff" if user.is_staff else "customer"
-
-
 def _audit(action: str, user: User | None, **after: object) -> None:
-    record(
+    actor = Actor.person(user, request.remote_addr) if user else Actor(ip=request.remote_addr)
+    actor.record(
         db.session,
         action,
-        actor_kind=_actor_kind(user) if user else "system",
-        actor_user_id=user.id if user else None,
+        account_id=None,
         target_type="user" if user else "login_token",
         target_id=user.public_id if user else "",
         after=after or None,
-        ip=request.remote_addr,
     )
 
 
@@ -165,8 +161,7 @@ def confirm(token: str) -> Response | tuple[str, int] | str:
 def consume(token: str) -> Response | tuple[str, int]:
     # NOTE: on SQLite, take the write lock first (BEGIN IMMEDIATE); PostgreSQL relies on the
     # conditional UPDATE in consume_login_token.
-    if not db.session().in_transaction():
-        db.session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    begin_write(db.session)
     try:
         stored = services.find_login_token(db.session, signer(), token)
         if not limits.address_allowed("consume", stored.user.email):

@@ -26,6 +26,7 @@ from portal.billing.statements import (
     statement_csv,
     statement_view,
 )
+from portal.db import begin_write
 from portal.errors import NotFound, ValidationFailed
 from portal.extensions import db
 from portal.web import render_page
@@ -291,8 +292,7 @@ def _stored_invoice_pdf(invoice: Invoice, size: pdf.PageSize) -> documents.Docum
     # NOTE: the read transaction ends before the write starts: on SQLite a transaction whose
     # snapshot predates another writer's commit cannot write at all. IMMEDIATE takes the write
     # lock up front; a request that stored the same PDF meanwhile wins and we serve its row.
-    db.session.commit()
-    db.session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    begin_write(db.session)
     stored = documents.store_invoice_document(db.session, invoice_id, size, content)
     db.session.commit()
     return stored

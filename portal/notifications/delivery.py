@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, scoped_session
 
 from portal import clock
+from portal.db import begin_write
 from portal.notifications.models import OutboxEmail
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,7 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
     now = clock.now()
     # NOTE: on SQLite the claim takes the write lock up front; PostgreSQL skips rows that
     # another sender has locked instead of waiting for them.
-    if session.in_transaction():
-        session.commit()
-    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    begin_write(session)
     query = (
         select(OutboxEmail)
         .where(OutboxEmail.status == "pending", OutboxEmail.next_attempt_at <= now)
@@ -161,7 +160,7 @@ def _snapshot(email: OutboxEmail) -> OutboxEmail:
 def _record_outcome(
     session: Session, email: OutboxEmail, error: Exception | None, config: dict[str, Any]
 ) -> None:
-    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    begin_write(session)
     values: dict[str, Any]
     if error is None:
         values = {"status": "sent", "sent_at": clock.now(), "last_error": ""}

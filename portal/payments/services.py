@@ -24,6 +24,7 @@ from portal.billing.models import Invoice
 from portal.billing.money import Money
 from portal.billing.queries import OPEN_STATUSES, open_invoices
 from portal.billing.services import record_payment
+from portal.db import begin_write
 from portal.errors import Conflict, NotFound, PaymentFailed, ValidationFailed
 from portal.mail import queue_email
 from portal.payments.gateway import Card, Gateway, GatewayRejected, GatewayUnavailable, Intent
@@ -54,8 +55,7 @@ _FROM_STRIPE = {
 def begin_locked_write(session: Session) -> None:
     """End the request's read transaction and start one that writes: on SQLite the write lock is
     taken up front (BEGIN IMMEDIATE); on PostgreSQL the rows are locked by `lock_invoices`."""
-    session.commit()
-    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+    begin_write(session)
 
 
 def lock_invoices(session: Session, account: Account, numbers: Sequence[str]) -> list[Invoice]:
