@@ -7,11 +7,13 @@ from typing import Any
 
 from flask import Flask
 
+from portal.web import PortalFlask
+
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the portal: configuration, extensions, blueprints, errors, templates, commands."""
     root = Path(__file__).resolve().parent.parent
-    app = Flask(
+    app = PortalFlask(
         __name__,
         instance_path=str(root / "instance"),
         template_folder=str(root / "templates"),
@@ -49,11 +51,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(payments_bp)
     app.register_blueprint(checkout_bp)
 
-    from portal import auth, errors, formatting, web
+    from portal import auth, formatting, http_errors, i18n, web
 
-    errors.register_error_handlers(app)
+    http_errors.register_error_handlers(app)
     web.init_security_headers(app)
     auth.init_app(app)
+    i18n.init_app(app)
     formatting.init_app(app)
     web.init_template_globals(app)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -11,6 +13,8 @@ from sqlalchemy import BigInteger, Date, DateTime, Integer, MetaData, String, ev
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, registry, scoped_session
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
 
 # NOTE: stable constraint names let Alembic drop and alter constraints on every backend.
 NAMING_CONVENTION = {
@@ -92,21 +96,118 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 def _begin_sqlite(conn: Any) -> None:
     if conn.dialect.name != "sqlite":
         return
-    # NOTE: a transaction that will write under contention asks for IMMEDIATE up front, which is
-    # SQLite's equivalent of taking the row lock first (see begin_write).
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    # NOTE: a transaction that will write asks for IMMEDIATE up front, which is SQLite's
+    # equivalent of taking the row lock first: a deferred transaction that read and then writes
+    # fails at once ("database is locked") when another writer committed meanwhile, while
+    # BEGIN IMMEDIATE waits for the busy timeout. Every transaction of a state-changing request
+    # (POST, PUT, PATCH, DELETE) writes that way; other code asks with begin_write.
+    mode = conn.get_execution_options().get("sqlite_begin")
+    if mode is None:
+        mode = "IMMEDIATE" if _in_write_request() else "DEFERRED"
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _in_write_request() -> bool:
+    from flask import has_request_context, request
+
+    return has_request_context() and request.method not in _SAFE_METHODS
+
+
+# -- the unit of work ------------------------------------------------------------------------
+# Services flush and never commit. Whoever owns the unit of work commits it once: the request
+# boundary (portal.web.PortalFlask) after the view, a CLI command or a job at its end. Side
+# effects that must follow the commit (waking the mail sender, a Stripe call) are registered
+# with after_commit and run once the commit succeeded; a rollback forgets them.
+
+_WROTE = "portal.wrote"
+_AFTER_COMMIT = "portal.after_commit"
+
+
+def _plain(session: Session | scoped_session[Session]) -> Session:
+    return session() if isinstance(session, scoped_session) else session
+
+
+def has_pending_changes(session: Session | scoped_session[Session]) -> bool:
+    """True when the session holds changes not yet committed (unflushed or flushed)."""
+    current = _plain(session)
+    if current.new or current.deleted or current.dirty:
+        return True
+    return current.in_transaction() and bool(current.info.get(_WROTE))
+
+
 def begin_write(session: Session | scoped_session[Session]) -> None:
-    """Start the session's next transaction as a writer, committing any open (read) one first.
+    """Start the session's next transaction as a writer; refuse when changes are pending.
 
     On SQLite it begins with BEGIN IMMEDIATE, which takes the database write lock up front: a
     transaction that reads and then writes can neither deadlock with another writer nor fail on
     a snapshot older than their commit. On PostgreSQL it is an ordinary transaction; rows that
-    must not change underneath are locked with FOR UPDATE.
+    must not change underneath are locked with FOR UPDATE. A read transaction still open is
+    ended first (it has nothing to commit); pending writes raise PendingChanges, because
+    committing them here would split the caller's unit of work without it knowing.
     """
-    current = session() if isinstance(session, scoped_session) else session
+    from portal.errors import PendingChanges
+
+    current = _plain(session)
+    if has_pending_changes(current):
+        raise PendingChanges("begin_write() was called with uncommitted changes pending")
     if current.in_transaction():
         current.commit()
     current.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+
+
+def after_commit(session: Session | scoped_session[Session], effect: Callable[[], None]) -> None:
+    """Run `effect` once the current unit of work has committed (never if it rolls back)."""
+    _plain(session).info.setdefault(_AFTER_COMMIT, []).append(effect)
+
+
+def commit(session: Session | scoped_session[Session]) -> None:
+    """Commit the unit of work, then run the side effects registered for after its commit.
+
+    A failing side effect is logged, not raised: what it does is recorded in the database
+    first (an outbox row, a payment attempt) and a sweep retries it.
+    """
+    current = _plain(session)
+    current.commit()
+    effects = current.info.pop(_AFTER_COMMIT, [])
+    for effect in effects:
+        try:
+            effect()
+        except Exception:
+            log.exception("a side effect after commit failed; its sweep will retry it")
+
+
+def commit_before_network_call(session: Session | scoped_session[Session]) -> None:
+    """The one named exception to "the request commits once": the payment path saves the
+    attempt and its idempotency key, commits, and only then calls Stripe, so that no lock or
+    write transaction is held across the call and a lost answer can be settled with the key.
+
+    Callers read every value they need before this (objects expire on commit) and must not
+    touch the database again until the network call has returned.
+    """
+    commit(session)
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flush(session: Session, _context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_write_statement(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WROTE] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_writes(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:
+        session.info.pop(_WROTE, None)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_effects(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)

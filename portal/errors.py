@@ -1,16 +1,10 @@
-"""Named domain errors, and the one place that maps them (and HTTP errors) to responses."""
+"""Named domain errors: what a rule of the portal says when it says no.
+
+Pure Python (no Flask), so billing logic can raise them; `portal.http_errors` is the one place
+that maps them, and HTTP errors, to responses.
+"""
 
 from __future__ import annotations
-
-import logging
-
-from flask import Flask, Response, g, jsonify, render_template, request
-from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException
-
-from portal.extensions import db, login_manager
-
-log = logging.getLogger(__name__)
 
 
 class DomainError(Exception):
@@ -63,87 +57,6 @@ class ServiceUnavailable(DomainError):
     title = "We are briefly unavailable"
 
 
-_TITLES = {
-    400: ("Bad request", "The request could not be understood."),
-    403: ("Not allowed", "You do not have access to this page."),
-    404: (
-        "Page not found",
-        "We could not find that page. It may have moved, or the link is wrong.",
-    ),
-    405: ("Not allowed", "That action is not available here."),
-    413: ("Too large", "That upload is too large."),
-    422: ("Please check what you entered", "Some of the details need another look."),
-    429: ("Slow down a little", "Too many attempts. Please wait a minute and try again."),
-    500: (
-        "Something went wrong",
-        "We hit an unexpected error. Nothing was changed; please try again.",
-    ),
-    503: (
-        "Briefly unavailable",
-        "We cannot reach our billing records right now. Please try again in a minute.",
-    ),
-}
-
-
-def render_error(status: int, message: str | None = None) -> Response:
-    """One error response: JSON for API callers, a partial for HTMX, a full page otherwise."""
-    title, default_message = _TITLES.get(status, _TITLES[500])
-    text = message or default_message
-    if request.path.startswith("/webhooks/") or request.accept_mimetypes.best == "application/json":
-        response = jsonify(error=title, message=text)
-    else:
-        template = "errors/_error.html" if _is_htmx_partial() else "errors/error.html"
-        response = Response(render_template(template, status=status, title=title, message=text))
-    response.status_code = status
-    return response
-
-
-def _is_htmx_partial() -> bool:
-    from portal.web import wants_partial
-
-    return wants_partial()
-
-
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(DomainError)
-    def domain_error(error: DomainError) -> Response:
-        db.session.rollback()
-        return render_error(error.status, error.message)
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        if error.code is None or error.code < 400:
-            return error  # type: ignore[return-value]
-        response = render_error(error.code, None if error.code >= 500 else _description(error))
-        if error.code == 405 and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
-
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
-    def database_down(error: Exception) -> Response:
-        log.warning("database unavailable: %s", type(error).__name__)
-        _safe_rollback()
-        # NOTE: the error page must not ask the database who is signed in a second time.
-        g._login_user = login_manager.anonymous_user()
-        response = render_error(503)
-        response.headers["Retry-After"] = "30"
-        return response
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        _safe_rollback()
-        return render_error(500)
-
-
-def _description(error: HTTPException) -> str | None:
-    # Werkzeug's stock descriptions are written for developers; ours are for customers.
-    return None if error.description == type(error).description else error.description
-
-
-def _safe_rollback() -> None:
-    try:
-        db.session.rollback()
-    except Exception:
-        log.warning("rollback failed after an error", exc_info=True)
+class PendingChanges(RuntimeError):
+    """A programming error: a write transaction was asked for while unflushed or flushed but
+    uncommitted changes were waiting (they would have been committed silently)."""

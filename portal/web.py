@@ -9,9 +9,30 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, has_request_context, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 
-from portal.extensions import htmx
+from portal import db as unit_of_work
+from portal.extensions import db, htmx
+
+
+class PortalFlask(Flask):
+    """Flask with one unit of work per request: the view (and the before-request hooks) only
+    flush; the request boundary commits once after the view returned, then runs the side
+    effects registered with portal.db.after_commit. A commit that fails (a conflict, the
+    database gone) goes to the error handlers like any error of the view, and an error
+    handler rolls back, so an error response never carries half a change."""
+
+    def preprocess_request(self) -> ResponseReturnValue | None:
+        answer = super().preprocess_request()
+        if answer is not None:
+            unit_of_work.commit(db.session)
+        return answer
+
+    def dispatch_request(self) -> ResponseReturnValue:
+        answer = super().dispatch_request()
+        unit_of_work.commit(db.session)
+        return answer
 
 
 def wants_partial() -> bool:

@@ -140,13 +140,19 @@ def app_with_own_database(
 
 def _fresh_g_per_request(app: Flask) -> None:
     """Tests hold an app context open (for the rolled-back session), and Flask reuses it for
-    requests; production starts every request with an empty `g`, so the tests do too."""
+    requests; production starts every request with an empty `g`, so the tests do too.
+
+    What the test set up before the request is committed first (in the test's session that
+    ends a savepoint, undone by the outer rollback), as it would be in production: a request
+    that fails and rolls back its own work must not undo the test's factories too.
+    """
 
     def clear_g() -> None:
         from flask import g
 
         for name in list(g):
             g.pop(name)
+        db.session.commit()
 
     app.before_request_funcs.setdefault(None, []).insert(0, clear_g)
 

@@ -79,6 +79,10 @@ class User(Base):
     # NOTE: the 30-second time step of the last TOTP code accepted; a code of this step or an
     # earlier one is refused, so a code seen over a shoulder cannot be used again.
     totp_last_step: Mapped[int | None]
+    # NOTE: the secret being enrolled waits here (never in the readable session cookie) until
+    # a code from the authenticator app proves the app has it.
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_pending_at: Mapped[datetime | None]
     last_sign_in_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 

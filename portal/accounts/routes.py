@@ -68,7 +68,6 @@ def details() -> Response:
     changes = services.update_account_details(
         db.session, account, user, form.values(), ip=request.remote_addr
     )
-    db.session.commit()
     flash("Your billing details are saved." if changes else "Nothing changed.", "success")
     return see_other(url_for("accounts.details"))
 
@@ -83,11 +82,9 @@ def end_session(session_id: str) -> Response:
     ended = services.end_session(db.session, user, session_id, ip=request.remote_addr)
     if this_browser is not None and ended.id == this_browser.id:
         end_current_session()
-        db.session.commit()
         sign_out()
         flash("You are signed out on this device.", "success")
         return see_other(url_for("auth.login"))
-    db.session.commit()
     flash(f"{ended.device} is signed out.", "success")
     return see_other(url_for("accounts.details"))
 
@@ -98,7 +95,6 @@ def sign_out_everywhere() -> Response:
     user = signed_in_user()
     assert user is not None
     services.sign_out_everywhere(db.session, user, ip=request.remote_addr)
-    db.session.commit()
     sign_out()
     flash("You are signed out on every device, this one included.", "success")
     return see_other(url_for("auth.login"))

@@ -7,7 +7,6 @@ import re
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, flash, g, redirect, request, url_for
-from flask_wtf.csrf import CSRFError
 
 from portal.extensions import htmx, login_manager
 
@@ -38,14 +37,13 @@ def _next_target() -> str | None:
 
 def init_app(app: Flask) -> None:
     from portal.auth import sessions
-    from portal.errors import render_error
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please sign in to continue."
     login_manager.login_message_category = "info"
     login_manager.session_protection = None  # the session epoch does this job on the server
 
-    for name in ("werkzeug", "gunicorn.access", "gunicorn.error", "portal.errors"):
+    for name in ("werkzeug", "gunicorn.access", "gunicorn.error", "portal.http_errors"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactLoginTokens) for f in logger.filters):
             logger.addFilter(RedactLoginTokens())
@@ -70,19 +68,3 @@ def init_app(app: Flask) -> None:
             response.headers["HX-Redirect"] = target
             return response
         return redirect(target, code=303)
-
-    @app.errorhandler(CSRFError)
-    def csrf_failed(error: CSRFError) -> Response:
-        return render_error(
-            400,
-            "This form had expired or was sent from another site. "
-            "Please go back, reload the page and try again.",
-        )
-
-    @app.errorhandler(429)
-    def too_many(error: Exception) -> Response:
-        response = render_error(
-            429, "Too many attempts in a short time. Please wait a few minutes and try again."
-        )
-        response.headers["Retry-After"] = "60"
-        return response

@@ -17,6 +17,7 @@ from limits import parse_many
 from portal.audit.services import record
 from portal.auth.services import hash_value
 from portal.extensions import db, limiter
+from portal.http_errors import note_refusal
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def config_limit(name: str) -> Callable[[], str]:
 def record_breach(limit: RequestLimit) -> None:
     """Audit a per-IP limit hit; the 429 page itself comes from portal.auth's handler."""
     log.warning("rate limit hit on %s from %s", request.endpoint, get_remote_address())
-    _audit("auth.rate_limited", "ip", get_remote_address(), str(limit.limit))
+    # NOTE: the 429 that follows rolls the request back; the error boundary writes this event
+    # in a unit of work of its own.
+    note_refusal(**_event("auth.rate_limited", "ip", get_remote_address(), str(limit.limit)))
 
 
 def address_allowed(scope: str, address: str) -> bool:
@@ -44,20 +47,16 @@ def address_allowed(scope: str, address: str) -> bool:
     for item in parse_many(current_app.config["LOGIN_ADDRESS_RATE_LIMIT"]):
         if not limiter.limiter.hit(item, "portal-address", scope, key):
             log.warning("per-address rate limit hit on %s", scope)
-            _audit("auth.rate_limited", "address", key[:16], str(item))
+            record(db.session, **_event("auth.rate_limited", "address", key[:16], str(item)))
             return False
     return True
 
 
-def _audit(action: str, target_type: str, target_id: str, limit: str) -> None:
-    # NOTE: written in its own transaction: the request that hit the limit changes nothing else.
-    db.session.rollback()
-    record(
-        db.session,
-        action,
-        target_type=target_type,
-        target_id=target_id,
-        after={"endpoint": request.endpoint, "limit": limit},
-        ip=get_remote_address(),
-    )
-    db.session.commit()
+def _event(action: str, target_type: str, target_id: str, limit: str) -> dict[str, object]:
+    return {
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "after": {"endpoint": request.endpoint, "limit": limit},
+        "ip": get_remote_address(),
+    }

@@ -7,15 +7,14 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request, session, url_for
 from flask_limiter.util import get_remote_address
-from werkzeug.exceptions import TooManyRequests
 
 from portal.accounts.models import User
 from portal.audit.services import Actor
 from portal.auth import limits, services
 from portal.auth.forms import LoginForm
 from portal.auth.sessions import end_current_session, sign_in, sign_out, signed_in_user
-from portal.db import begin_write
 from portal.extensions import db, limiter
+from portal.http_errors import render_error
 from portal.mail import queue_email, render_email
 from portal.web import is_safe_next, see_other
 
@@ -25,6 +24,7 @@ log = logging.getLogger(__name__)
 # Kept in the session of the browser that asked for a link (see LoginToken.binding_hash).
 BINDING_KEY = "login_binding"
 NEXT_KEY = "login_next"
+TOO_MANY_MESSAGE = "Too many attempts in a short time. Please wait a few minutes and try again."
 
 
 def signer() -> services.TokenSigner:
@@ -121,7 +121,6 @@ def login() -> Response | tuple[str, int] | str:
         )
     else:
         render_email("login_link", context)
-    db.session.commit()
     return render_template("auth/check_email.html", email=email)
 
 
@@ -159,32 +158,27 @@ def confirm(token: str) -> Response | tuple[str, int] | str:
     on_breach=limits.record_breach,
 )
 def consume(token: str) -> Response | tuple[str, int]:
-    # NOTE: on SQLite, take the write lock first (BEGIN IMMEDIATE); PostgreSQL relies on the
-    # conditional UPDATE in consume_login_token.
-    begin_write(db.session)
+    # NOTE: a POST's transaction is a writer from its first statement (BEGIN IMMEDIATE on
+    # SQLite, see portal.db); PostgreSQL relies on the conditional UPDATE in
+    # consume_login_token. Refusals return a page (and so commit their audit event).
     try:
         stored = services.find_login_token(db.session, signer(), token)
         if not limits.address_allowed("consume", stored.user.email):
-            raise TooManyRequests()
+            return render_error(429, TOO_MANY_MESSAGE)
         user = services.consume_login_token(db.session, signer(), token, stored=stored)
     except services.TokenUsed as error:
         _audit("auth.token_reused", db.session.get(User, error.details.get("user_id")))
-        db.session.commit()
         return _link_problem(error)
     except services.TokenExpired as error:
         _audit("auth.token_expired", db.session.get(User, error.details.get("user_id")))
-        db.session.commit()
         return _link_problem(error)
     except services.TokenInvalid as error:
-        db.session.rollback()
         _audit("auth.token_invalid", None)
-        db.session.commit()
         return _link_problem(error)
     same_browser = services.is_bound_to(stored, session.get(BINDING_KEY))
     next_target = session.get(NEXT_KEY) if same_browser else None
     sign_in(user)
     _audit("auth.sign_in", user, same_browser=same_browser)
-    db.session.commit()
     log.info("user %s signed in", user.public_id)
     return see_other(next_target if is_safe_next(next_target) else _home_for(user))
 
@@ -194,9 +188,8 @@ def logout() -> Response:
     user = signed_in_user()
     # NOTE: ends this browser's row in user_sessions, so a copy of this cookie stops working on
     # the server too; the user's other devices stay signed in ("sign out everywhere" ends them).
-    if end_current_session() or user is not None:
-        if user is not None:
-            _audit("auth.sign_out", user)
-        db.session.commit()
+    ended = end_current_session()
+    if user is not None:
+        _audit("auth.sign_out", user, ended_browser_session=ended)
     sign_out()
     return see_other(url_for("auth.login"))

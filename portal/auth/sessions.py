@@ -21,6 +21,7 @@ from portal.accounts.models import Account, Membership, User
 from portal.auth.devices import describe_user_agent
 from portal.auth.models import UserSession
 from portal.auth.services import hash_value
+from portal.db import begin_write
 from portal.extensions import db, login_manager
 
 SID_KEY = "sid"
@@ -186,19 +187,23 @@ def _touch_row(now: datetime) -> None:
     sid_hash = _sid_hash()
     if sid_hash is None:
         return
+    # NOTE: this GET writes: its transaction starts as a writer (it runs before anything else
+    # of the request touched the database), so on SQLite it waits for the lock, never fails.
+    begin_write(db.session)
     db.session.execute(
         update(UserSession)
         .where(UserSession.sid_hash == sid_hash, UserSession.ended_at.is_(None))
         .values(last_seen_at=now)
         .execution_options(synchronize_session=False)
     )
-    db.session.commit()
 
 
 def _end_session() -> bool:
-    # NOTE: a timed-out session ends on the server too, so it leaves the devices list.
-    if end_current_session():
-        db.session.commit()
+    # NOTE: a timed-out session ends on the server too, so it leaves the devices list (the
+    # request's unit of work commits it).
+    if _sid_hash() is not None:
+        begin_write(db.session)
+        end_current_session()
     logout_user()
     session.clear()
     return True

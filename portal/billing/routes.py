@@ -13,6 +13,7 @@ from flask_login import login_required
 from sqlalchemy import func, select
 
 from portal import clock
+from portal import db as unit_of_work
 from portal.auth.sessions import current_account
 from portal.billing import documents, pdf, queries
 from portal.billing.forms import STATUS_CHOICES, InvoiceFilterForm, StatementPeriodForm
@@ -293,9 +294,7 @@ def _stored_invoice_pdf(invoice: Invoice, size: pdf.PageSize) -> documents.Docum
     # snapshot predates another writer's commit cannot write at all. IMMEDIATE takes the write
     # lock up front; a request that stored the same PDF meanwhile wins and we serve its row.
     begin_write(db.session)
-    stored = documents.store_invoice_document(db.session, invoice_id, size, content)
-    db.session.commit()
-    return stored
+    return documents.store_invoice_document(db.session, invoice_id, size, content)
 
 
 def _export_year(raw: str | None, this_year: int) -> int:
@@ -340,6 +339,9 @@ def _zip_of_invoices(invoices: Sequence[Any], size: pdf.PageSize) -> Iterator[by
             if invoice is None:
                 continue
             stored = _stored_invoice_pdf(invoice, size)
+            # NOTE: the archive streams after the request's own unit of work has committed;
+            # each PDF stored on the way is a unit of work of its own.
+            unit_of_work.commit(db.session)
             member = zipfile.ZipInfo(
                 pdf.invoice_file_name(number),
                 date_time=(issued.year, issued.month, issued.day, 0, 0, 0),

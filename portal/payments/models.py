@@ -147,6 +147,8 @@ class Payment(Base):
     amount_minor: Mapped[money_minor]
     amount_refunded_minor: Mapped[money_minor] = mapped_column(default=0)
     method_description: Mapped[str] = mapped_column(String(64), default="")
+    # "RCT-2026-00042": gapless per year (portal.payments.receipts); what the receipt shows.
+    receipt_number: Mapped[str | None] = mapped_column(String(24), unique=True)
     received_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 

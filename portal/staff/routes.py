@@ -88,7 +88,6 @@ def totp_setup() -> Response | tuple[str, int] | str:
         if form.validate():
             codes = services.confirm_enrolment(db.session, user, secret, form.code.data)
         if codes is not None:
-            db.session.commit()
             session.pop(PENDING_SECRET_KEY, None)
             session[MFA_KEY] = session_user_id()
             return render_template("staff/recovery_codes.html", codes=codes)
@@ -130,7 +129,6 @@ def totp_verify() -> Response | tuple[str, int] | str:
         return render_template("staff/totp_verify.html", form=form)
     if form.validate():
         result = services.verify_second_factor(db.session, user, form.code.data)
-        db.session.commit()
         if result in services.PASSED:
             return _after_second_factor()
         if result == services.REUSED:

@@ -34,7 +34,9 @@ def _queue(session: Session, n: int = 1, **fields: Any) -> list[OutboxEmail]:
         for i in range(n)
     ]
     session.add_all(rows)
-    session.flush()
+    # NOTE: deliver_due owns its unit of work (it begins its own writes): what the test
+    # queued is committed first, as the request that queued it would have.
+    session.commit()
     return rows
 
 

@@ -1,0 +1,80 @@
+"""Translation groundwork (Flask-Babel): which language a page is written in.
+
+Text is written in English and marked for translation (`_()` in Python, `{% trans %}` / `_()`
+in templates). A page is shown in the account's language only where a compiled catalog for it
+exists under `translations/`; otherwise it stays English, and `<html lang>` says "en", so a
+screen reader never reads English with a German voice. Amounts and dates keep the account's
+own locale (portal.formatting) inside sentences of the page's language.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from babel import Locale
+from flask import Flask, current_app, g, has_request_context, request
+
+from portal.extensions import babel
+
+SOURCE_LANGUAGE = "en"
+
+
+@cache
+def _available(directory: str) -> frozenset[str]:
+    """Languages with a compiled catalog (plus the source language)."""
+    root = Path(directory)
+    found = {SOURCE_LANGUAGE}
+    if root.is_dir():
+        for catalog in root.glob("*/LC_MESSAGES/messages.mo"):
+            found.add(catalog.parent.parent.name)
+    return frozenset(found)
+
+
+def available_languages() -> frozenset[str]:
+    directories = current_app.config.get("BABEL_TRANSLATION_DIRECTORIES", "translations")
+    root = Path(current_app.root_path).parent
+    return frozenset().union(
+        *(_available(str(root / part)) for part in str(directories).split(";"))
+    )
+
+
+def page_language() -> str:
+    """The language this request's text is written in (a catalog's name, e.g. "de" or "en")."""
+    if "page_language" in g:
+        return g.page_language
+    languages = available_languages()
+    chosen = SOURCE_LANGUAGE
+    account = g.get("account")
+    wanted = getattr(account, "locale", None) if account is not None else None
+    if wanted:
+        chosen = _match(wanted, languages) or SOURCE_LANGUAGE
+    elif has_request_context():
+        chosen = request.accept_languages.best_match(sorted(languages)) or SOURCE_LANGUAGE
+    g.page_language = chosen
+    return chosen
+
+
+def _match(identifier: str, languages: frozenset[str]) -> str | None:
+    """The catalog for a locale like "de_DE": itself, else its language ("de")."""
+    if identifier in languages:
+        return identifier
+    try:
+        language = Locale.parse(identifier).language
+    except (ValueError, TypeError):
+        return None
+    return language if language in languages else None
+
+
+def html_lang() -> str:
+    """`<html lang>`: the language the page's text is really in, as a BCP 47 tag."""
+    return page_language().replace("_", "-")
+
+
+def init_app(app: Flask) -> None:
+    app.config.setdefault("BABEL_DEFAULT_LOCALE", SOURCE_LANGUAGE)
+    app.config.setdefault(
+        "BABEL_TRANSLATION_DIRECTORIES", str(Path(app.root_path).parent / "translations")
+    )
+    babel.init_app(app, locale_selector=page_language)
+    app.add_template_global(html_lang, "page_lang")
