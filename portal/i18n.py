@@ -12,8 +12,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import flask_babel
 from babel import Locale
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, before_render_template, current_app, g, has_request_context, request
 
 from portal.extensions import babel
 
@@ -39,10 +40,24 @@ def available_languages() -> frozenset[str]:
     )
 
 
+def _account_key() -> tuple[object, object] | None:
+    account = g.get("account")
+    if account is None:
+        return None
+    return getattr(account, "id", None), getattr(account, "locale", None)
+
+
 def page_language() -> str:
-    """The language this request's text is written in (a catalog's name, e.g. "de" or "en")."""
-    if "page_language" in g:
-        return g.page_language
+    """The language this request's text is written in (a catalog's name, e.g. "de" or "en").
+
+    NOTE: chosen again once the signed-in account is known: text translated before that (a
+    request's first gettext may come before `current_account()`) would otherwise fix the
+    visitor's browser language for a page whose account has its own.
+    """
+    key = _account_key()
+    cached = g.get("_page_language")
+    if cached is not None and cached[0] == key:
+        return cached[1]
     languages = available_languages()
     chosen = SOURCE_LANGUAGE
     account = g.get("account")
@@ -51,8 +66,17 @@ def page_language() -> str:
         chosen = _match(wanted, languages) or SOURCE_LANGUAGE
     elif has_request_context():
         chosen = request.accept_languages.best_match(sorted(languages)) or SOURCE_LANGUAGE
-    g.page_language = chosen
+    g._page_language = (key, chosen)
     return chosen
+
+
+def _follow_account(*_args: object, **_kwargs: object) -> None:
+    """Before a template renders: if the account became known (or changed) since Flask-Babel
+    chose its translations, let it choose again."""
+    cached = g.get("_page_language")
+    if cached is not None and cached[0] != _account_key():
+        flask_babel.refresh()
+        g.pop("_page_language", None)
 
 
 def _match(identifier: str, languages: frozenset[str]) -> str | None:
@@ -78,3 +102,4 @@ def init_app(app: Flask) -> None:
     )
     babel.init_app(app, locale_selector=page_language)
     app.add_template_global(html_lang, "page_lang")
+    before_render_template.connect(_follow_account, app)
