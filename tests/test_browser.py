@@ -153,10 +153,24 @@ def test_invoices_statement_and_payments_on_a_phone(live_server: Any, phone: Any
 
     page.goto(f"{live_server.url}/invoices")
     assert page.get_by_role("heading", level=1, name="Invoices").is_visible()
+    # The first screen shows invoices: the filters are folded away until asked for.
+    first_card = page.locator("#invoice-list > li").first
+    box = first_card.bounding_box()
+    assert box is not None and box["y"] + 80 <= page.viewport_size["height"], box
+    assert not page.get_by_label("Status").is_visible()
     _assert_accessible(page, "the invoice list")
     _screenshot(page, "invoices-iphone13")
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    _assert_accessible(page, "the invoice list in dark mode")
+    _screenshot(page, "invoices-iphone13-dark")
+    page.emulate_media(color_scheme="light")
 
     # Filtering swaps the rows in place (HTMX) and puts the filter in the address bar.
+    summary = page.locator("summary", has_text="Filter invoices")
+    _assert_on_screen_and_tappable(page, summary, "the filter toggle")
+    summary.click()
+    _assert_accessible(page, "the invoice list with its filters open")
     page.get_by_label("Status").select_option("overdue")
     page.wait_for_url("**/invoices?*status=overdue*")
     cards = page.locator("#invoice-list > li")
@@ -252,6 +266,17 @@ def test_sign_in_from_the_emailed_link_on_a_phone(
     assert page.get_by_role("heading", level=1, name="Account").is_visible()
     _assert_accessible(page, "the account page")
     _screenshot(page, "account-iphone13")
+    # Addresses as the country writes them, the country by its name, devices in her time zone.
+    billed_to = page.get_by_test_id("billed-to").inner_text()
+    assert "Boston, MA 02110" in billed_to and "United States" in billed_to
+    assert page.get_by_label("Country").locator("option:checked").inner_text() == "United States"
+    devices = page.get_by_test_id("devices").inner_text()
+    assert "UTC" not in devices
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    _assert_accessible(page, "the account page in dark mode")
+    _screenshot(page, "account-iphone13-dark")
+    page.emulate_media(color_scheme="light")
 
     # The same link opened again on another phone: a friendly page with a new link in one tap.
     other = browser.new_context(**iphone, reduced_motion="reduce")
@@ -404,4 +429,34 @@ def test_navigation_works_without_javascript_and_on_a_wide_screen(
     assert not nav.locator("summary").is_visible()
     _assert_accessible(page, "the dashboard on a wide screen")
     _screenshot(page, "dashboard-wide")
+    context.close()
+
+
+@pytest.mark.parametrize("width", [390, 320])
+def test_the_current_tab_shows_its_whole_label(live_server: Any, phone: Any, width: int) -> None:
+    """The current tab ("Statements", the longest) is never cut to "Stateme…", down to 320px."""
+    browser, iphone = phone
+    options = {**iphone, "viewport": {"width": width, "height": 640 if width == 320 else 844}}
+    context = browser.new_context(**options, reduced_motion="reduce")
+    page = context.new_page()
+    _sign_in(page, live_server)
+    nav = page.get_by_role("navigation", name="Main")
+    for path in ("/statements", "/payments", "/invoices", "/"):
+        page.goto(f"{live_server.url}{path}")
+        for name in ("Overview", "Invoices", "Statements", "Payments"):
+            link = nav.get_by_role("link", name=name, exact=True)
+            _assert_on_screen_and_tappable(page, link, f"{name} at {width}px")
+            label = link.locator(".site-nav__label")
+            cut = label.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+            assert not cut, f"{name} is cut at {width}px on {path}"
+            assert label.inner_text() == name
+        _assert_on_screen_and_tappable(page, nav.locator("summary"), f"More at {width}px")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.goto(f"{live_server.url}/statements")
+    _assert_accessible(page, f"the statement at {width}px")
+    _screenshot(page, f"nav-statements-{width}")
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    _assert_accessible(page, f"the statement at {width}px in dark mode")
+    _screenshot(page, f"nav-statements-{width}-dark")
     context.close()
