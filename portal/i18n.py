@@ -14,7 +14,15 @@ from pathlib import Path
 
 import flask_babel
 from babel import Locale
-from flask import Flask, before_render_template, current_app, g, has_request_context, request
+from flask import (
+    Flask,
+    before_render_template,
+    current_app,
+    g,
+    has_app_context,
+    has_request_context,
+    request,
+)
 
 from portal.extensions import babel
 
@@ -63,11 +71,20 @@ def page_language() -> str:
     account = g.get("account")
     wanted = getattr(account, "locale", None) if account is not None else None
     if wanted:
-        chosen = _match(wanted, languages) or SOURCE_LANGUAGE
+        chosen = language_for(wanted)
     elif has_request_context():
         chosen = request.accept_languages.best_match(sorted(languages)) or SOURCE_LANGUAGE
     g._page_language = (key, chosen)
     return chosen
+
+
+def language_for(locale: str | None) -> str:
+    """The language text for an account with this locale is written in: its catalog if one
+    exists, else English. For mail and PDFs made outside the account's own request:
+    `with flask_babel.force_locale(language_for(account.locale)): render(...)`."""
+    if not locale:
+        return SOURCE_LANGUAGE
+    return _match(locale, available_languages()) or SOURCE_LANGUAGE
 
 
 def _follow_account(*_args: object, **_kwargs: object) -> None:
@@ -91,8 +108,10 @@ def _match(identifier: str, languages: frozenset[str]) -> str | None:
 
 
 def html_lang() -> str:
-    """`<html lang>`: the language the page's text is really in, as a BCP 47 tag."""
-    return page_language().replace("_", "-")
+    """`<html lang>`: the language the text is really in, as a BCP 47 tag; inside
+    `flask_babel.force_locale(...)` (an email, a PDF) the forced language."""
+    locale = flask_babel.get_locale() if has_app_context() else None
+    return (str(locale) if locale is not None else page_language()).replace("_", "-")
 
 
 def init_app(app: Flask) -> None:

@@ -26,7 +26,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import write_po
 from flask import Flask, g, render_template, render_template_string
 from flask.testing import FlaskClient
-from flask_babel import gettext
+from flask_babel import force_locale, gettext
 from sqlalchemy.orm import Session
 
 from portal import i18n
@@ -425,3 +425,21 @@ def test_web_pages_do_not_ask_to_reply_to_an_email(
     login_as(client, user)
     for path in ("/", "/invoices", "/account"):
         assert "reply to this email" not in client.get(path).get_data(as_text=True), path
+
+
+def test_mail_and_pdfs_name_the_language_they_are_written_in(
+    pseudo_app: Flask, session: Session
+) -> None:
+    """Outside the account's own request (a job renders a receipt), the sender forces the
+    account's language; `page_lang()` then names that language, not the visitor's."""
+    german = make_account(session, locale="de_DE")
+    japanese = make_account(session, locale="ja_JP")
+    assert (i18n.language_for(german.locale), i18n.language_for(japanese.locale)) == ("de", "en")
+    with pseudo_app.app_context():
+        with force_locale(i18n.language_for(german.locale)):
+            rendered = render_template_string("{{ page_lang() }} {{ _('Invoices') }}")
+        assert rendered == "de " + pseudo("Invoices")
+        with force_locale(i18n.language_for(japanese.locale)):
+            assert render_template_string("{{ page_lang() }} {{ _('Invoices') }}") == (
+                "en Invoices"
+            )
