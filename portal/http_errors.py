@@ -78,8 +78,27 @@ def _is_htmx_partial() -> bool:
     return wants_partial()
 
 
+# NOTE: PostgreSQL reports a lost race as an OperationalError too: SQLSTATE class 40
+# (serialization failure, deadlock) and 55P03 (lock not available). That is a conflict the
+# person can retry (409), not an outage.
+_CONFLICT_SQLSTATE_CLASSES = ("40",)
+_CONFLICT_SQLSTATES = frozenset({"55P03"})
+
+
+def _sqlstate(error: BaseException) -> str:
+    return str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+
+
+def is_conflict(error: BaseException) -> bool:
+    """True when the database refused this transaction because another one won a race."""
+    state = _sqlstate(error)
+    return state.startswith(_CONFLICT_SQLSTATE_CLASSES) or state in _CONFLICT_SQLSTATES
+
+
 def is_outage(error: BaseException) -> bool:
     """True when a database error means the database cannot be reached or stayed busy."""
+    if is_conflict(error):
+        return False
     return isinstance(error, OperationalError | InterfaceError) or bool(
         isinstance(error, DBAPIError) and error.connection_invalidated
     )
@@ -136,6 +155,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     def database_error(error: Exception) -> Response:
         _safe_rollback()
+        if is_conflict(error):
+            log.info("lost a race on %s %s: %s", request.method, request.path, _sqlstate(error))
+            return render_error(409)
         if isinstance(error, DBAPIError) and is_outage(error):
             log.warning("database unavailable: %s", type(error).__name__)
             # NOTE: the error page must not ask the database who is signed in a second time.
