@@ -55,6 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     http_errors.register_error_handlers(app)
     web.init_security_headers(app)
+    web.init_request_guards(app)
     auth.init_app(app)
     i18n.init_app(app)
     formatting.init_app(app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -58,11 +58,19 @@ intpk = Annotated[int, mapped_column(BigIntPK, primary_key=True)]
 public_id = Annotated[
     str, mapped_column(String(24), unique=True, default=new_public_id, nullable=False)
 ]
-timestamp = Annotated[datetime, mapped_column(UTCDateTime())]
-day = Annotated[date, mapped_column(Date())]
 money_minor = Annotated[int, mapped_column(BigInteger())]
-currency_code = Annotated[str, mapped_column(String(3))]
-str255 = Annotated[str, mapped_column(String(255))]
+
+# NOTE: the largest id a BIGINT primary key holds: a page link carrying a larger one names no
+# row, and SQLite's driver would refuse to bind it (OverflowError) instead of finding nothing.
+MAX_ROW_ID = 2**63 - 1
+
+
+def parse_row_id(text: str) -> int | None:
+    """A row id as written in a URL (ASCII digits, within BIGINT), or None."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ROW_ID else None
 
 
 class Base(DeclarativeBase):
@@ -70,6 +78,13 @@ class Base(DeclarativeBase):
         metadata=MetaData(naming_convention=NAMING_CONVENTION),
         type_annotation_map={datetime: UTCDateTime(), date: Date(), str: String(255)},
     )
+
+
+def one_of(column: str, values: Iterable[str]) -> str:
+    """SQL for a CHECK that a column holds one of an enum's values, built from the enum itself
+    (so a value added to the enum cannot silently diverge from the database's list)."""
+    quoted = ", ".join("'" + str(value).replace("'", "''") + "'" for value in values)
+    return f"{column} IN ({quoted})"
 
 
 def currency_check(column: str = "currency") -> str:
@@ -107,13 +122,18 @@ def _begin_sqlite(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+def _no_request() -> bool:
+    return False
 
 
-def _in_write_request() -> bool:
-    from flask import has_request_context, request
+_in_write_request: Callable[[], bool] = _no_request
 
-    return has_request_context() and request.method not in _SAFE_METHODS
+
+def set_write_request_probe(probe: Callable[[], bool]) -> None:
+    """Tell the database layer how to know whether the current request changes state (the web
+    layer answers; this module stays free of Flask, so billing logic can use it anywhere)."""
+    global _in_write_request
+    _in_write_request = probe
 
 
 # -- the unit of work ------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, jsonify, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import (
     DataError,
@@ -28,32 +30,34 @@ from portal.extensions import db, login_manager
 log = logging.getLogger(__name__)
 
 _TITLES = {
-    400: ("Bad request", "The request could not be understood."),
-    403: ("Not allowed", "You do not have access to this page."),
+    400: (_l("Bad request"), _l("The request could not be understood.")),
+    403: (_l("Not allowed"), _l("You do not have access to this page.")),
     404: (
-        "Page not found",
-        "We could not find that page. It may have moved, or the link is wrong.",
+        _l("Page not found"),
+        _l("We could not find that page. It may have moved, or the link is wrong."),
     ),
-    405: ("Not allowed", "That action is not available here."),
+    405: (_l("Not allowed"), _l("That action is not available here.")),
     409: (
-        "That changed in the meantime",
-        "Someone or something changed this at the same moment. Please reload the page and "
-        "try again.",
+        _l("That changed in the meantime"),
+        _l(
+            "Someone or something changed this at the same moment. Please reload the page and "
+            "try again."
+        ),
     ),
-    413: ("Too large", "That upload is too large."),
-    422: ("Please check what you entered", "Some of the details need another look."),
-    429: ("Slow down a little", "Too many attempts. Please wait a minute and try again."),
+    413: (_l("Too large"), _l("That upload is too large.")),
+    422: (_l("Please check what you entered"), _l("Some of the details need another look.")),
+    429: (_l("Slow down a little"), _l("Too many attempts. Please wait a minute and try again.")),
     500: (
-        "Something went wrong",
-        "We hit an unexpected error. Nothing was changed; please try again.",
+        _l("Something went wrong"),
+        _l("We hit an unexpected error. Nothing was changed; please try again."),
     ),
     503: (
-        "Briefly unavailable",
-        "We cannot reach our billing records right now. Please try again in a minute.",
+        _l("Briefly unavailable"),
+        _l("We cannot reach our billing records right now. Please try again in a minute."),
     ),
 }
 
-BAD_VALUE_MESSAGE = (
+BAD_VALUE_MESSAGE = _l(
     "The request contained characters or values we cannot store. Nothing was changed; "
     "please check what you entered."
 )
@@ -61,8 +65,8 @@ BAD_VALUE_MESSAGE = (
 
 def render_error(status: int, message: str | None = None) -> Response:
     """One error response: JSON for API callers, a partial for HTMX, a full page otherwise."""
-    title, default_message = _TITLES.get(status, _TITLES[500])
-    text = message or default_message
+    lazy_title, default_message = _TITLES.get(status, _TITLES[500])
+    title, text = str(lazy_title), str(message or default_message)
     if request.path.startswith("/webhooks/") or request.accept_mimetypes.best == "application/json":
         response = jsonify(error=title, message=text)
     else:
@@ -78,8 +82,27 @@ def _is_htmx_partial() -> bool:
     return wants_partial()
 
 
+# NOTE: PostgreSQL reports a lost race as an OperationalError too: SQLSTATE class 40
+# (serialization failure, deadlock) and 55P03 (lock not available). That is a conflict the
+# person can retry (409), not an outage.
+_CONFLICT_SQLSTATE_CLASSES = ("40",)
+_CONFLICT_SQLSTATES = frozenset({"55P03"})
+
+
+def _sqlstate(error: BaseException) -> str:
+    return str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+
+
+def is_conflict(error: BaseException) -> bool:
+    """True when the database refused this transaction because another one won a race."""
+    state = _sqlstate(error)
+    return state.startswith(_CONFLICT_SQLSTATE_CLASSES) or state in _CONFLICT_SQLSTATES
+
+
 def is_outage(error: BaseException) -> bool:
     """True when a database error means the database cannot be reached or stayed busy."""
+    if is_conflict(error):
+        return False
     return isinstance(error, OperationalError | InterfaceError) or bool(
         isinstance(error, DBAPIError) and error.connection_invalidated
     )
@@ -106,8 +129,10 @@ def register_error_handlers(app: Flask) -> None:
         _safe_rollback()
         return render_error(
             400,
-            "This form had expired or was sent from another site. "
-            "Please go back, reload the page and try again.",
+            _(
+                "This form had expired or was sent from another site. "
+                "Please go back, reload the page and try again."
+            ),
         )
 
     @app.errorhandler(429)
@@ -115,7 +140,7 @@ def register_error_handlers(app: Flask) -> None:
         _safe_rollback()
         _record_refusals()
         response = render_error(
-            429, "Too many attempts in a short time. Please wait a few minutes and try again."
+            429, _("Too many attempts in a short time. Please wait a few minutes and try again.")
         )
         response.headers["Retry-After"] = "60"
         return response
@@ -136,6 +161,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     def database_error(error: Exception) -> Response:
         _safe_rollback()
+        if is_conflict(error):
+            log.info("lost a race on %s %s: %s", request.method, request.path, _sqlstate(error))
+            return render_error(409)
         if isinstance(error, DBAPIError) and is_outage(error):
             log.warning("database unavailable: %s", type(error).__name__)
             # NOTE: the error page must not ask the database who is signed in a second time.

@@ -2,8 +2,9 @@
 
 from portal.accounts.models import Account, Membership, RecoveryCode, User
 from portal.audit.models import AuditEvent
-from portal.auth.models import LoginToken
+from portal.auth.models import LoginToken, UserSession
 from portal.billing.models import (
+    AccountBalance,
     CreditNote,
     CreditNoteLine,
     Invoice,
@@ -28,6 +29,7 @@ from portal.subscriptions.models import Plan, Price, PriceTier, Subscription, Us
 
 __all__ = [
     "Account",
+    "AccountBalance",
     "Attachment",
     "AuditEvent",
     "Base",
@@ -58,4 +60,5 @@ __all__ = [
     "Subscription",
     "UsageRecord",
     "User",
+    "UserSession",
 ]

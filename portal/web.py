@@ -8,11 +8,22 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, has_request_context, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    has_request_context,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
 from markupsafe import Markup
 
 from portal import db as unit_of_work
+from portal.errors import ValidationFailed
 from portal.extensions import db, htmx
 
 
@@ -33,6 +44,52 @@ class PortalFlask(Flask):
         answer = super().dispatch_request()
         unit_of_work.commit(db.session)
         return answer
+
+
+_ACCEPTED_FILES = "portal_accepted_files"
+ViewFunction = Callable[..., Any]
+
+
+def accepts_files(*field_names: str) -> Callable[[ViewFunction], ViewFunction]:
+    """Mark a view that takes uploads in the named fields; every other view refuses files."""
+
+    def mark(view: ViewFunction) -> ViewFunction:
+        setattr(view, _ACCEPTED_FILES, frozenset(field_names))
+        return view
+
+    return mark
+
+
+def refuse_unexpected_files() -> None:
+    """A file where text is expected is refused before any view sees it (a form would try to
+    measure or parse the upload as if it were typed text)."""
+    if not request.files:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    accepted = getattr(view, _ACCEPTED_FILES, frozenset())
+    unexpected = sorted(name for name in request.files if name not in accepted)
+    if unexpected:
+        raise ValidationFailed(
+            _(
+                "This form takes typed text, not files (a file was sent as “%(field)s”). "
+                "Please type the value instead.",
+                field=unexpected[0][:40],
+            )
+        )
+
+
+def init_request_guards(app: Flask) -> None:
+    app.before_request(refuse_unexpected_files)
+    # NOTE: portal.db begins SQLite transactions of state-changing requests IMMEDIATE; it asks
+    # this question instead of importing Flask itself.
+    unit_of_work.set_write_request_probe(_in_write_request)
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _in_write_request() -> bool:
+    return has_request_context() and request.method not in _SAFE_METHODS
 
 
 def wants_partial() -> bool:

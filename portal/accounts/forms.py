@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from babel import Locale
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import EmailField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length, Optional, Regexp, ValidationError
 
 from portal.accounts.services import EDITABLE_FIELDS
+from portal.forms import PlainText, normalize_text
 
 LANGUAGES = (
     ("en_US", "English (United States)"),
@@ -34,84 +36,110 @@ def _country_choices() -> list[tuple[str, str]]:
 COUNTRIES = _country_choices()
 
 
-def _strip(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
 class AccountDetailsForm(FlaskForm):
     class Meta:
-        # Field values are stripped before validation, so "  " counts as empty.
+        # Field values are stripped and composed (NFC) before validation, so "  " counts as
+        # empty and the same name typed on two keyboards is stored the same way.
         def bind_field(self, form: Any, unbound_field: Any, options: dict[str, Any]) -> Any:
-            filters = [*unbound_field.kwargs.get("filters", []), _strip]
+            filters = [*unbound_field.kwargs.get("filters", []), normalize_text]
             return unbound_field.bind(form=form, filters=filters, **options)
 
     name = StringField(
-        "Company or your name",
+        _l("Company or your name"),
         validators=[
-            DataRequired("Please enter the name your invoices are made out to."),
-            Length(max=200, message="Please keep the name under 200 characters."),
+            PlainText(),
+            DataRequired(_l("Please enter the name your invoices are made out to.")),
+            Length(max=200, message=_l("Please keep the name under 200 characters.")),
         ],
     )
     billing_email = EmailField(
-        "Billing email",
+        _l("Billing email"),
         validators=[
-            DataRequired("Please enter the address your invoices are sent to."),
-            Length(max=254, message="That email address is too long."),
+            PlainText(joiners=False),
+            DataRequired(_l("Please enter the address your invoices are sent to.")),
+            Length(max=254, message=_l("That email address is too long.")),
             Email(
-                "Please enter an email address like name@example.com.", check_deliverability=False
+                _l("Please enter an email address like name@example.com."),
+                check_deliverability=False,
             ),
         ],
     )
     address_line1 = StringField(
-        "Address", validators=[Optional(), Length(max=200, message="Please shorten this line.")]
+        _l("Address"),
+        validators=[
+            PlainText(),
+            Optional(),
+            Length(max=200, message=_l("Please shorten this line.")),
+        ],
     )
     address_line2 = StringField(
-        "Address line 2 (optional)",
-        validators=[Optional(), Length(max=200, message="Please shorten this line.")],
+        _l("Address line 2 (optional)"),
+        validators=[
+            PlainText(),
+            Optional(),
+            Length(max=200, message=_l("Please shorten this line.")),
+        ],
     )
     city = StringField(
-        "City", validators=[Optional(), Length(max=100, message="Please shorten the city.")]
+        _l("City"),
+        validators=[
+            PlainText(),
+            Optional(),
+            Length(max=100, message=_l("Please shorten the city.")),
+        ],
     )
     postal_code = StringField(
-        "Postal code",
+        _l("Postal code"),
         validators=[
+            PlainText(joiners=False),
             Optional(),
-            Length(max=20, message="A postal code has at most 20 characters."),
-            Regexp(r"^[A-Za-z0-9 \-]+$", message="Use only letters, digits, spaces and dashes."),
+            Length(max=20, message=_l("A postal code has at most 20 characters.")),
+            Regexp(
+                r"^[A-Za-z0-9 \-]+$", message=_l("Use only letters, digits, spaces and dashes.")
+            ),
         ],
     )
     region = StringField(
-        "State or region (optional)",
-        validators=[Optional(), Length(max=100, message="Please shorten the region.")],
+        _l("State or region (optional)"),
+        validators=[
+            PlainText(),
+            Optional(),
+            Length(max=100, message=_l("Please shorten the region.")),
+        ],
     )
     country = SelectField(
-        "Country", choices=[SelectChoice(c, n) for c, n in COUNTRIES], validate_choice=False
+        _l("Country"),
+        choices=[SelectChoice(c, n) for c, n in COUNTRIES],
+        validators=[PlainText(joiners=False)],
+        validate_choice=False,
     )
     tax_id = StringField(
-        "Tax id (optional)",
-        description="Your VAT or sales tax number, as it should appear on invoices.",
+        _l("Tax id (optional)"),
+        description=_l("Your VAT or sales tax number, as it should appear on invoices."),
         validators=[
+            PlainText(joiners=False),
             Optional(),
-            Length(max=50, message="A tax id has at most 50 characters."),
+            Length(max=50, message=_l("A tax id has at most 50 characters.")),
             Regexp(
                 r"^[A-Za-z0-9][A-Za-z0-9 .\-/]*$",
-                message="Use only letters, digits, spaces, dots, dashes and slashes.",
+                message=_l("Use only letters, digits, spaces, dots, dashes and slashes."),
             ),
         ],
     )
     locale = SelectField(
-        "Language of invoices and emails",
+        _l("Language of invoices and emails"),
         choices=[SelectChoice(c, n) for c, n in LANGUAGES],
+        validators=[PlainText(joiners=False)],
         validate_choice=False,
     )
 
     def validate_country(self, field: Any) -> None:
         if field.data not in dict(COUNTRIES):
-            raise ValidationError("Please choose a country from the list.")
+            raise ValidationError(_l("Please choose a country from the list."))
 
     def validate_locale(self, field: Any) -> None:
         if field.data not in dict(LANGUAGES):
-            raise ValidationError("Please choose a language from the list.")
+            raise ValidationError(_l("Please choose a language from the list."))
 
     def values(self) -> dict[str, Any]:
         """The submitted editable values, normalised (only EDITABLE_FIELDS, nothing else)."""

@@ -9,7 +9,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstra
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal import clock
-from portal.db import Base, currency_check, intpk, public_id
+from portal.db import Base, currency_check, intpk, one_of, public_id
 
 
 class MemberRole(StrEnum):
@@ -61,7 +61,7 @@ class User(Base):
         CheckConstraint("email = lower(email)", name="email_lowercase"),
         CheckConstraint("session_epoch >= 0", name="session_epoch_non_negative"),
         CheckConstraint(
-            "staff_role IS NULL OR staff_role IN ('support', 'admin')", name="staff_role_valid"
+            "staff_role IS NULL OR " + one_of("staff_role", StaffRole), name="staff_role_valid"
         ),
     )
 
@@ -104,7 +104,7 @@ class Membership(Base):
     __tablename__ = "memberships"
     __table_args__ = (
         UniqueConstraint("user_id", "account_id"),
-        CheckConstraint("role IN ('owner', 'billing', 'viewer')", name="role_valid"),
+        CheckConstraint(one_of("role", MemberRole), name="role_valid"),
         Index("ix_memberships_account_id", "account_id"),
     )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import StringField
 from wtforms.validators import Length, Optional, Regexp, ValidationError
 
 from portal.billing.queries import INVOICE_FILTERS, InvoiceFilters
+from portal.forms import PlainText
 
 STATUS_CHOICES = [
     ("", "All invoices"),
@@ -23,34 +25,37 @@ class InvoiceFilterForm(FlaskForm):
     class Meta:
         csrf = False  # a GET form that changes nothing
 
-    status = StringField("Status", validators=[Optional()])
+    status = StringField(_l("Status"), validators=[PlainText(joiners=False), Optional()])
     year = StringField(
-        "Year",
+        _l("Year"),
         validators=[
             Optional(),
-            Regexp(r"^(19|20|21)\d\d$", message="Choose a year like 2026."),
+            PlainText(joiners=False),
+            # NOTE: ASCII digits: \d would also take other scripts' digits.
+            Regexp(r"^(19|20|21)[0-9]{2}\Z", message=_l("Choose a year like 2026.")),
         ],
     )
     q = StringField(
-        "Invoice number",
+        _l("Invoice number"),
         validators=[
+            PlainText(joiners=False),
             Optional(),
-            Length(max=40, message="Invoice numbers are at most 40 characters."),
+            Length(max=40, message=_l("Invoice numbers are at most 40 characters.")),
             Regexp(
-                r"^[A-Za-z0-9\- ]*$",
-                message="Invoice numbers have only letters, digits and dashes, like ALS-0012.",
+                r"^[A-Za-z0-9\- ]*\Z",
+                message=_l("Invoice numbers have only letters, digits and dashes, like ALS-0012."),
             ),
         ],
     )
 
     def validate_status(self, field: StringField) -> None:
         if field.data and field.data not in INVOICE_FILTERS:
-            raise ValidationError("Choose open, overdue, paid or void.")
+            raise ValidationError(_l("Choose open, overdue, paid or void."))
 
     def filters(self) -> InvoiceFilters:
         return InvoiceFilters(
             status=self.status.data or "",
-            year=int(self.year.data) if self.year.data else None,
+            year=int(year) if (year := (self.year.data or "").strip()) else None,
             search=(self.q.data or "").strip(),
         )
 

@@ -9,19 +9,23 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     CheckConstraint,
+    ColumnElement,
     ForeignKey,
     Index,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    and_,
+    case,
 )
+from sqlalchemy.ext.hybrid import hybrid_method, hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal import clock
 from portal.accounts.models import Account
 from portal.billing.money import Money
-from portal.db import Base, currency_check, intpk, money_minor, public_id
+from portal.db import Base, currency_check, intpk, money_minor, one_of, public_id
 
 
 class InvoiceStatus(StrEnum):
@@ -48,6 +52,24 @@ class LedgerKind(StrEnum):
     REFUND = "refund"
 
 
+class CreditNoteReason(StrEnum):
+    DUPLICATE = "duplicate"
+    FRAUDULENT = "fraudulent"
+    ORDER_CHANGE = "order_change"
+    PRODUCT_UNSATISFACTORY = "product_unsatisfactory"
+    DISPUTE = "dispute"
+    GOODWILL = "goodwill"
+    OTHER = "other"
+
+
+# NOTE: what can be paid: an issued invoice that is open or uncollectible (uncollectible is an
+# accounting write-off, the customer may still pay it) with something left to pay. Drafts owe
+# nothing yet; void invoices owe nothing any more. Invoice.amount_due_minor and
+# Invoice.is_payable are the one definition, in Python and in SQL.
+OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
+_OWES_NOTHING = (InvoiceStatus.DRAFT.value, InvoiceStatus.VOID.value)
+
+
 class NumberSeries(Base):
     """A gapless counter, one row per series, advanced with a single UPDATE … RETURNING."""
 
@@ -63,9 +85,7 @@ class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
         CheckConstraint(currency_check(), name="currency_iso"),
-        CheckConstraint(
-            "status IN ('draft', 'open', 'paid', 'void', 'uncollectible')", name="status_valid"
-        ),
+        CheckConstraint(one_of("status", InvoiceStatus), name="status_valid"),
         CheckConstraint("subtotal_minor >= 0", name="subtotal_non_negative"),
         CheckConstraint("discount_minor >= 0", name="discount_non_negative"),
         CheckConstraint("tax_minor >= 0", name="tax_non_negative"),
@@ -127,11 +147,40 @@ class Invoice(Base):
         back_populates="invoice", order_by="InvoiceLine.position", cascade="all, delete-orphan"
     )
 
-    @property
+    @hybrid_property
     def amount_due_minor(self) -> int:
-        if self.status in (InvoiceStatus.DRAFT, InvoiceStatus.VOID):
+        """What is left to pay (0 on drafts and void invoices)."""
+        if self.status in _OWES_NOTHING:
             return 0
         return self.total_minor - self.amount_paid_minor - self.amount_credited_minor
+
+    @amount_due_minor.inplace.expression
+    @classmethod
+    def _amount_due_minor_sql(cls) -> ColumnElement[int]:
+        return case(
+            (cls.status.in_(_OWES_NOTHING), 0),
+            else_=cls.total_minor - cls.amount_paid_minor - cls.amount_credited_minor,
+        )
+
+    @hybrid_property
+    def is_payable(self) -> bool:
+        """Issued, not settled, with something left to pay: what the customer can pay now."""
+        return self.status in OPEN_STATUSES and self.amount_due_minor > 0
+
+    @is_payable.inplace.expression
+    @classmethod
+    def _is_payable_sql(cls) -> ColumnElement[bool]:
+        return and_(cls.status.in_(OPEN_STATUSES), cls.amount_due_minor > 0)
+
+    @hybrid_method
+    def is_overdue(self, on: date) -> bool:
+        """Payable and past its due date on the given day."""
+        return bool(self.is_payable and self.due_date is not None and self.due_date < on)
+
+    @is_overdue.inplace.expression
+    @classmethod
+    def _is_overdue_sql(cls, on: date | ColumnElement[date]) -> ColumnElement[bool]:
+        return and_(cls.is_payable, cls.due_date < on)
 
     @property
     def total(self) -> Money:
@@ -141,23 +190,12 @@ class Invoice(Base):
     def amount_due(self) -> Money:
         return Money(self.amount_due_minor, self.currency)
 
-    def is_overdue(self, on: date) -> bool:
-        return (
-            self.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
-            and self.due_date is not None
-            and self.due_date < on
-            and self.amount_due_minor > 0
-        )
-
 
 class InvoiceLine(Base):
     __tablename__ = "invoice_lines"
     __table_args__ = (
         UniqueConstraint("invoice_id", "position"),
-        CheckConstraint(
-            "kind IN ('subscription', 'proration', 'usage', 'one_off', 'discount')",
-            name="kind_valid",
-        ),
+        CheckConstraint(one_of("kind", LineKind), name="kind_valid"),
         CheckConstraint("tax_rate_bp >= 0 AND tax_rate_bp <= 10000", name="tax_rate_valid"),
         CheckConstraint(
             "kind = 'discount' OR amount_minor >= 0 OR kind = 'proration'",
@@ -205,11 +243,7 @@ class CreditNote(Base):
     __table_args__ = (
         CheckConstraint(currency_check(), name="currency_iso"),
         CheckConstraint("amount_minor > 0", name="amount_positive"),
-        CheckConstraint(
-            "reason IN ('duplicate', 'fraudulent', 'order_change', 'product_unsatisfactory', "
-            "'dispute', 'goodwill', 'other')",
-            name="reason_valid",
-        ),
+        CheckConstraint(one_of("reason", CreditNoteReason), name="reason_valid"),
         UniqueConstraint("series_key", "sequence"),
         Index("ix_credit_notes_account_id_issued_at", "account_id", "issued_at"),
         Index("ix_credit_notes_invoice_id", "invoice_id"),
@@ -259,10 +293,7 @@ class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         CheckConstraint(currency_check(), name="currency_iso"),
-        CheckConstraint(
-            "kind IN ('invoice', 'invoice_void', 'payment', 'credit_note', 'refund')",
-            name="kind_valid",
-        ),
+        CheckConstraint(one_of("kind", LedgerKind), name="kind_valid"),
         # NOTE: the sign is fixed by the kind: what raises the balance is positive.
         CheckConstraint(
             "(kind IN ('invoice', 'refund') AND amount_minor > 0)"

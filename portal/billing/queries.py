@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -12,26 +13,61 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, 
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from portal.billing import ledger
-from portal.billing.models import CreditNote, Invoice, InvoiceLine, InvoiceStatus, LineKind
+from portal.billing.models import (
+    OPEN_STATUSES as OPEN_STATUSES,  # NOTE: defined with the model; imported from here too
+)
+from portal.billing.models import (
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LineKind,
+)
 from portal.billing.money import Money
+from portal.db import parse_row_id
 from portal.disputes.models import Dispute
-from portal.payments.models import Payment, PaymentAllocation, Refund
+from portal.payments.models import Payment, PaymentAllocation
 from portal.subscriptions.models import Price, Subscription
 
-OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 # NOTE: lists show an invoice's number, dates, amounts and status; the seller and buyer snapshots
 # (JSON, decoded per row) and the memo are read only on the invoice's own page and PDF.
 LIST_ONLY = (defer(Invoice.seller), defer(Invoice.buyer), defer(Invoice.memo))
 
 
 def open_invoices(account_id: int | ColumnElement[int]) -> Select[tuple[Invoice]]:
-    """Issued invoices with something left to pay, oldest due first (what can be paid now)."""
-    due = Invoice.total_minor - Invoice.amount_paid_minor - Invoice.amount_credited_minor
+    """The account's payable invoices (Invoice.is_payable), oldest due first."""
     return (
         select(Invoice)
-        .where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES), due > 0)
+        .where(Invoice.account_id == account_id, Invoice.is_payable)
         .order_by(Invoice.due_date, Invoice.id)
     )
+
+
+# NOTE: invoice numbers are "<prefix>-<sequence>": letters, digits and dashes. Anything else (a
+# NUL byte PostgreSQL would refuse, 2,000 characters) cannot name an invoice and never reaches
+# the database.
+INVOICE_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,39}")
+
+
+def is_invoice_number(text: str) -> bool:
+    return INVOICE_NUMBER.fullmatch(text) is not None
+
+
+def issued_invoices(account_id: int, numbers: Collection[str]) -> Select[tuple[Invoice]]:
+    """The account's issued invoices with these numbers (drafts have none and are never found);
+    text that cannot be an invoice number finds nothing. The one lookup of invoices by number:
+    add options, a lock or an order to it."""
+    wanted = sorted({n for n in numbers if is_invoice_number(n)})
+    return select(Invoice).where(
+        Invoice.account_id == account_id,
+        Invoice.number.in_(wanted),
+        Invoice.status != InvoiceStatus.DRAFT.value,
+    )
+
+
+def issued_invoice(account_id: int, number: str) -> Select[tuple[Invoice]]:
+    """An issued invoice of this account by number (see issued_invoices)."""
+    return issued_invoices(account_id, [number])
 
 
 def subscriptions_of(account_id: int | ColumnElement[int]) -> Select[tuple[Subscription]]:
@@ -66,19 +102,13 @@ def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any], Sele
     today): building them and their cache keys on every request cost more than running them."""
     account_id = bindparam("account_id")
     today = bindparam("today")
-    overdue_expr = case(
-        (
-            Invoice.due_date < today,
-            Invoice.total_minor - Invoice.amount_paid_minor - Invoice.amount_credited_minor,
-        ),
-        else_=0,
-    )
+    overdue = Invoice.due_date < today  # of payable invoices: Invoice.is_overdue
     # NOTE: the balance (one row of account_balances) rides along with the overdue sums.
     sums = select(
-        func.coalesce(func.sum(overdue_expr), 0),
-        func.count(Invoice.id).filter(Invoice.due_date < today),
+        func.coalesce(func.sum(case((overdue, Invoice.amount_due_minor), else_=0)), 0),
+        func.count(Invoice.id).filter(overdue),
         ledger.balance_expr(account_id, bindparam("currency")),
-    ).where(Invoice.account_id == account_id, Invoice.status.in_(OPEN_STATUSES))
+    ).where(Invoice.account_id == account_id, Invoice.is_payable)
     invoices = open_invoices(account_id).options(*LIST_ONLY).limit(5)
     # The page shows each subscription's plan: loaded in the same query, not one by one.
     subscriptions = (
@@ -159,9 +189,14 @@ class Cursor:
 
     @classmethod
     def decode(cls, raw: str) -> Cursor | None:
-        day, _, ident = raw.partition(".")
+        """The cursor a page link carries, or None for anything we did not write (a date that
+        is not one, an id no row can have)."""
+        day, _, ident = raw[:40].partition(".")
+        row_id = parse_row_id(ident)
+        if row_id is None:
+            return None
         try:
-            return cls(date.fromisoformat(day), int(ident))
+            return cls(date.fromisoformat(day), row_id)
         except ValueError:
             return None
 
@@ -184,13 +219,9 @@ def invoice_list(
         Invoice.account_id == account_id, Invoice.status != InvoiceStatus.DRAFT.value
     )
     if filters.status == "open":
-        query = query.where(Invoice.status.in_(OPEN_STATUSES))
+        query = query.where(Invoice.is_payable)
     elif filters.status == "overdue":
-        query = query.where(
-            Invoice.status.in_(OPEN_STATUSES),
-            Invoice.due_date < today,
-            Invoice.total_minor > Invoice.amount_paid_minor + Invoice.amount_credited_minor,
-        )
+        query = query.where(Invoice.is_overdue(today))
     elif filters.status in ("paid", "void"):
         query = query.where(Invoice.status == filters.status)
     if filters.year is not None:
@@ -272,15 +303,6 @@ class InvoiceDetail:
     discount_lines: list[InvoiceLine] = field(default_factory=list)
 
 
-def issued_invoice(account_id: int, number: str) -> Select[tuple[Invoice]]:
-    """An issued invoice of this account by number (drafts have no number and are never shown)."""
-    return select(Invoice).where(
-        Invoice.account_id == account_id,
-        Invoice.number == number,
-        Invoice.status != InvoiceStatus.DRAFT.value,
-    )
-
-
 def invoice_detail(session: Session, account_id: int, number: str) -> InvoiceDetail | None:
     """The invoice with its lines, taxes per rate, payments and credit notes: four queries."""
     invoice = session.scalar(
@@ -327,115 +349,3 @@ def tax_summary(lines: Sequence[InvoiceLine], currency: str) -> list[TaxRow]:
         TaxRow(name or "Tax", rate, Money(taxable, currency), Money(tax, currency))
         for (name, rate), (taxable, tax) in sorted(grouped.items(), key=lambda kv: -kv[0][1])
     ]
-
-
-# --- Payments (the history and receipt pages of portal/payments) ------------------------------
-
-
-@dataclass(frozen=True)
-class PaymentCursor:
-    received_at: datetime
-    id: int
-
-    def encode(self) -> str:
-        return f"{self.received_at.isoformat()}~{self.id}"
-
-    @classmethod
-    def decode(cls, raw: str) -> PaymentCursor | None:
-        moment, _, ident = raw.partition("~")
-        try:
-            when = datetime.fromisoformat(moment)
-            return cls(when, int(ident)) if when.tzinfo is not None else None
-        except ValueError:
-            return None
-
-
-@dataclass(frozen=True)
-class PaymentRow:
-    payment: Payment
-    invoices: list[tuple[str, Money]]
-
-
-@dataclass(frozen=True)
-class PaymentHistory:
-    rows: list[PaymentRow]
-    next_cursor: PaymentCursor | None
-
-
-def payment_history(
-    session: Session, account_id: int, after: PaymentCursor | None = None, size: int = PAGE_SIZE
-) -> PaymentHistory:
-    """The account's payments, newest first, with the invoices each paid: two queries."""
-    query = select(Payment).where(Payment.account_id == account_id)
-    if after is not None:
-        query = query.where(
-            or_(
-                Payment.received_at < after.received_at,
-                and_(Payment.received_at == after.received_at, Payment.id < after.id),
-            )
-        )
-    payments = list(
-        session.scalars(
-            query.order_by(Payment.received_at.desc(), Payment.id.desc()).limit(size + 1)
-        )
-    )
-    shown = payments[:size]
-    paid = _invoices_paid_by(session, [p.id for p in shown])
-    more = len(payments) > size
-    return PaymentHistory(
-        [PaymentRow(p, paid.get(p.id, [])) for p in shown],
-        PaymentCursor(shown[-1].received_at, shown[-1].id) if more else None,
-    )
-
-
-def _invoices_paid_by(
-    session: Session, payment_ids: list[int]
-) -> dict[int, list[tuple[str, Money]]]:
-    if not payment_ids:
-        return {}
-    paid: dict[int, list[tuple[str, Money]]] = {}
-    for payment_id, number, minor, currency in session.execute(
-        select(
-            PaymentAllocation.payment_id,
-            Invoice.number,
-            PaymentAllocation.amount_minor,
-            Invoice.currency,
-        )
-        .join(Invoice, Invoice.id == PaymentAllocation.invoice_id)
-        .where(PaymentAllocation.payment_id.in_(payment_ids))
-        .order_by(PaymentAllocation.payment_id, Invoice.number)
-    ):
-        paid.setdefault(payment_id, []).append((number, Money(int(minor), currency)))
-    return paid
-
-
-@dataclass(frozen=True)
-class Receipt:
-    payment: Payment
-    invoices: list[tuple[str, Money]]
-    refunds: list[Refund]
-
-    @property
-    def amount(self) -> Money:
-        return Money(self.payment.amount_minor, self.payment.currency)
-
-    @property
-    def refunded(self) -> Money:
-        return Money(self.payment.amount_refunded_minor, self.payment.currency)
-
-
-def payment_receipt(session: Session, account_id: int, public_id: str) -> Receipt | None:
-    """One payment of this account, with what it paid and what was refunded: three queries."""
-    payment = session.scalar(
-        select(Payment).where(Payment.account_id == account_id, Payment.public_id == public_id)
-    )
-    if payment is None:
-        return None
-    refunds = list(
-        session.scalars(
-            select(Refund)
-            .where(Refund.payment_id == payment.id, Refund.account_id == account_id)
-            .order_by(Refund.created_at, Refund.id)
-        )
-    )
-    return Receipt(payment, _invoices_paid_by(session, [payment.id]).get(payment.id, []), refunds)

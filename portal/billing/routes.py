@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, request, stream_with_context, url_for
+from flask_babel import gettext as _
 from flask_login import login_required
 from sqlalchemy import func, select
 
@@ -19,7 +19,6 @@ from portal.billing import documents, pdf, queries
 from portal.billing.forms import STATUS_CHOICES, InvoiceFilterForm, StatementPeriodForm
 from portal.billing.models import Invoice, InvoiceLine, InvoiceStatus
 from portal.billing.queries import Cursor, dashboard_summary
-from portal.billing.services import invoice_by_number
 from portal.billing.statements import (
     InvalidPeriod,
     csv_filename,
@@ -33,8 +32,6 @@ from portal.extensions import db
 from portal.web import render_page
 
 bp = Blueprint("billing", __name__)
-
-_INVOICE_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,39}")
 
 
 @bp.get("/")
@@ -108,9 +105,7 @@ def invoices() -> Response:
 @login_required
 def invoice_detail(number: str) -> Response:
     account = current_account()
-    # NOTE: numbers are letters, digits and dashes; anything else (a NUL byte PostgreSQL would
-    # refuse) cannot name an invoice, so it is a 404 before it reaches the database.
-    if not _INVOICE_NUMBER.fullmatch(number):
+    if not queries.is_invoice_number(number):
         abort(404)
     detail = queries.invoice_detail(db.session, account.id, number)
     if detail is None:
@@ -272,10 +267,10 @@ def invoice_export() -> Response:
 
 def _finalized_invoice(account_id: int, number: str) -> Invoice:
     """The account's finalized invoice; drafts and other accounts' invoices answer 404."""
-    if len(number) > 40:
+    if not queries.is_invoice_number(number):
         abort(404)
-    invoice = invoice_by_number(db.session, account_id, number)
-    if invoice is None or invoice.status == InvoiceStatus.DRAFT:
+    invoice = db.session.scalar(queries.issued_invoice(account_id, number))
+    if invoice is None:
         abort(404)
     return invoice
 
@@ -300,11 +295,20 @@ def _stored_invoice_pdf(invoice: Invoice, size: pdf.PageSize) -> documents.Docum
 def _export_year(raw: str | None, this_year: int) -> int:
     text = (raw or "").strip()
     if not text:
-        raise ValidationFailed("Choose the year of invoices to download, for example ?year=2026.")
-    if not (len(text) == 4 and text.isdigit()) or not 2000 <= int(text) <= this_year:
         raise ValidationFailed(
-            f"“{text[:12]}” is not a year we have invoices for. Choose a year from 2000 "
-            f"to {this_year}."
+            _("Choose the year of invoices to download, for example ?year=2026.")
+        )
+    # NOTE: ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+    if not (len(text) == 4 and text.isascii() and text.isdigit()) or not (
+        2000 <= int(text) <= this_year
+    ):
+        raise ValidationFailed(
+            _(
+                "“%(text)s” is not a year we have invoices for. Choose a year from 2000 "
+                "to %(this_year)s.",
+                text=text[:12],
+                this_year=this_year,
+            )
         )
     return int(text)
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import clock
@@ -15,6 +14,7 @@ from portal.accounts.models import Account
 from portal.audit.services import SYSTEM, Actor
 from portal.billing import ledger
 from portal.billing.models import (
+    OPEN_STATUSES,
     CreditNote,
     CreditNoteLine,
     Invoice,
@@ -315,7 +315,7 @@ def issue_credit_note(
     actor: Actor = SYSTEM,
 ) -> CreditNote:
     """Reduce what is owed on an open invoice; the invoice itself stays as it was issued."""
-    if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
+    if invoice.status not in OPEN_STATUSES:
         raise Conflict("Only an unpaid, issued invoice can be credited.")
     if amount.currency != invoice.currency or amount.minor <= 0:
         raise ValidationFailed("A credit must be a positive amount in the invoice's currency.")
@@ -421,10 +421,4 @@ def record_refund_in_ledger(
         source_ref=f"refund:{refund_id}",
         effective_at=refunded_at,
         description="Refund",
-    )
-
-
-def invoice_by_number(session: Session, account_id: int, number: str) -> Invoice | None:
-    return session.scalar(
-        select(Invoice).where(Invoice.account_id == account_id, Invoice.number == number)
     )

@@ -8,8 +8,8 @@ from flask import Blueprint, Response, abort, current_app, request, url_for
 from flask_login import login_required
 
 from portal.auth.sessions import current_account
-from portal.billing import queries
 from portal.extensions import db
+from portal.payments import queries
 from portal.web import render_page
 
 bp = Blueprint("payments", __name__)
