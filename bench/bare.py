@@ -1,9 +1,15 @@
-"""The two reference pages, served by the same gunicorn configuration as the portal:
-`gunicorn bench.bare:app`. Not part of the portal (no blueprint is registered anywhere).
+"""The reference pages, served by the same gunicorn command as the portal
+(`gunicorn -w 2 bench.bare:app`, sync workers). Not part of the portal (no blueprint is
+registered anywhere).
 
-- `/hello`: a bare Flask page (the ceiling of what the web tier can do here).
-- `/rows`: a bare 50-row page: 50 invoices loaded as ORM objects through SQLAlchemy (a session
-  per request, the portal's engine settings and SQLite pragmas) and rendered by a Jinja template.
+- `/rows`: **the reference**: exactly 50 invoices read as ORM objects (the portal's own
+  `Invoice` mapping, every column, a session per request, the portal's engine options and
+  SQLite pragmas) from the same database the portal is measured on, rendered by a Jinja
+  template compiled once at start. It answers 500 if the database holds fewer than 50
+  invoices, and says how many rows it rendered in `X-Bench-Rows`, which the harness checks:
+  a reference that silently renders fewer rows is what made two measurements differ by 2x
+  (see BENCHMARKS.md).
+- `/hello`: a bare Flask page (the ceiling of the web tier on this machine; context only).
 """
 
 from __future__ import annotations
@@ -11,15 +17,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flask import Flask, render_template
+from flask import Flask, Response
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from portal import models  # noqa: F401  (every mapped class, so relationships resolve)
 from portal.billing.models import Invoice
 
+ROWS = 50
+# NOTE: the portal's own engine options (portal/config.py); the SQLite pragmas come from the
+# connect listener in portal/db.py, which every engine in the process gets.
+ENGINE_OPTIONS = {"pool_pre_ping": True}
 
-def _database_url() -> str:
+
+def database_url() -> str:
     url = os.environ.get("DATABASE_URL", "").strip()
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
@@ -29,21 +40,28 @@ def _database_url() -> str:
     return url
 
 
-def create_bare_app() -> Flask:
+def create_bare_app(url: str | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(Path(__file__).resolve().parent / "templates"))
-    engine = create_engine(_database_url(), pool_pre_ping=True)
+    engine = create_engine(url or database_url(), **ENGINE_OPTIONS)
+    template = app.jinja_env.get_template("bare_rows.html")
+    query = select(Invoice).order_by(Invoice.id.desc()).limit(ROWS)
 
     @app.get("/hello")
     def hello() -> str:
         return "Hello, World!"
 
     @app.get("/rows")
-    def rows() -> str:
+    def rows() -> Response:
         with Session(engine) as session:
-            invoices = session.scalars(select(Invoice).order_by(Invoice.id.desc()).limit(50)).all()
-            return render_template("bare_rows.html", invoices=invoices)
+            invoices = session.scalars(query).all()
+            if len(invoices) != ROWS:
+                message = f"the reference needs {ROWS} invoices; the database has {len(invoices)}"
+                return Response(message, status=500, mimetype="text/plain")
+            response = Response(template.render(invoices=invoices), mimetype="text/html")
+        response.headers["X-Bench-Rows"] = str(len(invoices))
+        return response
 
     return app
 
 
-app = create_bare_app()
+app = create_bare_app() if os.environ.get("DATABASE_URL") else None

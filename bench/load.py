@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from bench import machine
 from bench.seed import RESULTS, ROOT, SECRET_KEY
 
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
@@ -48,7 +49,10 @@ class Server:
 
 
 def start_server(name: str, app_spec: str, database_url: str, ready_path: str) -> Server:
-    """`gunicorn -w 2 -b 127.0.0.1:<port> <app>` (sync workers), waited for until it answers."""
+    """`gunicorn -k sync -w 2 -b 127.0.0.1:<port> <app>`, waited for until it answers.
+
+    The portal and the reference get exactly this command (no access log, no reload, no
+    preload), so the only difference between them is the app."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = server_env(database_url, base_url)
@@ -56,6 +60,8 @@ def start_server(name: str, app_spec: str, database_url: str, ready_path: str) -
     process = subprocess.Popen(
         [
             str(GUNICORN),
+            "-k",
+            "sync",
             "-w",
             str(WORKERS),
             "-b",
@@ -83,37 +89,10 @@ def start_server(name: str, app_spec: str, database_url: str, ready_path: str) -
     raise RuntimeError(f"gunicorn {name} did not answer within 60 s; see {log}")
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of one process (fields 14 and 15 of /proc/<pid>/stat)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            children.append(int(entry.name))
-    return children
-
-
 def server_cpu_seconds(server: Server) -> float:
     """CPU time used so far by the gunicorn master and its workers (not by the database server)."""
-    pids = [server.process.pid, *_children(server.process.pid)]
-    return sum(_cpu_ticks(pid) for pid in pids) / _TICKS
+    pids = [server.process.pid, *machine.children(server.process.pid)]
+    return sum(machine.process_ticks(pid) for pid in pids) / machine.TICKS
 
 
 def stop_server(server: Server) -> None:
@@ -165,14 +144,66 @@ def sign_in(server: Server, email: str) -> str:
     return f"portal_session={cookie}"
 
 
-def check_page(url: str, cookie: str | None) -> tuple[int, str, int]:
-    """One request, redirects not followed: the status, content type and size it answers with."""
+@dataclass(frozen=True)
+class Check:
+    """One request, redirects not followed: what the page answered."""
+
+    status: int
+    content_type: str
+    size: int
+    rows: str  # the reference's X-Bench-Rows header ("" elsewhere)
+    cookie: str | None  # the session cookie as the response renewed it, if it did
+
+
+# NOTE: portal.auth.sessions.TOUCH_EVERY: a request whose cookie was last renewed a minute ago
+# or more writes (the session row's last_seen_at) and renews the cookie. wrk never stores a
+# renewed cookie, so a run with an old one measures a write per request no browser makes.
+TOUCH_S = 60.0
+
+
+def cookie_age_s(cookie: str) -> float | None:
+    """Seconds since the portal last renewed this session cookie (its last_seen_at), or None."""
+    from datetime import UTC, datetime
+
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+
+    app = Flask("bench-cookie")
+    app.secret_key = SECRET_KEY
+    serializer = SecureCookieSessionInterface().get_signing_serializer(app)
+    try:
+        data = serializer.loads(cookie.split("=", 1)[1])
+        seen = datetime.fromisoformat(data["last_seen_at"])
+    except Exception:  # noqa: BLE001  (any cookie we cannot read: sign in again)
+        return None
+    return (datetime.now(UTC) - seen).total_seconds()
+
+
+def fresh_cookie(server: Server, url: str, cookie: str, needed_s: float, email: str) -> str:
+    """A session cookie that stays inside the portal's renewal minute for `needed_s` more
+    seconds: the same one when it will, else the one the portal renews it to (waiting for the
+    minute to pass first), else a new sign-in."""
+    age = cookie_age_s(cookie)
+    if age is not None and age + needed_s < TOUCH_S - 2:
+        return cookie
+    if age is not None:
+        time.sleep(max(0.0, TOUCH_S - age + 0.5))
+        renewed = check_page(url, cookie).cookie
+        if renewed and (cookie_age_s(renewed) or TOUCH_S) < 5:
+            return renewed
+    return sign_in(server, email)
+
+
+def check_page(url: str, cookie: str | None) -> Check:
     headers = {"Cookie": cookie} if cookie else {}
     response = requests.get(url, headers=headers, allow_redirects=False, timeout=120)
-    return (
-        response.status_code,
-        response.headers.get("Content-Type", ""),
-        len(response.content),
+    renewed = response.cookies.get("portal_session")
+    return Check(
+        status=response.status_code,
+        content_type=response.headers.get("Content-Type", ""),
+        size=len(response.content),
+        rows=response.headers.get("X-Bench-Rows", ""),
+        cookie=f"portal_session={renewed}" if renewed else None,
     )
 
 
@@ -188,6 +219,7 @@ class WrkResult:
     socket_errors: int
     bytes: int
     server_cpu_s: float = 0.0
+    window: machine.Window | None = None
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -206,7 +238,15 @@ class WrkResult:
 _LINE = re.compile(r"^BENCH (.*)$", re.M)
 
 
-def wrk(url: str, cookie: str | None, seconds: int, server: Server | None = None) -> WrkResult:
+def wrk(
+    url: str,
+    cookie: str | None,
+    seconds: int,
+    server: Server | None = None,
+    sampler: machine.Sampler | None = None,
+) -> WrkResult:
+    """`wrk -t2 -c16 -d<seconds>s --latency` through bench/report.lua (which counts every
+    answer that is not a 200), with the server's CPU and the machine's state around it."""
     command = [
         "wrk",
         f"-t{THREADS}",
@@ -220,11 +260,13 @@ def wrk(url: str, cookie: str | None, seconds: int, server: Server | None = None
     ]
     if cookie:
         command += ["-H", f"Cookie: {cookie}"]
+    before = sampler.sample() if sampler else None
     cpu_before = server_cpu_seconds(server) if server else 0.0
     output = subprocess.run(
         [*command, url], check=True, capture_output=True, text=True, timeout=seconds + 60
     ).stdout
     cpu_used = server_cpu_seconds(server) - cpu_before if server else 0.0
+    window = sampler.window(before, sampler.sample()) if sampler and before else None
     match = _LINE.search(output)
     if match is None:
         raise RuntimeError(f"wrk printed no BENCH line:\n{output}")
@@ -240,4 +282,5 @@ def wrk(url: str, cookie: str | None, seconds: int, server: Server | None = None
         socket_errors=sum(fields[k] for k in ("connect", "read", "write", "timeout")),
         bytes=fields["bytes"],
         server_cpu_s=cpu_used,
+        window=window,
     )
