@@ -43,6 +43,7 @@ def database_url() -> str:
 def create_bare_app(url: str | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(Path(__file__).resolve().parent / "templates"))
     engine = create_engine(url or database_url(), **ENGINE_OPTIONS)
+    app.extensions["bench_engine"] = engine
     template = app.jinja_env.get_template("bare_rows.html")
     query = select(Invoice).order_by(Invoice.id.desc()).limit(ROWS)
 

@@ -189,7 +189,8 @@ def fresh_cookie(server: Server, url: str, cookie: str, needed_s: float, email: 
     if age is not None:
         time.sleep(max(0.0, TOUCH_S - age + 0.5))
         renewed = check_page(url, cookie).cookie
-        if renewed and (cookie_age_s(renewed) or TOUCH_S) < 5:
+        renewed_age = cookie_age_s(renewed) if renewed else None
+        if renewed and renewed_age is not None and renewed_age < 5:
             return renewed
     return sign_in(server, email)
 
