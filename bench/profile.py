@@ -18,6 +18,8 @@ import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,6 +69,76 @@ STEPS: tuple[tuple[str, str], ...] = (
 )
 
 
+PHASES: tuple[tuple[str, str], ...] = (
+    ("request", "whole request (Flask wsgi_app)"),
+    ("open_session", "session cookie: open"),
+    ("before", "before_request hooks"),
+    ("load_user", "load_user (its query included)"),
+    ("render", "template render"),
+    ("commit", "unit-of-work commit"),
+    ("after", "after_request hooks + cookie save"),
+)
+
+
+@contextmanager
+def timing_phases(app: Flask) -> Iterator[dict[str, list[float]]]:
+    """CPU milliseconds spent in each phase of every request made inside the block (inclusive;
+    load_user and the render run inside the view, the rest of the view is what remains)."""
+    import flask.templating
+
+    from portal import db as unit_of_work
+    from portal.extensions import login_manager
+
+    spent: dict[str, list[float]] = {key: [] for key, _ in PHASES}
+    current: dict[str, float] = {}
+
+    def timed(key: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                current[key] = current.get(key, 0.0) + (time.process_time() - started) * 1000
+
+        return wrapper
+
+    def whole(environ: Any, start_response: Any) -> Any:
+        current.clear()
+        started = time.process_time()
+        try:
+            return original["wsgi_app"](environ, start_response)
+        finally:
+            current["request"] = (time.process_time() - started) * 1000
+            for key, _ in PHASES:
+                spent[key].append(current.get(key, 0.0))
+
+    interface = app.session_interface
+    original = {
+        "wsgi_app": app.wsgi_app,
+        "preprocess_request": app.preprocess_request,
+        "process_response": app.process_response,
+        "open_session": interface.open_session,
+        "user_callback": login_manager._user_callback,
+        "render": flask.templating._render,
+        "commit": unit_of_work.commit,
+    }
+    app.wsgi_app = whole  # type: ignore[method-assign]
+    app.preprocess_request = timed("before", original["preprocess_request"])  # type: ignore[method-assign]
+    app.process_response = timed("after", original["process_response"])  # type: ignore[method-assign]
+    interface.open_session = timed("open_session", original["open_session"])  # type: ignore[method-assign]
+    login_manager._user_callback = timed("load_user", original["user_callback"])
+    flask.templating._render = timed("render", original["render"])
+    unit_of_work.commit = timed("commit", original["commit"])
+    try:
+        yield spent
+    finally:
+        del app.wsgi_app, app.preprocess_request, app.process_response
+        del interface.open_session
+        login_manager._user_callback = original["user_callback"]
+        flask.templating._render = original["render"]
+        unit_of_work.commit = original["commit"]
+
+
 @dataclass
 class PageProfile:
     key: str
@@ -79,6 +151,7 @@ class PageProfile:
     sql_count: int
     sql_ms: float
     profiled_ms: float
+    phases: dict[str, float] = field(default_factory=dict)
     buckets: list[tuple[str, float]] = field(default_factory=list)
     steps: list[tuple[str, float, int]] = field(default_factory=list)
     top: list[tuple[str, float, float, int]] = field(default_factory=list)
@@ -110,6 +183,10 @@ def profile_page(
         response = client.get(path)
         walls.append((time.perf_counter() - started) * 1000)
         cpus.append((time.process_time() - cpu) * 1000)
+    with timing_phases(app) as spent:
+        for _ in range(runs):
+            client.get(path)
+    phases = {key: statistics.median(values) for key, values in spent.items() if values}
     with inprocess.counting(app) as statements:
         client.get(path)
     sql = [(s, ms) for s, ms in statements if not inprocess._NOISE.match(s)]
@@ -160,6 +237,7 @@ def profile_page(
         sql_count=len(sql),
         sql_ms=sum(ms for _, ms in sql),
         profiled_ms=profiled_ms,
+        phases=phases,
         buckets=buckets,
         steps=steps,
         top=top,
@@ -229,6 +307,25 @@ def render_markdown(backend: str, results: list[PageProfile]) -> str:
             f"| {r.label} | {r.wall_ms:.2f} | {r.cpu_ms:.2f} | {ratio:.2f} | {r.sql_count}"
             f" | {r.sql_ms:.2f} | {r.body_bytes / 1024:.1f} |"
         )
+    w("")
+    w(f"#### {backend}: CPU ms per request by phase (median, no profiler)")
+    w("")
+    w(
+        "*view, rest* is the view minus load_user, the render and the commit (its own queries"
+        " and Python); *outside the view* is the request minus every phase listed."
+    )
+    w("")
+    names = [label for key, label in PHASES if key != "request"]
+    w(f"| Page | whole request | {' | '.join(names)} | view, rest |")
+    w("|---|" + "---:|" * (len(names) + 2))
+    for r in results[1:]:
+        if not r.phases:
+            continue
+        p = r.phases
+        parts = [p.get(key, 0.0) for key, _ in PHASES if key != "request"]
+        rest = p.get("request", 0.0) - sum(parts)
+        cells = " | ".join(f"{v:.2f}" for v in parts)
+        w(f"| {r.label} | {p.get('request', 0.0):.2f} | {cells} | {rest:.2f} |")
     w("")
     w(f"#### {backend}: where the time goes (share of own time under cProfile)")
     w("")

@@ -53,7 +53,7 @@ class PageSummary:
 
     @property
     def results(self) -> list[Any]:
-        return [m.result for m in self.runs if m.result]
+        return [m.result for m in self.runs if m.result and not m.failure]
 
     @property
     def ratios(self) -> list[float]:

@@ -285,6 +285,8 @@ def load_session(run: BackendRun, settings: Settings) -> LoadSession:
                     item.result = load.wrk(
                         url_of(target), page_cookie, settings.seconds, server, sampler
                     )
+                    if not item.result.requests:
+                        item.failure = "no request completed in the window"
                 measured.append(item)
                 _log_run(run.name, round_index, target, item)
             _ratios(measured)
@@ -298,10 +300,10 @@ def load_session(run: BackendRun, settings: Settings) -> LoadSession:
 
 def _ratios(measured: list[Measured]) -> None:
     for index, item in enumerate(measured):
-        if item.key == "reference" or item.result is None:
+        if item.key == "reference" or item.result is None or item.failure:
             continue
         beside = [measured[index - 1], measured[index + 1]]
-        refs = [m.result.rps for m in beside if m.key == "reference" and m.result]
+        refs = [m.result.rps for m in beside if m.key == "reference" and m.result and not m.failure]
         if len(refs) == 2 and all(refs):
             item.ratio = item.result.rps / statistics.fmean(refs)
 
