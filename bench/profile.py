@@ -311,8 +311,8 @@ def render_markdown(backend: str, results: list[PageProfile]) -> str:
     w(f"#### {backend}: CPU ms per request by phase (median, no profiler)")
     w("")
     w(
-        "*view, rest* is the view minus load_user, the render and the commit (its own queries"
-        " and Python); *outside the view* is the request minus every phase listed."
+        "*view, rest* is the whole request minus every other column: the view's own queries"
+        " and Python, plus Flask's and Werkzeug's per-request work."
     )
     w("")
     names = [label for key, label in PHASES if key != "request"]
