@@ -24,6 +24,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.config.from_mapping(settings.from_environment(Path(app.instance_path)))
     app.config.from_mapping(config or {})
+    settings.check_settings(app.config)
 
     from portal import models  # noqa: F401  (the whole schema, for Alembic and relationships)
     from portal.extensions import csrf, db, htmx, limiter, login_manager, migrate
@@ -64,4 +65,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from portal import cli
 
     cli.init_app(app)
+
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    if proxies := app.config["TRUSTED_PROXIES"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     return app

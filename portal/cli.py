@@ -70,36 +70,17 @@ def send_mail_command(loop: bool, interval: float) -> None:  # money-safe: secon
 @click.option("--name", default="", help="The staff member's name.")
 def create_staff_command(email: str, role: str, name: str) -> None:
     """Create a staff user (or change an existing user's staff role)."""
-    from email_validator import EmailNotValidError, validate_email
-
-    from portal.audit.services import record
+    from portal.db import commit
+    from portal.errors import ValidationFailed
+    from portal.staff.services import set_staff_role
 
     try:
-        address = validate_email(email.strip(), check_deliverability=False).normalized.lower()
-    except EmailNotValidError as error:
-        raise click.ClickException(f"{email} is not a valid email address: {error}") from error
-    user = db.session.scalar(select(User).where(User.email == address))
-    before = user.staff_role if user is not None else None
-    if user is None:
-        user = User(email=address, name=name, staff_role=role)
-        db.session.add(user)
-    else:
-        user.staff_role = role
-        if name:
-            user.name = name
-        if before != role:
-            user.session_epoch += 1  # a role change ends the user's sessions
-    db.session.flush()
-    record(
-        db.session,
-        "staff.role_set",
-        target_type="user",
-        target_id=user.public_id,
-        before={"staff_role": before},
-        after={"staff_role": role},
-    )
-    db.session.commit()
-    verb = "created" if before is None else "updated"
+        user, created = set_staff_role(db.session, email, role, name)
+    except ValidationFailed as error:
+        raise click.ClickException(error.message) from error
+    address = user.email
+    commit(db.session)
+    verb = "created" if created else "updated"
     click.echo(f"{verb} {role} {address}; two-factor setup starts at the first sign-in")
 
 

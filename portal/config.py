@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,12 @@ DEMO_STRIPE_SECRET_KEY = "sk_test_portal_demo"
 DEMO_STRIPE_PUBLISHABLE_KEY = "pk_test_portal_demo"
 DEMO_STRIPE_WEBHOOK_SECRET = "whsec_portal_demo"
 LOCAL_STRIPE = "http://127.0.0.1:8420"
+
+log = logging.getLogger(__name__)
+
+
+class UnsafeConfiguration(RuntimeError):
+    """The settings would run the portal unsafely; it refuses to start (the message says why)."""
 
 
 def _secret_keys(instance_path: Path) -> list[str]:
@@ -31,6 +40,16 @@ def _secret_keys(instance_path: Path) -> list[str]:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(48))
     return [key_file.read_text().strip()]
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError as error:
+        raise UnsafeConfiguration(f"{name} must be a whole number, not {value!r}.") from error
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -61,6 +80,10 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "SECRET_KEY": keys[0],
         "SECRET_KEY_FALLBACKS": keys[1:],
         "SECRET_KEYS": keys,
+        # NOTE: production must name its key: a key file in instance/ is not shared by a second
+        # machine and is lost with the container.
+        "SECRET_KEY_FROM_ENVIRONMENT": bool(os.environ.get("SECRET_KEY", "").strip()),
+        "TRUSTED_PROXIES": _int("TRUSTED_PROXIES", 0),
         "BASE_URL": base_url,
         "PREFERRED_URL_SCHEME": "https" if base_url.startswith("https://") else "http",
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
@@ -106,7 +129,11 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "WTF_CSRF_TIME_LIMIT": None,
         # Abuse limits (Flask-Limiter strings); per IP answers 429, per address stays silent.
         "LOGIN_IP_RATE_LIMIT": env("LOGIN_IP_RATE_LIMIT", "10 per minute;60 per hour"),
+        # Per address: per client IP (a stranger spends only their own share), a cap over every
+        # browser not recognised (mailbox floods), and the owner's signed-in browsers apart.
         "LOGIN_ADDRESS_RATE_LIMIT": env("LOGIN_ADDRESS_RATE_LIMIT", "5 per 15 minutes"),
+        "LOGIN_ADDRESS_CAP": env("LOGIN_ADDRESS_CAP", "10 per hour;30 per day"),
+        "LOGIN_DEVICE_RATE_LIMIT": env("LOGIN_DEVICE_RATE_LIMIT", "5 per 15 minutes"),
         "LOGIN_CONSUME_IP_RATE_LIMIT": env("LOGIN_CONSUME_IP_RATE_LIMIT", "20 per minute"),
         "TOTP_RATE_LIMIT": env("TOTP_RATE_LIMIT", "5 per minute;20 per hour"),
         # Outbox delivery: retries with exponential backoff, a lease so a crashed sender's rows
@@ -118,3 +145,94 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "MAIL_TIMEOUT_SECONDS": int(env("MAIL_TIMEOUT_SECONDS", "20")),
         "MAX_CONTENT_LENGTH": 12 * 1024 * 1024,
     }
+
+
+# -- refusing unsafe settings at start ---------------------------------------------------------
+
+_LIVE_KEY = re.compile(r"^(sk|rk)_live_")
+_WORKERS_OPTION = re.compile(r"(?:^|\s)(?:-w|--workers)(?:\s+|=)(\d+)")
+
+
+def _gunicorn_workers(environ: dict[str, str], argv: list[str]) -> int:
+    """How many gunicorn workers this process is one of, as far as can be seen (1 if unknown).
+
+    Looks at `WEB_CONCURRENCY` (gunicorn's default for --workers), `GUNICORN_CMD_ARGS` and,
+    inside a gunicorn process, its own command line. A gunicorn.conf.py is not read.
+    """
+    counts = [1]
+    concurrency = environ.get("WEB_CONCURRENCY", "").strip()
+    if concurrency.isdigit():
+        counts.append(int(concurrency))
+    sources = [environ.get("GUNICORN_CMD_ARGS", "")]
+    if argv and Path(argv[0]).name.startswith("gunicorn"):
+        sources.append(" ".join(argv[1:]))
+    for source in sources:
+        counts.extend(int(n) for n in _WORKERS_OPTION.findall(source))
+    return max(counts)
+
+
+def check_settings(
+    config: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """Refuse to start with settings that would run unsafely; warn loudly about risky ones.
+
+    A live Stripe key means production: it needs a real webhook secret (the demo one is public),
+    an https BASE_URL and a SECRET_KEY from the environment. Rate limits kept in memory are
+    per process: with several workers each counts alone (a limit of 10 a minute let 19 through
+    with 2 workers), so outside development that is refused when the workers can be seen, and
+    warned about when they cannot.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    argv = sys.argv if argv is None else argv
+    problems = []
+    live = bool(_LIVE_KEY.match(str(config.get("STRIPE_SECRET_KEY") or "")))
+    if live:
+        webhook_secret = str(config.get("STRIPE_WEBHOOK_SECRET") or "").strip()
+        if not webhook_secret or webhook_secret == DEMO_STRIPE_WEBHOOK_SECRET:
+            problems.append(
+                "STRIPE_WEBHOOK_SECRET is empty or the public demo value while STRIPE_SECRET_KEY "
+                "is a live key: anyone could forge Stripe events. Set the endpoint's signing "
+                "secret (whsec_…) from the Stripe dashboard."
+            )
+        if not str(config.get("BASE_URL", "")).startswith("https://"):
+            problems.append(
+                "BASE_URL must be https:// with a live Stripe key: sign-in links and session "
+                "cookies must not travel in clear text."
+            )
+        if not config.get("SECRET_KEY_FROM_ENVIRONMENT"):
+            problems.append(
+                "SECRET_KEY must be set in the environment with a live Stripe key (a key "
+                "generated into instance/ differs between machines and is lost with them)."
+            )
+    production = live or config.get("PORTAL_ENV", "development") != "development"
+    try:
+        proxies = int(config.get("TRUSTED_PROXIES", 0))
+    except (TypeError, ValueError):
+        proxies = -1
+    if proxies < 0:
+        problems.append("TRUSTED_PROXIES must be 0 or the number of proxies in front of the portal.")
+    in_memory = str(config.get("RATELIMIT_STORAGE_URI", "memory://")).startswith("memory://")
+    limits_on = config.get("RATELIMIT_ENABLED", True) and not config.get("TESTING")
+    if in_memory and limits_on:
+        workers = _gunicorn_workers(environ, argv)
+        why = (
+            "RATELIMIT_STORAGE_URI is memory://: every worker process counts the rate limits "
+            "on its own, so {n} workers let about {n} times the configured number through. "
+            "Set RATELIMIT_STORAGE_URI=redis://… (shared by all workers)."
+        )
+        if production and workers > 1:
+            problems.append(why.format(n=workers))
+        elif production:
+            log.error(
+                "%s With a single worker on a single machine this is correct; with several it "
+                "is not, and this process cannot see how many there are.",
+                why.format(n="N"),
+            )
+        elif workers > 1:
+            log.warning("%s (allowed in development).", why.format(n=workers))
+    if problems:
+        raise UnsafeConfiguration(
+            "The portal refuses to start with these settings:\n- " + "\n- ".join(problems)
+        )

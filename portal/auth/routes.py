@@ -6,17 +6,19 @@ import logging
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request, session, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_limiter.util import get_remote_address
 
 from portal.accounts.models import User
 from portal.audit.services import Actor
-from portal.auth import limits, services
+from portal.auth import limits, safe_next, services
 from portal.auth.forms import LoginForm
 from portal.auth.sessions import end_current_session, sign_in, sign_out, signed_in_user
 from portal.extensions import db, limiter
 from portal.http_errors import render_error
 from portal.mail import queue_email, render_email
-from portal.web import is_safe_next, see_other
+from portal.web import see_other
 
 bp = Blueprint("auth", __name__)
 log = logging.getLogger(__name__)
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 # Kept in the session of the browser that asked for a link (see LoginToken.binding_hash).
 BINDING_KEY = "login_binding"
 NEXT_KEY = "login_next"
-TOO_MANY_MESSAGE = "Too many attempts in a short time. Please wait a few minutes and try again."
+TOO_MANY_MESSAGE = lazy_gettext(
+    "Too many attempts in a short time. Please wait a few minutes and try again."
+)
 
 
 def signer() -> services.TokenSigner:
@@ -81,20 +85,27 @@ def _home_for(user: User) -> str:
 )
 def login() -> Response | tuple[str, int] | str:
     form = LoginForm()
-    next_target = request.args.get("next")
+    next_target = safe_next(request.args.get("next"))
     if not form.validate_on_submit():
         status = 422 if request.method == "POST" else 200
         return render_template("auth/login.html", form=form), status
     email = form.email.data.strip().lower()
-
-    # NOTE: the same work, page and status whether or not the address is known, and whether or
-    # not its own limit was reached (no account enumeration, and the owner never sees a limit).
-    binding = session.get(BINDING_KEY) or services.new_binding()
-    session[BINDING_KEY] = binding
-    if is_safe_next(next_target):
+    if next_target:
         session[NEXT_KEY] = next_target
     user = services.find_user_by_email(db.session, email)
-    allowed = limits.address_allowed("login", email)
+    _send_link(email, user)
+    return render_template("auth/check_email.html", email=email)
+
+
+def _send_link(email: str, user: User | None) -> None:
+    """Email a sign-in link to a known address, within its limits; otherwise do the same work.
+
+    NOTE: the same work, page and status whether or not the address is known, and whether or
+    not a limit was reached (no account enumeration, and the owner never sees a limit).
+    """
+    binding = session.get(BINDING_KEY) or services.new_binding()
+    session[BINDING_KEY] = binding
+    allowed = limits.link_request_allowed(email, limits.recognised_device(user))
     if user is not None and allowed:
         token = services.issue_login_token(
             db.session,
@@ -115,27 +126,35 @@ def login() -> Response | tuple[str, int] | str:
         queue_email(
             db.session,
             to=user.email,
-            subject="Your sign-in link",
+            subject=_("Your sign-in link"),
             template="login_link",
             context=context,
         )
     else:
-        render_email("login_link", context)
-    return render_template("auth/check_email.html", email=email)
+        services.rehearse_link_request(db.session, email, render_email("login_link", context))
 
 
-def _link_problem(error: services.DomainError) -> Response | tuple[str, int]:
-    """A friendly page for an expired, used or broken link, with a new link one tap away."""
+def _link_problem(
+    error: services.DomainError, token: str | None = None
+) -> Response | tuple[str, int]:
+    """A friendly page for an expired, replaced, used or broken link, with a new link one tap
+    away. It names the address only masked: whoever holds an old link learns little from it."""
     user = signed_in_user()
     if isinstance(error, services.TokenUsed) and user and user.id == error.details.get("user_id"):
         # Opening an already used link again in the browser it signed in: just carry on.
         return see_other(_home_for(user))
     kind = {
+        services.TokenReplaced: "replaced",
         services.TokenExpired: "expired",
         services.TokenUsed: "used",
     }.get(type(error), "invalid")
     email = str(error.details.get("email") or "")
-    return render_template("auth/link_problem.html", kind=kind, email=email), error.status
+    return render_template(
+        "auth/link_problem.html",
+        kind=kind,
+        masked_email=services.mask_email(email) if email else "",
+        token=token if email else None,
+    ), error.status
 
 
 @bp.get("/login/<token>")
@@ -143,7 +162,7 @@ def confirm(token: str) -> Response | tuple[str, int] | str:
     try:
         stored = services.find_login_token(db.session, signer(), token)
     except (services.TokenInvalid, services.TokenExpired, services.TokenUsed) as error:
-        return _link_problem(error)
+        return _link_problem(error, token)
     same_browser = services.is_bound_to(stored, session.get(BINDING_KEY))
     return render_template(
         "auth/confirm.html", token=token, user=stored.user, same_browser=same_browser
@@ -164,23 +183,45 @@ def consume(token: str) -> Response | tuple[str, int]:
     try:
         stored = services.find_login_token(db.session, signer(), token)
         if not limits.address_allowed("consume", stored.user.email):
-            return render_error(429, TOO_MANY_MESSAGE)
+            return render_error(429, str(TOO_MANY_MESSAGE))
         user = services.consume_login_token(db.session, signer(), token, stored=stored)
     except services.TokenUsed as error:
         _audit("auth.token_reused", db.session.get(User, error.details.get("user_id")))
-        return _link_problem(error)
+        return _link_problem(error, token)
     except services.TokenExpired as error:
         _audit("auth.token_expired", db.session.get(User, error.details.get("user_id")))
-        return _link_problem(error)
+        return _link_problem(error, token)
     except services.TokenInvalid as error:
         _audit("auth.token_invalid", None)
         return _link_problem(error)
     same_browser = services.is_bound_to(stored, session.get(BINDING_KEY))
-    next_target = session.get(NEXT_KEY) if same_browser else None
+    next_target = safe_next(session.get(NEXT_KEY)) if same_browser else None
     sign_in(user)
     _audit("auth.sign_in", user, same_browser=same_browser)
     log.info("user %s signed in", user.public_id)
-    return see_other(next_target if is_safe_next(next_target) else _home_for(user))
+    response = see_other(next_target or _home_for(user))
+    limits.remember_device(response, user)
+    return response
+
+
+@bp.post("/login/<token>/new")
+@limiter.limit(
+    limits.config_limit("LOGIN_IP_RATE_LIMIT"),
+    key_func=get_remote_address,
+    exempt_when=limits.limits_off,
+    on_breach=limits.record_breach,
+)
+def renew(token: str) -> Response | tuple[str, int] | str:
+    """"Send a new link" from the page of a used, expired or replaced link: to its owner only,
+    within the same limits as asking on /login, without the page ever holding the address."""
+    stored = services.find_spent_token(db.session, signer(), token)
+    if stored is None:
+        return _link_problem(services.TokenInvalid())
+    user = stored.user
+    _send_link(user.email, user)
+    return render_template(
+        "auth/check_email.html", email=services.mask_email(user.email), resend_token=token
+    )
 
 
 @bp.post("/logout")

@@ -16,6 +16,7 @@ from portal import clock
 from portal.accounts.models import User
 from portal.auth.models import LoginToken
 from portal.errors import DomainError
+from portal.notifications.models import OutboxEmail
 
 
 class TokenInvalid(DomainError):
@@ -31,6 +32,12 @@ class TokenExpired(DomainError):
 class TokenUsed(DomainError):
     status = 410
     title = "This sign-in link was already used"
+
+
+class TokenReplaced(TokenExpired):
+    """A link retired because a newer link of the same person signed in first."""
+
+    title = "This sign-in link was replaced by a newer one"
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,32 @@ def dummy_token(signer: TokenSigner) -> str:
     return signer.sign(raw)
 
 
+def rehearse_link_request(session: Session, email: str, bodies: tuple[str, str]) -> None:
+    """The database work of a real link request (a token row and an outbox row), undone.
+
+    NOTE: POST /login must take as long for an unknown address as for a known one, or its
+    timing tells which addresses have an account; the rows go into a savepoint that is rolled
+    back, so nothing is kept and nothing is sent.
+    """
+    savepoint = session.begin_nested()
+    try:
+        session.add(
+            OutboxEmail(
+                to_address=email,
+                subject="",
+                template="login_link",
+                text_body=bodies[0],
+                html_body=bodies[1],
+            )
+        )
+        session.add(
+            OutboxEmail(to_address=email, subject="", template="login_link", text_body="", html_body="")
+        )
+        session.flush()
+    finally:
+        savepoint.rollback()
+
+
 def issue_login_token(
     session: Session,
     signer: TokenSigner,
@@ -97,17 +130,12 @@ def issue_login_token(
     binding: str | None = None,
     ip: str | None = None,
 ) -> str:
-    """Create a one-time sign-in token for the user, retiring any older unused ones."""
+    """Create a one-time sign-in token for the user.
+
+    Older links stay valid: asking for a link must never cancel one already sent (anyone who
+    knows the address can ask). A successful sign-in retires them (consume_login_token).
+    """
     now = clock.now()
-    session.execute(
-        update(LoginToken)
-        .where(
-            LoginToken.user_id == user.id,
-            LoginToken.consumed_at.is_(None),
-            LoginToken.retired_at.is_(None),
-        )
-        .values(retired_at=now)
-    )
     raw = secrets.token_urlsafe(32)  # 256 random bits
     session.add(
         LoginToken(
@@ -135,7 +163,9 @@ def find_login_token(session: Session, signer: TokenSigner, token: str) -> Login
     # NOTE: the address travels with the error so the page can offer a new link in one tap.
     if stored.consumed_at is not None:
         raise TokenUsed(email=stored.user.email, user_id=stored.user_id)
-    if stored.retired_at is not None or stored.expires_at <= clock.now():
+    if stored.retired_at is not None:
+        raise TokenReplaced(email=stored.user.email, user_id=stored.user_id)
+    if stored.expires_at <= clock.now():
         raise TokenExpired(email=stored.user.email, user_id=stored.user_id)
     return stored
 
@@ -143,7 +173,8 @@ def find_login_token(session: Session, signer: TokenSigner, token: str) -> Login
 def consume_login_token(
     session: Session, signer: TokenSigner, token: str, stored: LoginToken | None = None
 ) -> User:
-    """Use a token exactly once: of any number of concurrent tries, one wins."""
+    """Use a token exactly once: of any number of concurrent tries, one wins; the winner retires
+    the user's other outstanding links (one sign-in, and the other emails stop working)."""
     if stored is None:
         stored = find_login_token(session, signer, token)
     now = clock.now()
@@ -162,4 +193,36 @@ def consume_login_token(
     # row; the others see zero rows even though their earlier SELECT saw an unused token.
     if claimed.rowcount != 1:
         raise TokenUsed(email=stored.user.email, user_id=stored.user_id)
+    session.execute(
+        update(LoginToken)
+        .where(
+            LoginToken.user_id == stored.user_id,
+            LoginToken.id != stored.id,
+            LoginToken.consumed_at.is_(None),
+            LoginToken.retired_at.is_(None),
+        )
+        .values(retired_at=now)
+        .execution_options(synchronize_session=False)
+    )
     return stored.user
+
+
+def find_spent_token(session: Session, signer: TokenSigner, token: str) -> LoginToken | None:
+    """The stored token behind a genuine link, whatever its state (used, expired, replaced);
+    None for a link we never issued. Lets its page offer a new link to its owner in one tap."""
+    try:
+        raw = signer.unsign(token)
+    except TokenInvalid:
+        return None
+    stored = session.scalar(select(LoginToken).where(LoginToken.token_hash == hash_value(raw)))
+    if stored is None or stored.purpose != signer.purpose or stored.user.is_disabled:
+        return None
+    return stored
+
+
+def mask_email(email: str) -> str:
+    """"a•••@example.com": enough for its owner to recognise, too little to learn it."""
+    local, at, domain = email.partition("@")
+    if not at:
+        return "•••"
+    return f"{local[:1]}•••@{domain}"

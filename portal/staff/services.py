@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+from datetime import timedelta
 
 import pyotp
 import qrcode
@@ -17,12 +18,58 @@ from portal import clock
 from portal.accounts.models import RecoveryCode, User
 from portal.audit.services import record
 from portal.auth.services import hash_value
+from portal.errors import ValidationFailed
 
 RECOVERY_CODE_COUNT = 10
+STAFF_ROLES = ("support", "admin")
+# NOTE: long enough to find the phone and an app, short enough that a secret shown on a screen
+# and abandoned does not wait for ever.
+PENDING_LIFETIME = timedelta(hours=1)
 
 
 def new_totp_secret() -> str:
     return pyotp.random_base32()
+
+
+def grouped_secret(secret: str) -> str:
+    """"ABCD EFGH …": a 32-character key is typed in groups of four."""
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+def pending_secret_is_fresh(user: User) -> bool:
+    """True while the user has a secret waiting for its first code, younger than an hour."""
+    return bool(
+        user.totp_pending_secret
+        and user.totp_pending_at is not None
+        and clock.now() - user.totp_pending_at < PENDING_LIFETIME
+    )
+
+
+def start_enrolment(session: Session, user: User) -> str:
+    """The secret being enrolled, kept on the user row (never in the readable session cookie).
+
+    A fresh pending secret is kept (a reload shows the same key the app may already have); an
+    old or missing one is replaced, by a conditional UPDATE so two tabs agree on one secret.
+    """
+    if pending_secret_is_fresh(user):
+        return str(user.totp_pending_secret)
+    now = clock.now()
+    session.execute(
+        update(User)
+        .where(
+            User.id == user.id,
+            User.totp_confirmed_at.is_(None),
+            or_(
+                User.totp_pending_secret.is_(None),
+                User.totp_pending_at.is_(None),
+                User.totp_pending_at <= now - PENDING_LIFETIME,
+            ),
+        )
+        .values(totp_pending_secret=new_totp_secret(), totp_pending_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(user, ["totp_pending_secret", "totp_pending_at"])
+    return str(user.totp_pending_secret)
 
 
 def provisioning_uri(secret: str, email: str, issuer: str) -> str:
@@ -40,7 +87,9 @@ def matching_step(secret: str, code: str) -> int | None:
     """The 30-second time step whose code this is (now, or one step either side for clock
     drift), or None if it matches none of them."""
     code = "".join(code.split())
-    if not (len(code) == 6 and code.isdigit()):
+    # NOTE: str.isdigit() is true for "١٢٣٤٥٦" and full-width digits, which compare_digest
+    # refuses with a TypeError: only the ASCII digits an authenticator app shows count.
+    if not (len(code) == 6 and code.isascii() and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret)
     current = totp.timecode(clock.now())
@@ -77,12 +126,18 @@ def _normalise_recovery_code(code: str) -> str:
     return "".join(ch for ch in code.lower() if ch.isalnum())
 
 
-def confirm_enrolment(session: Session, user: User, secret: str, code: str) -> list[str] | None:
-    """Save the secret once the user proved their app has it; returns fresh recovery codes."""
+def confirm_enrolment(session: Session, user: User, code: str) -> list[str] | None:
+    """Save the pending secret once the user proved their app has it; returns fresh recovery
+    codes (None for a wrong code, or when no fresh secret is pending)."""
+    if user.totp_confirmed_at is not None or not pending_secret_is_fresh(user):
+        return None
+    secret = str(user.totp_pending_secret)
     step = matching_step(secret, code)
-    if user.totp_confirmed_at is not None or step is None:
+    if step is None:
         return None
     user.totp_secret = secret
+    user.totp_pending_secret = None
+    user.totp_pending_at = None
     user.totp_confirmed_at = clock.now()
     user.totp_last_step = step  # the enrolment code cannot pass the check again
     codes = _replace_recovery_codes(session, user)
@@ -131,6 +186,21 @@ def use_recovery_code(session: Session, user: User, code: str) -> bool:
     return claimed.rowcount == 1
 
 
+def unused_recovery_codes(session: Session, user: User, codes: list[str]) -> list[str]:
+    """Those of `codes` that are unused recovery codes of this user, in the given order."""
+    by_hash = {hash_value(_normalise_recovery_code(code)): code for code in codes[:50]}
+    known = set(
+        session.scalars(
+            select(RecoveryCode.code_hash).where(
+                RecoveryCode.user_id == user.id,
+                RecoveryCode.used_at.is_(None),
+                RecoveryCode.code_hash.in_(list(by_hash)),
+            )
+        )
+    )
+    return [code for digest, code in by_hash.items() if digest in known]
+
+
 def remaining_recovery_codes(session: Session, user: User) -> int:
     return len(
         session.scalars(
@@ -174,3 +244,41 @@ def verify_second_factor(session: Session, user: User, code: str) -> str | None:
     )
     session.flush()
     return result
+
+
+def set_staff_role(session: Session, email: str, role: str, name: str = "") -> tuple[User, bool]:
+    """Give the person at `email` a staff role, creating the user if there is none.
+
+    Returns the user and whether it was created. A changed role ends the user's sessions.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    if role not in STAFF_ROLES:
+        raise ValidationFailed(f"{role!r} is not a staff role (support or admin).")
+    try:
+        address = validate_email(email.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as error:
+        raise ValidationFailed(f"{email} is not a valid email address: {error}") from error
+    user = session.scalar(select(User).where(User.email == address))
+    created = user is None
+    before = None if user is None else user.staff_role
+    if user is None:
+        user = User(email=address, name=name, staff_role=role)
+        session.add(user)
+    else:
+        user.staff_role = role
+        if name:
+            user.name = name
+        if before != role:
+            user.session_epoch += 1  # a role change ends the user's sessions
+    session.flush()
+    record(
+        session,
+        "staff.role_set",
+        target_type="user",
+        target_id=user.public_id,
+        before={"staff_role": before},
+        after={"staff_role": role},
+    )
+    session.flush()
+    return user, created

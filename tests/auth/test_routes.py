@@ -105,16 +105,22 @@ def test_a_bad_address_is_explained_and_changes_nothing(
     assert session.scalar(select(func.count()).select_from(OutboxEmail)) == 0
 
 
-def test_a_newer_link_retires_the_older_one(client: FlaskClient, session: Session) -> None:
+def test_asking_again_keeps_the_earlier_link_and_signing_in_replaces_it(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
     user = make_user(session, "twice@example.com", make_account(session))
     _request_link(client, user.email)
     first = path_of(outbox_link(session, user.email))
     _request_link(client, user.email)
     second = path_of(outbox_link(session, user.email))
-    old = client.post(first)
-    assert old.status_code == 410
-    assert 'data-testid="link-expired"' in old.get_data(as_text=True)
+    assert client.get(first).status_code == 200  # asking again cancelled nothing
     assert client.post(second).status_code == 303
+    old = app.test_client().post(first)
+    assert old.status_code == 410
+    body = old.get_data(as_text=True)
+    assert 'data-testid="link-replaced"' in body
+    assert "replaced by a newer one" in body
+    assert "expired" not in body.split("<main", 1)[1]
 
 
 # --- using a link ---------------------------------------------------------------------------
@@ -154,13 +160,30 @@ def test_a_used_link_gets_its_own_page_with_a_new_link_in_one_tap(
         assert response.status_code == 410
         body = response.get_data(as_text=True)
         assert 'data-testid="link-used"' in body
-        assert f'name="email" value="{user.email}"' in body  # one tap: prefilled POST /login
-        assert 'action="/login"' in body
+        # Whoever holds the old link sees the address masked, nowhere in full.
+        assert user.email not in body
+        assert "r•••@example.com" in body
+        assert f'action="{path}/new"' in body  # one tap: the old link asks for a new one
     assert "auth.token_reused" in _actions(session)
-    # The tap sends a new link to that address.
+    # The tap sends a new link to the link's owner, and the answer still masks the address.
     before = session.scalar(select(func.count()).select_from(OutboxEmail))
-    assert stranger.post("/login", data={"email": user.email}).status_code == 200
+    answer = stranger.post(f"{path}/new")
+    assert answer.status_code == 200
+    assert user.email not in answer.get_data(as_text=True)
+    assert f'action="{path}/new"' in answer.get_data(as_text=True)  # "send again" too
     assert session.scalar(select(func.count()).select_from(OutboxEmail)) == before + 1
+    new_link = path_of(outbox_link(session, user.email))
+    assert new_link != path
+    assert app.test_client().post(new_link).status_code == 303
+
+
+def test_a_new_link_is_never_sent_for_a_link_we_did_not_issue(
+    client: FlaskClient, session: Session
+) -> None:
+    response = client.post("/login/not-a-token/new")
+    assert response.status_code == 400
+    assert 'data-testid="link-invalid"' in response.get_data(as_text=True)
+    assert session.scalar(select(func.count()).select_from(OutboxEmail)) == 0
 
 
 def test_a_used_link_opened_again_by_the_same_signed_in_user_goes_to_the_dashboard(
@@ -188,7 +211,8 @@ def test_an_expired_link_gets_its_own_page(
         assert response.status_code == 410
         body = response.get_data(as_text=True)
         assert 'data-testid="link-expired"' in body
-        assert f'value="{user.email}"' in body
+        assert "l•••@example.com" in body
+        assert user.email not in body
     assert "auth.token_expired" in _actions(session)
     assert session.scalars(select(LoginToken)).one().consumed_at is None
 
@@ -265,6 +289,34 @@ def test_next_never_leaves_the_site(client: FlaskClient, session: Session, targe
     client.post("/login", query_string={"next": target}, data={"email": user.email})
     response = client.post(path_of(outbox_link(session, user.email)))
     assert response.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize(
+    "target", ["/account\r\nSet-Cookie: planted=1", "/account\nX-Injected: 1", "/acc\x00ount"]
+)
+def test_a_next_with_control_characters_is_ignored_and_sign_in_still_lands(
+    client: FlaskClient, session: Session, target: str
+) -> None:
+    user = make_user(session, "crlf@example.com", make_account(session))
+    client.post("/login", query_string={"next": target}, data={"email": user.email})
+    response = client.post(path_of(outbox_link(session, user.email)))
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"
+    assert _signed_in(client)
+
+
+def test_a_control_character_in_a_stored_next_is_refused_when_used(
+    client: FlaskClient, session: Session
+) -> None:
+    """The check applies where the redirect is made, not only where the target is kept."""
+    user = make_user(session, "crlf-stored@example.com", make_account(session))
+    _request_link(client, user.email)
+    with client.session_transaction() as cookie:
+        cookie["login_next"] = "/account\r\nSet-Cookie: planted=1"
+    response = client.post(path_of(outbox_link(session, user.email)))
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"
+    assert _signed_in(client)
 
 
 def test_the_sign_in_page_says_why_you_are_there(client: FlaskClient) -> None:

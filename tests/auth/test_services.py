@@ -14,12 +14,15 @@ from portal.auth.models import LoginToken
 from portal.auth.services import (
     TokenExpired,
     TokenInvalid,
+    TokenReplaced,
     TokenSigner,
     TokenUsed,
     consume_login_token,
     find_login_token,
+    find_spent_token,
     hash_value,
     issue_login_token,
+    mask_email,
 )
 from portal.clock import FrozenClock
 from tests.factories import make_user
@@ -72,14 +75,50 @@ def test_expiry_is_ten_minutes(session: Session, clock: FrozenClock) -> None:
         consume_login_token(session, signer, token)
 
 
-def test_a_newer_token_retires_older_ones(session: Session) -> None:
+def test_a_newer_token_leaves_older_ones_usable(session: Session) -> None:
+    """Asking again never cancels a link already sent (anyone may ask for any address)."""
     signer = TokenSigner(["k1"])
     user = make_user(session)
     old = issue_login_token(session, signer, user, lifetime=TEN_MINUTES)
-    new = issue_login_token(session, signer, user, lifetime=TEN_MINUTES)
-    with pytest.raises(TokenExpired):
-        consume_login_token(session, signer, old)
-    assert consume_login_token(session, signer, new) == user
+    issue_login_token(session, signer, user, lifetime=TEN_MINUTES)
+    assert consume_login_token(session, signer, old) == user
+
+
+def test_signing_in_retires_the_other_outstanding_tokens(session: Session) -> None:
+    signer = TokenSigner(["k1"])
+    user = make_user(session)
+    other_user = make_user(session)
+    first = issue_login_token(session, signer, user, lifetime=TEN_MINUTES)
+    second = issue_login_token(session, signer, user, lifetime=TEN_MINUTES)
+    someone_elses = issue_login_token(session, signer, other_user, lifetime=TEN_MINUTES)
+    assert consume_login_token(session, signer, second) == user
+    session.expire_all()
+    with pytest.raises(TokenReplaced):
+        consume_login_token(session, signer, first)
+    assert consume_login_token(session, signer, someone_elses) == other_user
+
+
+def test_a_spent_token_is_still_found_to_offer_a_new_link(session: Session) -> None:
+    signer = TokenSigner(["k1"])
+    user = make_user(session)
+    token = issue_login_token(session, signer, user, lifetime=TEN_MINUTES)
+    consume_login_token(session, signer, token)
+    spent = find_spent_token(session, signer, token)
+    assert spent is not None and spent.user == user
+    assert find_spent_token(session, signer, "not-a-token") is None
+    assert find_spent_token(session, TokenSigner(["other-key"]), token) is None
+
+
+@pytest.mark.parametrize(
+    ("email", "masked"),
+    [
+        ("ada@example.com", "a•••@example.com"),
+        ("a@example.com", "a•••@example.com"),
+        ("no-at-sign", "•••"),
+    ],
+)
+def test_mask_email(email: str, masked: str) -> None:
+    assert mask_email(email) == masked
 
 
 def test_tampered_tokens_are_invalid(session: Session) -> None:

@@ -75,10 +75,12 @@ def test_a_signed_in_staff_member_without_totp_must_enrol_first(
     assert base64.b64decode(qr.group(1)).startswith(b"<?xml") or b"<svg" in base64.b64decode(
         qr.group(1)
     )
-    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', body)
+    secret = re.search(r'value="([A-Z2-7]{32})"[^>]*data-testid="totp-key"', body)
     assert secret
     session.refresh(staff)
-    assert staff.totp_secret is None  # opening the page stored nothing
+    assert staff.totp_secret is None  # opening the page enrolled nothing
+    assert staff.totp_pending_secret == secret.group(1)  # the key waits on the server
+    assert secret.group(1) in client.get("/staff/two-factor/setup").get_data(as_text=True)
 
     wrong = client.post("/staff/two-factor/setup", data={"code": "000000"})
     assert wrong.status_code == 422
@@ -218,7 +220,7 @@ def test_the_enrolment_code_cannot_pass_the_check_again(
     staff = make_user(session, "enrol-replay@example.com", staff_role="support")
     _first_factor(client, app, staff)
     body = client.get("/staff/two-factor/setup").get_data(as_text=True)
-    secret = re.search(r'data-testid="totp-secret">([A-Z2-7]+)<', body)
+    secret = re.search(r'value="([A-Z2-7]{32})"[^>]*data-testid="totp-key"', body)
     assert secret
     code = pyotp.TOTP(secret.group(1)).at(clock())
     assert client.post("/staff/two-factor/setup", data={"code": code}).status_code == 200
