@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,7 @@ from portal.accounts.models import User
 from portal.audit.models import AuditEvent
 from portal.extensions import db
 from portal.notifications.models import OutboxEmail
-from tests.auth.conftest import Browser
+from tests.auth.conftest import Browser, outbox_link, path_of
 from tests.conftest import ROOT, fresh_database, make_config, migrate_to_head, missing_service
 from tests.factories import make_account, make_user
 
@@ -75,6 +76,129 @@ def test_per_address_limit_is_invisible_to_the_address_owner(
     hits = session.scalars(select(AuditEvent).where(AuditEvent.action == "auth.rate_limited")).all()
     assert [hit.target_type for hit in hits] == ["address", "address"]
     assert user.email not in str([hit.target_id for hit in hits])
+
+
+def _from(app: Flask, ip: str) -> FlaskClient:
+    """A browser of its own, reaching the portal from `ip`."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip
+    return client
+
+
+def _mail_to(session: Session, address: str) -> int:
+    return _count(session, OutboxEmail, OutboxEmail.to_address == address)
+
+
+def test_a_stranger_cannot_cancel_the_link_the_owner_already_has(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    ada = make_user(session, "ada-kept@example.com", make_account(session))
+    app = make_app(RATELIMIT_ENABLED=True)
+    phone = _from(app, "198.51.100.7")
+    assert phone.post("/login", data={"email": ada.email}).status_code == 200
+    link = path_of(outbox_link(session, ada.email))
+    attacker = _from(app, "203.0.113.9")
+    for _ in range(8):  # the attacker knows only the address
+        assert attacker.post("/login", data={"email": ada.email}).status_code == 200
+    assert phone.post(link).status_code == 303  # the link Ada already had still signs her in
+
+
+def test_a_stranger_cannot_stop_the_owner_getting_a_new_link(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    ada = make_user(session, "ada-new@example.com", make_account(session))
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_ADDRESS_RATE_LIMIT="3 per 15 minutes")
+    attacker = _from(app, "203.0.113.9")
+    for _ in range(8):
+        assert attacker.post("/login", data={"email": ada.email}).status_code == 200
+    assert _mail_to(session, ada.email) == 3  # the attacker spent only their own share
+    laptop = _from(app, "198.51.100.7")  # Ada, a browser she never used here before
+    assert laptop.post("/login", data={"email": ada.email}).status_code == 200
+    assert _mail_to(session, ada.email) == 4
+    assert laptop.post(path_of(outbox_link(session, ada.email))).status_code == 303
+
+
+def test_a_crowd_of_addresses_cannot_flood_the_mailbox_or_lock_out_a_known_browser(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    ada = make_user(session, "ada-flood@example.com", make_account(session))
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_ADDRESS_CAP="6 per hour")
+    phone = _from(app, "198.51.100.7")
+    assert phone.post("/login", data={"email": ada.email}).status_code == 200
+    assert phone.post(path_of(outbox_link(session, ada.email))).status_code == 303
+    assert phone.get_cookie("portal_device") is not None  # this browser is Ada's now
+    assert phone.post("/logout").status_code == 303
+
+    for n in range(30):  # a botnet: thirty addresses, one request each
+        crowd = _from(app, f"203.0.113.{n + 1}")
+        assert crowd.post("/login", data={"email": ada.email}).status_code == 200
+    # Every browser not recognised as Ada's shares the cap of 6 (her own first request was one).
+    assert _mail_to(session, ada.email) == 6
+    # A new browser of Ada's is held back with the crowd until the hour is over ...
+    assert _from(app, "192.0.2.50").post("/login", data={"email": ada.email}).status_code == 200
+    assert _mail_to(session, ada.email) == 6
+    # ... but the phone she signed in with before is recognised and still gets its link.
+    assert phone.post("/login", data={"email": ada.email}).status_code == 200
+    assert _mail_to(session, ada.email) == 7
+    assert phone.post(path_of(outbox_link(session, ada.email))).status_code == 303
+
+
+def test_a_forged_or_foreign_device_cookie_is_not_recognised(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    ada = make_user(session, "ada-forged@example.com", make_account(session))
+    mallory = make_user(session, "mallory@example.com", make_account(session))
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_ADDRESS_CAP="2 per hour")
+    own = _from(app, "203.0.113.200")
+    assert own.post("/login", data={"email": mallory.email}).status_code == 200
+    assert own.post(path_of(outbox_link(session, mallory.email))).status_code == 303
+    mallorys_cookie = own.get_cookie("portal_device").value
+    for n, cookie in enumerate([mallorys_cookie, "forged.value.here", mallorys_cookie[:-3]]):
+        for m in range(2):
+            crowd = _from(app, f"203.0.113.{10 * n + m + 1}")
+            crowd.set_cookie("portal_device", cookie)
+            assert crowd.post("/login", data={"email": ada.email}).status_code == 200
+    assert _mail_to(session, ada.email) == 2  # the cap held: none of them counted as Ada's
+
+
+# --- TRUSTED_PROXIES: whose address counts --------------------------------------------------
+
+
+def test_without_trusted_proxies_x_forwarded_for_does_not_change_the_bucket(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_IP_RATE_LIMIT="3 per minute", TRUSTED_PROXIES=0)
+    client = app.test_client()
+    statuses = [
+        client.post(
+            "/login",
+            data={"email": f"xff{n}@example.com"},
+            headers={"X-Forwarded-For": f"198.51.100.{n}"},
+        ).status_code
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]  # a client cannot pick its own bucket
+
+
+def test_behind_one_trusted_proxy_each_forwarded_client_has_its_own_bucket(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_IP_RATE_LIMIT="3 per minute", TRUSTED_PROXIES=1)
+    proxy = app.test_client()  # every request arrives from the proxy's own address
+
+    def ask(client_ip: str, n: int) -> int:
+        return proxy.post(
+            "/login",
+            data={"email": f"proxied{n}@example.com"},
+            headers={"X-Forwarded-For": f"10.9.9.9, {client_ip}"},
+        ).status_code
+
+    assert [ask("198.51.100.1", n) for n in range(4)] == [200, 200, 200, 429]
+    assert [ask("198.51.100.2", n) for n in range(3)] == [200, 200, 200]
+    event = session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "auth.rate_limited")
+    ).one()
+    assert event.ip == "198.51.100.1"  # the client the proxy named, not the proxy (or a forgery)
 
 
 def test_limits_are_off_unless_enabled(client: object, session: Session) -> None:

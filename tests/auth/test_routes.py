@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -70,6 +71,32 @@ def test_known_and_unknown_addresses_get_the_same_page_and_status(
     # Only the known address gets an email; it waits in the outbox (never sent inline).
     queued = session.scalars(select(OutboxEmail.to_address)).all()
     assert queued == [user.email]
+
+
+def test_known_and_unknown_addresses_cost_the_same_database_work(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    """Timing must not tell known addresses from unknown ones: the same inserts run for both
+    (an unknown address's are rolled back), and nothing of them is kept."""
+    user = make_user(session, "timed@example.com", make_account(session))
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement.lstrip().split(" ", 1)[0].upper())
+
+    engine = session.get_bind()
+    sa_event.listen(engine, "before_cursor_execute", note)
+    try:
+        counts = []
+        for email in (user.email, "nobody-timed@example.com", user.email, "nobody-2@example.com"):
+            statements.clear()
+            assert client.post("/login", data={"email": email}).status_code == 200
+            counts.append(statements.count("INSERT"))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", note)
+    assert counts[0] == counts[1] == counts[2] == counts[3] >= 2
+    queued = session.scalars(select(OutboxEmail.to_address)).all()
+    assert queued == [user.email, user.email]
 
 
 def test_the_email_has_the_link_built_from_base_url_and_its_expiry(
