@@ -212,7 +212,7 @@ def check_settings(
     except (TypeError, ValueError):
         proxies = -1
     if proxies < 0:
-        problems.append("TRUSTED_PROXIES must be 0 or the number of proxies in front of the portal.")
+        problems.append("TRUSTED_PROXIES must be 0 or the number of proxies in front of it.")
     in_memory = str(config.get("RATELIMIT_STORAGE_URI", "memory://")).startswith("memory://")
     limits_on = config.get("RATELIMIT_ENABLED", True) and not config.get("TESTING")
     if in_memory and limits_on:

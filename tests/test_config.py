@@ -106,8 +106,12 @@ def test_several_production_workers_on_in_memory_rate_limits_are_refused() -> No
     assert "2 workers" in str(refused.value)
     with pytest.raises(UnsafeConfiguration, match="memory://"):
         check_settings(
-            {**LIVE, "STRIPE_SECRET_KEY": "sk_test_x", "PORTAL_ENV": "production",
-             "RATELIMIT_STORAGE_URI": "memory://"},
+            {
+                **LIVE,
+                "STRIPE_SECRET_KEY": "sk_test_x",
+                "PORTAL_ENV": "production",
+                "RATELIMIT_STORAGE_URI": "memory://",
+            },
             environ={},
             argv=["/venv/bin/gunicorn", "-w", "4", "wsgi:app"],
         )

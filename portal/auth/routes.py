@@ -212,7 +212,7 @@ def consume(token: str) -> Response | tuple[str, int]:
     on_breach=limits.record_breach,
 )
 def renew(token: str) -> Response | tuple[str, int] | str:
-    """"Send a new link" from the page of a used, expired or replaced link: to its owner only,
+    """ "Send a new link" from the page of a used, expired or replaced link: to its owner only,
     within the same limits as asking on /login, without the page ever holding the address."""
     stored = services.find_spent_token(db.session, signer(), token)
     if stored is None:

@@ -220,7 +220,7 @@ def find_spent_token(session: Session, signer: TokenSigner, token: str) -> Login
 
 
 def mask_email(email: str) -> str:
-    """"a•••@example.com": enough for its owner to recognise, too little to learn it."""
+    """ "a•••@example.com": enough for its owner to recognise, too little to learn it."""
     local, at, domain = email.partition("@")
     if not at:
         return "•••"

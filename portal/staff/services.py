@@ -32,7 +32,7 @@ def new_totp_secret() -> str:
 
 
 def grouped_secret(secret: str) -> str:
-    """"ABCD EFGH …": a 32-character key is typed in groups of four."""
+    """ "ABCD EFGH …": a 32-character key is typed in groups of four."""
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
 
 

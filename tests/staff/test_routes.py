@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 import pyotp
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -228,3 +229,206 @@ def test_the_enrolment_code_cannot_pass_the_check_again(
     other = app.test_client()
     _first_factor(other, app, staff)
     assert other.post("/staff/two-factor", data={"code": code}).status_code == 422
+
+
+# --- the enrolment secret stays on the server ---------------------------------------------------
+
+
+def _session_cookie_contents(app: Flask, client: FlaskClient) -> str:
+    """The Flask session cookie as the browser holds it, signed, and decoded (it is readable)."""
+    cookie = client.get_cookie("portal_session")
+    if cookie is None:
+        return ""
+    decoded = app.session_interface.get_signing_serializer(app).loads(cookie.value)  # type: ignore[attr-defined]
+    return f"{cookie.value} {decoded}"
+
+
+def _setup_secret(body: str) -> str:
+    found = re.search(r'value="([A-Z2-7]{32})"[^>]*data-testid="totp-key"', body)
+    assert found, "no key on the setup page"
+    return found.group(1)
+
+
+def test_the_enrolment_secret_never_reaches_a_cookie(
+    client: FlaskClient, session: Session, app: Flask, clock: FrozenClock
+) -> None:
+    staff = make_user(session, "no-cookie-secret@example.com", staff_role="support")
+    _first_factor(client, app, staff)
+    cookies = [_session_cookie_contents(app, client)]
+    page = client.get("/staff/two-factor/setup")
+    secret = _setup_secret(page.get_data(as_text=True))
+    cookies.append(_session_cookie_contents(app, client))
+    cookies.extend(page.headers.getlist("Set-Cookie"))
+    wrong = client.post("/staff/two-factor/setup", data={"code": "000000"})
+    cookies.extend(wrong.headers.getlist("Set-Cookie"))
+    cookies.append(_session_cookie_contents(app, client))
+    done = client.post("/staff/two-factor/setup", data={"code": pyotp.TOTP(secret).at(clock())})
+    assert done.status_code == 200
+    cookies.extend(done.headers.getlist("Set-Cookie"))
+    cookies.append(_session_cookie_contents(app, client))
+    assert all(cookie for cookie in cookies[1:3])
+    for cookie in cookies:
+        assert secret not in cookie
+        assert secret.lower() not in cookie.lower()
+    session.refresh(staff)
+    assert staff.totp_secret == secret
+    assert staff.totp_pending_secret is None and staff.totp_pending_at is None
+
+
+def test_the_setup_page_offers_an_otpauth_link_and_the_key_in_groups_of_four(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    staff = make_user(session, "phone-setup@example.com", staff_role="support")
+    _first_factor(client, app, staff)
+    body = client.get("/staff/two-factor/setup").get_data(as_text=True)
+    secret = _setup_secret(body)
+    link = re.search(r'href="(otpauth://[^"]+)"[^>]*data-testid="otpauth-link"', body)
+    assert link, "no tappable otpauth:// link"
+    assert f"secret={secret}" in link.group(1)
+    grouped = " ".join(secret[i : i + 4] for i in range(0, 32, 4))
+    assert f'data-testid="totp-secret">{grouped}<' in body
+
+
+def test_an_abandoned_setup_key_expires_and_a_new_one_is_shown(
+    client: FlaskClient, session: Session, app: Flask, clock: FrozenClock
+) -> None:
+    staff = make_user(session, "slow-setup@example.com", staff_role="support")
+    _first_factor(client, app, staff)
+    old = _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True))
+    session.refresh(staff)
+    # NOTE: the key's age is moved back (not the clock: the staff session would time out).
+    staff.totp_pending_at = clock() - timedelta(minutes=59)
+    session.flush()
+    assert _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True)) == old
+    session.refresh(staff)
+    staff.totp_pending_at = clock() - timedelta(minutes=61)
+    session.flush()
+    late = client.post("/staff/two-factor/setup", data={"code": pyotp.TOTP(old).at(clock())})
+    assert late.status_code == 422
+    body = late.get_data(as_text=True)
+    assert "expired" in body
+    new = _setup_secret(body)
+    assert new != old
+    session.refresh(staff)
+    assert staff.totp_confirmed_at is None
+    done = client.post("/staff/two-factor/setup", data={"code": pyotp.TOTP(new).at(clock())})
+    assert done.status_code == 200
+
+
+def test_two_tabs_opening_the_setup_page_agree_on_one_key(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    staff = make_user(session, "two-tabs@example.com", staff_role="support")
+    _first_factor(client, app, staff)
+    first = _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True))
+    second = _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True))
+    assert first == second
+
+
+@pytest.mark.parametrize("code", ["١٢٣٤٥٦", "１２３４５６", "۱۲۳۴۵۶", "12345６"])
+def test_codes_in_other_scripts_get_a_clear_message(
+    client: FlaskClient, session: Session, app: Flask, code: str
+) -> None:
+    staff = _enrolled(session, "digits@example.com")
+    _first_factor(client, app, staff)
+    for path in ("/staff/two-factor", "/staff/two-factor/setup"):
+        response = client.post(path, data={"code": code})
+        if path.endswith("setup"):
+            assert response.status_code == 303  # already enrolled: nothing to set up
+            continue
+        assert response.status_code == 422
+        assert "digits 0 to 9" in response.get_data(as_text=True)
+    assert client.get("/staff/").status_code == 303
+
+    newcomer = make_user(session, f"digits-new-{len(code)}@example.com", staff_role="support")
+    other = app.test_client()
+    _first_factor(other, app, newcomer)
+    other.get("/staff/two-factor/setup")
+    response = other.post("/staff/two-factor/setup", data={"code": code})
+    assert response.status_code == 422
+    assert "digits 0 to 9" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("code", ["١٢٣٤٥٦", "１２３４５６"])
+def test_the_code_check_itself_refuses_other_scripts_digits(code: str) -> None:
+    from portal.staff.services import matching_step
+
+    assert matching_step(pyotp.random_base32(), code) is None
+
+
+# --- recovery codes can be kept -------------------------------------------------------------
+
+
+def test_recovery_codes_download_as_a_text_file(
+    client: FlaskClient, session: Session, app: Flask, clock: FrozenClock
+) -> None:
+    staff = make_user(session, "keep-codes@example.com", staff_role="admin")
+    _first_factor(client, app, staff)
+    secret = _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True))
+    done = client.post("/staff/two-factor/setup", data={"code": pyotp.TOTP(secret).at(clock())})
+    body = done.get_data(as_text=True)
+    codes = re.findall(r'name="code" value="([0-9a-f]{5}-[0-9a-f]{5})"', body)
+    assert len(codes) == 10
+    assert 'action="/staff/two-factor/recovery-codes.txt"' in body
+
+    download = client.post(
+        "/staff/two-factor/recovery-codes.txt", data={"code": [*codes, "fffff-00000", "<b>x</b>"]}
+    )
+    assert download.status_code == 200
+    assert download.mimetype == "text/plain"
+    assert download.headers["Content-Disposition"] == 'attachment; filename="recovery-codes.txt"'
+    assert download.headers["Cache-Control"] == "no-store"
+    text = download.get_data(as_text=True)
+    assert all(code in text for code in codes)
+    assert "fffff-00000" not in text and "<b>" not in text  # nothing but this user's codes
+
+    # Nothing is echoed for codes that are not this user's unused ones.
+    refused = client.post("/staff/two-factor/recovery-codes.txt", data={"code": ["abc"]})
+    assert refused.status_code == 404
+
+
+# --- staff have their own home ----------------------------------------------------------------
+
+
+def test_staff_who_land_on_the_customer_home_go_to_the_staff_area(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    from tests.conftest import login_as
+
+    staff = _enrolled(session, "home@example.com")
+    login_as(client, staff)
+    response = client.get("/")
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/staff/"
+    page = client.get("/staff/").get_data(as_text=True)
+    assert re.search(r'<a class="brand" href="/staff/"', page)
+    assert 'data-testid="staff-footer"' in page
+    assert "Card payments" not in page
+    # The 404 page's button leads to "/", which now leads staff home instead of a loop.
+    missing = client.get("/no-such-page")
+    assert missing.status_code == 404
+    assert client.get("/").headers["Location"] == "/staff/"
+
+
+def test_customers_keep_their_dashboard_and_footer(client: FlaskClient, session: Session) -> None:
+    from tests.conftest import login_as
+
+    customer = make_user(session, "still-customer@example.com", make_account(session))
+    login_as(client, customer)
+    page = client.get("/")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "Card payments" in body and 'data-testid="staff-footer"' not in body
+
+
+def test_a_stored_staff_destination_with_control_characters_is_not_followed(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    staff = _enrolled(session, "staff-crlf@example.com")
+    _first_factor(client, app, staff)
+    with client.session_transaction() as cookie:
+        cookie["staff_next"] = "/staff/\r\nSet-Cookie: planted=1"
+    code = pyotp.TOTP(staff.totp_secret).at(clock.now())
+    response = client.post("/staff/two-factor", data={"code": code})
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/staff/"
