@@ -54,7 +54,7 @@ def start_enrolment(session: Session, user: User) -> str:
     if pending_secret_is_fresh(user):
         return str(user.totp_pending_secret)
     now = clock.now()
-    session.execute(
+    started = session.execute(
         update(User)
         .where(
             User.id == user.id,
@@ -68,6 +68,16 @@ def start_enrolment(session: Session, user: User) -> str:
         .values(totp_pending_secret=new_totp_secret(), totp_pending_at=now)
         .execution_options(synchronize_session=False)
     )
+    if started.rowcount == 1:
+        record(
+            session,
+            "staff.totp_enrolment_started",
+            actor_kind="staff",
+            actor_user_id=user.id,
+            target_type="user",
+            target_id=user.public_id,
+        )
+        session.flush()
     session.refresh(user, ["totp_pending_secret", "totp_pending_at"])
     return str(user.totp_pending_secret)
 

@@ -161,6 +161,20 @@ def test_a_forged_or_foreign_device_cookie_is_not_recognised(
     assert _mail_to(session, ada.email) == 2  # the cap held: none of them counted as Ada's
 
 
+def test_new_links_from_an_old_links_page_count_against_the_same_limits(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    ada = make_user(session, "ada-renew@example.com", make_account(session))
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_ADDRESS_RATE_LIMIT="3 per 15 minutes")
+    phone = _from(app, "198.51.100.7")
+    assert phone.post("/login", data={"email": ada.email}).status_code == 200
+    old = path_of(outbox_link(session, ada.email))
+    assert phone.post(old).status_code == 303
+    holder = _from(app, "203.0.113.9")  # whoever holds the old link, e.g. a forwarded email
+    assert [holder.post(f"{old}/new").status_code for _ in range(5)] == [200] * 5
+    assert _mail_to(session, ada.email) == 1 + 3
+
+
 # --- TRUSTED_PROXIES: whose address counts --------------------------------------------------
 
 

@@ -323,6 +323,7 @@ def test_two_tabs_opening_the_setup_page_agree_on_one_key(
     first = _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True))
     second = _setup_secret(client.get("/staff/two-factor/setup").get_data(as_text=True))
     assert first == second
+    assert _actions(session).count("staff.totp_enrolment_started") == 1
 
 
 @pytest.mark.parametrize("code", ["١٢٣٤٥٦", "１２３４５６", "۱۲۳۴۵۶", "12345６"])
