@@ -9,9 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -236,7 +233,7 @@ def _free_port() -> int:
 def _answers(url: str) -> bool:
     try:
         return Browser().get(url)[0] == 200
-    except (urllib.error.URLError, ConnectionError):
+    except OSError:  # refused, reset, or timed out on a busy machine: not up yet
         return False
 
 
