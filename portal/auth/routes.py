@@ -106,7 +106,12 @@ def _send_link(email: str, user: User | None) -> None:
     binding = session.get(BINDING_KEY) or services.new_binding()
     session[BINDING_KEY] = binding
     allowed = limits.link_request_allowed(email, limits.recognised_device(user))
-    if user is not None and allowed:
+    if user is None or not allowed:
+        context = _email_context(services.dummy_token(signer()), user, email)
+        services.rehearse_link_request(db.session, email, render_email("login_link", context))
+        return
+    # NOTE: in a savepoint, as the rehearsal for an unknown address is, so both cost alike.
+    with db.session.begin_nested():
         token = services.issue_login_token(
             db.session,
             signer(),
@@ -115,23 +120,21 @@ def _send_link(email: str, user: User | None) -> None:
             binding=binding,
             ip=request.remote_addr,
         )
-    else:
-        token = services.dummy_token(signer())
-    context = {
-        "link": _link(token),
-        "minutes": current_app.config["LOGIN_TOKEN_MINUTES"],
-        "user": user or User(email=email, name=""),
-    }
-    if user is not None and allowed:
         queue_email(
             db.session,
             to=user.email,
             subject=_("Your sign-in link"),
             template="login_link",
-            context=context,
+            context=_email_context(token, user, email),
         )
-    else:
-        services.rehearse_link_request(db.session, email, render_email("login_link", context))
+
+
+def _email_context(token: str, user: User | None, email: str) -> dict[str, object]:
+    return {
+        "link": _link(token),
+        "minutes": current_app.config["LOGIN_TOKEN_MINUTES"],
+        "user": user or User(email=email, name=""),
+    }
 
 
 def _link_problem(

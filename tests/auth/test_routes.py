@@ -82,19 +82,25 @@ def test_known_and_unknown_addresses_cost_the_same_database_work(
     statements: list[str] = []
 
     def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement.lstrip().split(" ", 1)[0].upper())
+        verb = statement.lstrip().split(" ", 1)[0].upper()
+        # A known address's savepoint is released, an unknown one's rolled back.
+        statements.append("END SAVEPOINT" if verb in ("RELEASE", "ROLLBACK") else verb)
 
     engine = session.get_bind()
     sa_event.listen(engine, "before_cursor_execute", note)
     try:
-        counts = []
+        runs = []
         for email in (user.email, "nobody-timed@example.com", user.email, "nobody-2@example.com"):
             statements.clear()
             assert client.post("/login", data={"email": email}).status_code == 200
-            counts.append(statements.count("INSERT"))
+            # NOTE: the harness may first end the savepoint of the test's own setup.
+            while statements and statements[0] == "END SAVEPOINT":
+                statements.pop(0)
+            runs.append(list(statements))
     finally:
         sa_event.remove(engine, "before_cursor_execute", note)
-    assert counts[0] == counts[1] == counts[2] == counts[3] >= 2
+    assert runs[0] == runs[1] == runs[2] == runs[3]
+    assert runs[0].count("INSERT") >= 2
     queued = session.scalars(select(OutboxEmail.to_address)).all()
     assert queued == [user.email, user.email]
 
