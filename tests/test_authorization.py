@@ -74,7 +74,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("auth.confirm", "GET"): Rule("GET", lambda w: "/login/not-a-token", public(400)),
     ("auth.consume", "POST"): Rule("POST", lambda w: "/login/not-a-token", public(400)),
     ("auth.logout", "POST"): Rule("POST", lambda w: "/logout", public(303)),
-    ("billing.dashboard", "GET"): Rule("GET", lambda w: "/", signed_in_only()),
+    ("auth.renew", "POST"): Rule("POST", lambda w: "/login/not-a-token/new", public(400)),
+    # Staff have no customer dashboard: "/" sends them to /staff/ (the logo, the 404 page).
+    ("billing.dashboard", "GET"): Rule("GET", lambda w: "/", signed_in_only(staff=303)),
     ("billing.invoices", "GET"): Rule("GET", lambda w: "/invoices", signed_in_only()),
     ("billing.invoice_detail", "GET"): Rule(
         "GET", lambda w: f"/invoices/{w.invoice.number}", own_object()
@@ -111,6 +113,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("staff.totp_setup", "GET"): Rule("GET", lambda w: "/staff/two-factor/setup", staff_only(303)),
     ("staff.totp_setup", "POST"): Rule(
         "POST", lambda w: "/staff/two-factor/setup", staff_only(303)
+    ),
+    # No codes sent back: nothing of this user's to hand over.
+    ("staff.recovery_codes_file", "POST"): Rule(
+        "POST", lambda w: "/staff/two-factor/recovery-codes.txt", staff_only(404)
     ),
     # Payments (issue 5). Tests never reach Stripe (STRIPE_API_BASE is a closed port): routes
     # that must ask Stripe answer 503 "could not reach the payment provider", changing nothing.

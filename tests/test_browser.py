@@ -284,7 +284,7 @@ def test_sign_in_from_the_emailed_link_on_a_phone(
     response = second.goto(link.group(0))
     assert response is not None and response.status == 410
     assert second.get_by_role("heading", level=1, name="This link was already used").is_visible()
-    assert second.get_by_role("button", name=f"Send a new link to {DEMO_EMAIL}").is_visible()
+    assert second.get_by_role("button", name="Send a new link to a•••@example.com").is_visible()
     _assert_accessible(second, "the used-link page")
     _screenshot(second, "link-used-iphone13")
     other.close()
