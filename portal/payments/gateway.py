@@ -3,16 +3,22 @@
 Configured by STRIPE_SECRET_KEY, STRIPE_API_BASE (real Stripe, or localstripe in the demo and
 the tests) and STRIPE_WEBHOOK_SECRET. The library's own retries are off: our code retries with
 the same idempotency key, so a retry can never become a second charge.
+
+Time: each call waits at most STRIPE_TIMEOUT_SECONDS, and all the calls of one web request
+together at most STRIPE_REQUEST_BUDGET_SECONDS (see `Budget`), which is kept well under the web
+server's worker timeout: a request that runs out answers "processing" instead of being killed.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import stripe
-from flask import current_app
+from flask import current_app, g, has_request_context
 
 from portal.errors import DomainError, PaymentFailed, ServiceUnavailable
 
@@ -23,6 +29,12 @@ log = logging.getLogger(__name__)
 logging.getLogger("stripe").setLevel(logging.WARNING)
 
 WEBHOOK_TOLERANCE_SECONDS = 300
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# NOTE: gunicorn kills a sync worker after --timeout seconds (30 by default) with an empty 500;
+# the Stripe calls of one request must end well before that, database waits included.
+DEFAULT_REQUEST_BUDGET_SECONDS = 15.0
+# NOTE: a call with less time than this left is not started: it could not get an answer.
+MIN_CALL_SECONDS = 0.5
 
 # Stripe's decline codes, in words a customer understands.
 DECLINE_WORDS = {
@@ -87,6 +99,30 @@ class Card:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """A charge as Stripe knows it: what was paid and how much of it was refunded."""
+
+    id: str
+    payment_intent: str | None
+    amount: int
+    amount_refunded: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """A card dispute (chargeback) as Stripe knows it."""
+
+    id: str
+    charge: str | None
+    payment_intent: str | None
+    amount: int
+    currency: str
+    reason: str
+    status: str
+
+
+@dataclass(frozen=True)
 class RefundResult:
     id: str
     status: str
@@ -144,6 +180,75 @@ def _card(obj: Any) -> Card:
     )
 
 
+def _charge(obj: Any) -> Charge:
+    intent = _get(obj, "payment_intent")
+    return Charge(
+        id=obj.id,
+        payment_intent=intent if isinstance(intent, str) or intent is None else intent.id,
+        amount=int(_get(obj, "amount", 0) or 0),
+        amount_refunded=int(_get(obj, "amount_refunded", 0) or 0),
+        currency=str(_get(obj, "currency", "") or "").upper(),
+    )
+
+
+def _dispute(obj: Any) -> Dispute:
+    charge = _get(obj, "charge")
+    intent = _get(obj, "payment_intent")
+    return Dispute(
+        id=obj.id,
+        charge=charge if isinstance(charge, str) or charge is None else charge.id,
+        payment_intent=intent if isinstance(intent, str) or intent is None else intent.id,
+        amount=int(_get(obj, "amount", 0) or 0),
+        currency=str(_get(obj, "currency", "") or "").upper(),
+        reason=str(_get(obj, "reason", "") or ""),
+        status=str(_get(obj, "status", "") or ""),
+    )
+
+
+# The per-call timeout of the call in progress (set by Gateway._call, read by the HTTP client).
+_call_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "stripe_call_timeout", default=None
+)
+
+
+class _BudgetedRequestsClient(stripe.RequestsClient):
+    """stripe's requests client, with each call's timeout cut to what the budget has left."""
+
+    @property  # type: ignore[override]
+    def _timeout(self) -> float:
+        cut = _call_timeout.get()
+        return self._full_timeout if cut is None else min(cut, self._full_timeout)
+
+    @_timeout.setter
+    def _timeout(self, value: float) -> None:
+        self._full_timeout = float(value)
+
+
+class Budget:
+    """The Stripe time one web request may spend, over all its calls and retries.
+
+    It starts with the request's first call and lives in `flask.g`, so every request has its
+    own; outside a request (CLI, jobs) there is none and only the per-call timeout applies.
+    """
+
+    @staticmethod
+    def remaining() -> float | None:
+        if not has_request_context():
+            return None
+        deadline = g.get("stripe_deadline")
+        if deadline is None:
+            seconds = float(
+                current_app.config.get("STRIPE_REQUEST_BUDGET_SECONDS")
+                or DEFAULT_REQUEST_BUDGET_SECONDS
+            )
+            deadline = g.stripe_deadline = time.monotonic() + seconds
+        return float(deadline - time.monotonic())
+
+
+class BudgetSpent(GatewayUnavailable):
+    """The request's Stripe time is used up: the call was not started, its outcome is unknown."""
+
+
 class Gateway:
     """One Stripe client. Every method maps Stripe's errors to the portal's domain errors."""
 
@@ -153,19 +258,30 @@ class Gateway:
         api_key: str,
         api_base: str,
         webhook_secret: str,
-        timeout: float = 20.0,  # money-safe: seconds
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.webhook_secret = webhook_secret
         self.client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base.rstrip("/")},
             max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=timeout),
+            http_client=_BudgetedRequestsClient(timeout=timeout),
         )
 
     # -- errors -----------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        remaining = Budget.remaining()
+        if remaining is not None and remaining < MIN_CALL_SECONDS:
+            log.warning("stripe %s: not started, the request's Stripe time is used up", what)
+            raise BudgetSpent()
+        token = _call_timeout.set(remaining)
+        try:
+            return self._mapped(what, fn, *args, **kwargs)
+        finally:
+            _call_timeout.reset(token)
+
+    def _mapped(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except stripe.CardError as error:
@@ -339,6 +455,38 @@ class Gateway:
         )
         return None if obj is None else _card(obj)
 
+    def find_payment_intent(self, intent_id: str) -> Intent | None:
+        """The PaymentIntent when Stripe knows it; None when it does not."""
+        obj = self._call(
+            "payment_intent.retrieve",
+            self._missing_is_none(self.client.v1.payment_intents.retrieve),
+            intent_id,
+        )
+        return None if obj is None else _intent(obj)
+
+    def find_setup_intent(self, intent_id: str) -> Intent | None:
+        """The SetupIntent when Stripe knows it; None when it does not."""
+        obj = self._call(
+            "setup_intent.retrieve",
+            self._missing_is_none(self.client.v1.setup_intents.retrieve),
+            intent_id,
+        )
+        return None if obj is None else _intent(obj)
+
+    def find_charge(self, charge_id: str) -> Charge | None:
+        """The charge (with what was refunded of it) when Stripe knows it; None otherwise."""
+        obj = self._call(
+            "charge.retrieve", self._missing_is_none(self.client.v1.charges.retrieve), charge_id
+        )
+        return None if obj is None else _charge(obj)
+
+    def find_dispute(self, dispute_id: str) -> Dispute | None:
+        """The dispute when Stripe knows it; None otherwise."""
+        obj = self._call(
+            "dispute.retrieve", self._missing_is_none(self.client.v1.disputes.retrieve), dispute_id
+        )
+        return None if obj is None else _dispute(obj)
+
     def create_test_card(
         self, *, number: str, exp_month: int, exp_year: int, idempotency_key: str
     ) -> Card:
@@ -397,7 +545,7 @@ def gateway() -> Gateway:
             api_key=app.config["STRIPE_SECRET_KEY"],
             api_base=app.config["STRIPE_API_BASE"],
             webhook_secret=app.config["STRIPE_WEBHOOK_SECRET"],
-            timeout=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or 20),  # money-safe
+            timeout=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or DEFAULT_TIMEOUT_SECONDS),
         )
         app.extensions["portal.gateway"] = existing
     return existing

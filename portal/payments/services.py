@@ -2,8 +2,11 @@
 payment recorded exactly once per PaymentIntent, whoever learns of it first (the customer's
 redirect, a webhook, or `billing reconcile`).
 
-Services flush; the caller commits. Where Stripe is called, the caller passes `checkpoint`
-(normally `db.session.commit`) so the attempt and its key are durable before the call.
+Services flush; whoever owns the unit of work commits. The pay path is split so that no
+transaction is open while Stripe is called: the attempt and its key are saved and committed
+(`portal.db.commit_before_network_call`, the one named exception), `charge_at_stripe` talks
+to Stripe with plain values only (no session), and `record_charge` writes the outcome under
+the attempt's lock in the rest of the request's unit of work.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from flask_babel import gettext as _
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,12 +28,18 @@ from portal.billing.models import Invoice
 from portal.billing.money import Money
 from portal.billing.queries import OPEN_STATUSES, open_invoices
 from portal.billing.services import record_payment
-from portal.db import begin_write
+from portal.db import begin_write, commit_before_network_call, has_pending_changes
 from portal.errors import Conflict, NotFound, PaymentFailed, ValidationFailed
 from portal.mail import queue_email
-from portal.payments.gateway import Card, Gateway, GatewayRejected, GatewayUnavailable, Intent
+from portal.payments.gateway import (
+    BudgetSpent,
+    Card,
+    Gateway,
+    GatewayRejected,
+    GatewayUnavailable,
+    Intent,
+)
 from portal.payments.models import (
-    LIVE_ATTEMPT_STATUSES,
     AttemptStatus,
     Payment,
     PaymentAttempt,
@@ -40,6 +50,7 @@ from portal.payments.models import (
 log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[], None]
+STRIPE = Actor(kind="stripe")
 PAYABLE = OPEN_STATUSES
 ENDED = (AttemptStatus.SUCCEEDED.value, AttemptStatus.FAILED.value, AttemptStatus.CANCELED.value)
 
@@ -163,25 +174,176 @@ def start_payment(
     return Started(attempt, reused=False)
 
 
-def ensure_customer(session: Session, account: Account, gw: Gateway, checkpoint: Checkpoint) -> str:
+def end_reads(session: Session) -> None:
+    """End the request's read transaction before a network call, so that no snapshot, row
+    lock or SQLite write lock is held while Stripe (or anyone) is waited for.
+
+    Objects loaded so far expire: callers read the plain values they need first.
+    """
+    if has_pending_changes(session):
+        # NOTE: the only writes a request can hold before its first Stripe call are its session
+        # bookkeeping (the before-request hooks move "last seen" on, at most once a minute);
+        # they are kept, not lost, and nothing of the payment is written yet.
+        commit_before_network_call(session)
+    else:
+        session.rollback()
+
+
+def set_customer(session: Session, account_id: int, customer: str) -> None:
+    """Remember the account's Stripe customer; only the first writer sets it."""
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.stripe_customer_id.is_(None))
+        .values(stripe_customer_id=customer)
+    )
+    session.flush()
+
+
+def create_customer_at_stripe(gw: Gateway, account: Account) -> str:
+    """The account's Stripe customer, created (idempotently) when it has none. Network only."""
     if account.stripe_customer_id:
         return account.stripe_customer_id
-    customer = gw.create_customer(
+    return gw.create_customer(
         email=account.billing_email,
         name=account.name,
         account_ref=account.public_id,
         idempotency_key=f"customer_{account.public_id}",
     )
-    # NOTE: only the first writer sets it; a parallel request's customer stays unused.
+
+
+def ensure_customer(session: Session, account: Account, gw: Gateway, checkpoint: Checkpoint) -> str:
+    """For callers that own their unit of work (jobs, the demo, tests): create the customer at
+    Stripe if needed, then store it and `checkpoint` (their commit)."""
+    if account.stripe_customer_id:
+        return account.stripe_customer_id
+    account_id = account.id
+    customer = create_customer_at_stripe(gw, account)
     begin_locked_write(session)
-    session.execute(
-        update(Account)
-        .where(Account.id == account.id, Account.stripe_customer_id.is_(None))
-        .values(stripe_customer_id=customer)
-    )
+    set_customer(session, account_id, customer)
     checkpoint()
-    session.refresh(account)
-    return account.stripe_customer_id or customer
+    stored = session.get(Account, account_id)
+    return (stored.stripe_customer_id if stored else None) or customer
+
+
+@dataclass(frozen=True)
+class ChargePlan:
+    """Everything a charge needs from the database, read before it commits: plain values only,
+    so that nothing touches the database while Stripe is being called."""
+
+    attempt_id: int
+    public_id: str
+    key: str
+    amount_minor: int
+    currency: str
+    customer: str
+    payment_method: str
+    intent_id: str | None
+
+
+def plan_charge(attempt: PaymentAttempt, *, customer: str, payment_method: str) -> ChargePlan:
+    return ChargePlan(
+        attempt_id=attempt.id,
+        public_id=attempt.public_id,
+        key=attempt.idempotency_key,
+        amount_minor=attempt.amount_minor,
+        currency=attempt.currency,
+        customer=customer,
+        payment_method=payment_method,
+        intent_id=attempt.stripe_payment_intent_id,
+    )
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    """What Stripe said (or did not say) about a charge.
+
+    kind: "answered" (the intent's status decides), "declined" (the card was declined),
+    "refused" (Stripe refused to create the intent: nothing can be charged) or "unknown" (no
+    answer: the charge may have happened; reconcile settles it).
+    """
+
+    kind: str
+    intent_id: str | None = None
+    intent: Intent | None = None
+    code: str = ""
+    message: str = ""
+
+
+def charge_at_stripe(gw: Gateway, plan: ChargePlan) -> ChargeOutcome:
+    """Create (once, with the saved key) and confirm the PaymentIntent. Network only: it takes
+    no session, so it cannot touch the database while it waits for Stripe."""
+    intent_id = plan.intent_id
+    if intent_id is None:
+        try:
+            created = _with_retry(
+                lambda: gw.create_payment_intent(
+                    amount_minor=plan.amount_minor,
+                    currency=plan.currency,
+                    customer=plan.customer,
+                    payment_method=plan.payment_method,
+                    metadata={"attempt": plan.public_id},
+                    idempotency_key=f"{plan.key}:create",
+                )
+            )
+        except GatewayRejected as refused:
+            # NOTE: Stripe refused to create the intent (e.g. the card no longer exists there):
+            # nothing was created, so nothing can be charged; the invoice is free again.
+            return ChargeOutcome("refused", code="refused", message=refused.message)
+        except GatewayUnavailable:
+            return ChargeOutcome("unknown")
+        intent_id = created.id
+    confirmed_id = intent_id
+    try:
+        intent = _with_retry(
+            lambda: gw.confirm_payment_intent(confirmed_id, idempotency_key=f"{plan.key}:confirm")
+        )
+    except (GatewayUnavailable, GatewayRejected):
+        # NOTE: no answer, or a refusal we cannot explain: the charge may have happened.
+        # "unknown" (never "failed"); reconcile asks Stripe and settles it.
+        return ChargeOutcome("unknown", intent_id=intent_id)
+    except PaymentFailed as declined:
+        try:
+            seen: Intent | None = gw.retrieve_payment_intent(intent_id)
+        except (GatewayUnavailable, GatewayRejected):
+            seen = None
+        return ChargeOutcome(
+            "declined",
+            intent_id=intent_id,
+            code=seen.failure_code if seen and seen.failure_code else "card_declined",
+            message=declined.message,
+        )
+    return ChargeOutcome("answered", intent_id=intent_id, intent=intent)
+
+
+def record_charge(
+    session: Session, attempt: PaymentAttempt, outcome: ChargeOutcome, actor: Actor = SYSTEM
+) -> None:
+    """Write what Stripe said about a charge; the attempt must be locked (`lock_attempt`)."""
+    if outcome.intent_id and attempt.stripe_payment_intent_id is None:
+        attempt.stripe_payment_intent_id = outcome.intent_id
+    if outcome.kind == "answered" and outcome.intent is not None:
+        apply_intent(session, attempt, outcome.intent, actor)
+    elif outcome.kind == "refused":
+        end_attempt(
+            session,
+            attempt,
+            AttemptStatus.FAILED,
+            code="refused",
+            message=_("This card cannot be used any more. Please pay with a new card."),
+            actor=actor,
+        )
+    elif outcome.kind == "declined":
+        end_attempt(
+            session,
+            attempt,
+            AttemptStatus.FAILED,
+            code=outcome.code,
+            message=outcome.message,
+            actor=actor,
+        )
+    else:
+        _set_status(session, attempt, AttemptStatus.UNKNOWN, actor)
+    session.flush()
 
 
 def charge(
@@ -193,94 +355,29 @@ def charge(
     payment_method: str,
     checkpoint: Checkpoint,
 ) -> Intent | None:
-    """Create (once) and confirm the attempt's PaymentIntent with its saved key.
+    """For callers that own their unit of work (jobs, the demo): `checkpoint` (their commit)
+    makes the attempt and its key durable, Stripe is called with no transaction open, and the
+    outcome is written under the attempt's lock and checkpointed again.
 
-    No transaction is open while Stripe is called; each answer is written in a transaction that
-    takes the write lock first. Returns the intent (its status decides what the customer sees).
-    A decline ends the attempt and raises PaymentFailed; no answer from Stripe leaves it
-    "unknown" and raises GatewayUnavailable.
+    Returns the intent Stripe answered with; a decline raises PaymentFailed and no answer
+    GatewayUnavailable, after the attempt has been updated.
     """
-    attempt_id, key, public = attempt.id, attempt.idempotency_key, attempt.public_id
-    amount, currency = attempt.amount_minor, attempt.currency
-    intent_id = attempt.stripe_payment_intent_id
+    plan = plan_charge(attempt, customer=customer, payment_method=payment_method)
     checkpoint()
-
-    def write() -> PaymentAttempt:
-        begin_locked_write(session)
-        locked = lock_attempt(session, attempt_id)
-        assert locked is not None
-        return locked
-
-    if intent_id is None:
-        try:
-            created = _with_retry(
-                lambda: gw.create_payment_intent(
-                    amount_minor=amount,
-                    currency=currency,
-                    customer=customer,
-                    payment_method=payment_method,
-                    metadata={"attempt": public},
-                    idempotency_key=f"{key}:create",
-                )
-            )
-        except GatewayRejected as refused:
-            # NOTE: Stripe refused to create the intent (e.g. the card no longer exists there):
-            # nothing was created, so nothing can be charged; the invoice is free again.
-            locked = write()
-            end_attempt(
-                session,
-                locked,
-                AttemptStatus.FAILED,
-                code="refused",
-                message="This card cannot be used any more. Please pay with a new card.",
-            )
-            checkpoint()
-            raise PaymentFailed(refused.message) from refused
-        except GatewayUnavailable:
-            locked = write()
-            _set_status(locked, AttemptStatus.UNKNOWN)
-            session.flush()
-            checkpoint()
-            raise
-        intent_id = created.id
-        locked = write()
-        locked.stripe_payment_intent_id = intent_id
-        session.flush()
-        checkpoint()
-    try:
-        confirmed_id = intent_id
-        intent = _with_retry(
-            lambda: gw.confirm_payment_intent(confirmed_id, idempotency_key=f"{key}:confirm")
-        )
-    except (GatewayUnavailable, GatewayRejected):
-        # NOTE: no answer, or a refusal we cannot explain: the charge may have happened.
-        # "unknown" (never "failed"); reconcile asks Stripe and settles it.
-        locked = write()
-        _set_status(locked, AttemptStatus.UNKNOWN)
-        session.flush()
-        checkpoint()
-        raise
-    except PaymentFailed as declined:
-        seen: Intent | None = None
-        if intent_id:
-            try:
-                seen = gw.retrieve_payment_intent(intent_id)
-            except (GatewayUnavailable, GatewayRejected):
-                seen = None
-        locked = write()
-        end_attempt(
-            session,
-            locked,
-            AttemptStatus.FAILED,
-            code=seen.failure_code if seen and seen.failure_code else "card_declined",
-            message=declined.message,
-        )
-        checkpoint()
-        raise
-    locked = write()
-    apply_intent(session, locked, intent)
+    outcome = charge_at_stripe(gw, plan)
+    begin_locked_write(session)
+    locked = lock_attempt(session, plan.attempt_id)
+    if locked is None:
+        raise NotFound("We could not find that payment.")
+    record_charge(session, locked, outcome)
     checkpoint()
-    return intent
+    if outcome.kind == "declined":
+        raise PaymentFailed(outcome.message)
+    if outcome.kind == "refused":
+        raise PaymentFailed(outcome.message)
+    if outcome.kind == "unknown":
+        raise GatewayUnavailable()
+    return outcome.intent
 
 
 def _with_retry(call: Callable[[], Intent], attempts: int = 2) -> Intent:
@@ -288,16 +385,38 @@ def _with_retry(call: Callable[[], Intent], attempts: int = 2) -> Intent:
     for n in range(attempts):
         try:
             return call()
+        except BudgetSpent:
+            raise
         except GatewayUnavailable:
             if n == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _set_status(attempt: PaymentAttempt, status: AttemptStatus) -> None:
-    if attempt.status in ENDED:
+def _set_status(
+    session: Session, attempt: PaymentAttempt, status: AttemptStatus, actor: Actor = SYSTEM
+) -> None:
+    if attempt.status in ENDED or attempt.status == status.value:
         return  # NOTE: an ended attempt never moves again (monotonic).
+    before = attempt.status
     attempt.status = status.value
+    _audit_status(session, attempt, before, actor)
+
+
+def _audit_status(session: Session, attempt: PaymentAttempt, before: str, actor: Actor) -> None:
+    actor.record(
+        session,
+        "payment_attempt.status_changed",
+        account_id=attempt.account_id,
+        target_type="payment_attempt",
+        target_id=attempt.public_id,
+        before={"status": before},
+        after={
+            "status": attempt.status,
+            "amount_minor": attempt.amount_minor,
+            "failure_code": attempt.failure_code or None,
+        },
+    )
 
 
 def end_attempt(
@@ -307,13 +426,16 @@ def end_attempt(
     *,
     code: str = "",
     message: str = "",
+    actor: Actor = SYSTEM,
 ) -> None:
     """Finish an attempt: its invoices are free for a new attempt."""
     if attempt.status in ENDED:
         return
+    before = attempt.status
     attempt.status = status.value
     attempt.failure_code = code[:64]
     attempt.failure_message = message[:500]
+    _audit_status(session, attempt, before, actor)
     session.execute(
         update(PaymentAttemptItem)
         .where(PaymentAttemptItem.attempt_id == attempt.id)
@@ -322,14 +444,16 @@ def end_attempt(
     session.flush()
 
 
-def apply_intent(session: Session, attempt: PaymentAttempt, intent: Intent) -> Payment | None:
+def apply_intent(
+    session: Session, attempt: PaymentAttempt, intent: Intent, actor: Actor = STRIPE
+) -> Payment | None:
     """Bring the attempt to what Stripe says about its PaymentIntent. Idempotent, any order."""
     if intent.status == "succeeded":
-        return fulfil_payment(session, attempt, intent)
+        return fulfil_payment(session, attempt, intent, actor)
     if attempt.status in ENDED:
         return None
     if intent.status == "canceled":
-        end_attempt(session, attempt, AttemptStatus.CANCELED)
+        end_attempt(session, attempt, AttemptStatus.CANCELED, actor=actor)
     elif intent.status == "requires_payment_method" and (
         intent.failure_code or attempt.status != AttemptStatus.CREATED
     ):
@@ -342,18 +466,21 @@ def apply_intent(session: Session, attempt: PaymentAttempt, intent: Intent) -> P
             AttemptStatus.FAILED,
             code=intent.failure_code or "card_declined",
             message=decline_words(intent.failure_code, intent.failure_message),
+            actor=actor,
         )
     elif intent.status in _FROM_STRIPE:
-        _set_status(attempt, _FROM_STRIPE[intent.status])
+        _set_status(session, attempt, _FROM_STRIPE[intent.status], actor)
     session.flush()
     return None
 
 
-def fulfil_payment(session: Session, attempt: PaymentAttempt, intent: Intent) -> Payment:
+def fulfil_payment(
+    session: Session, attempt: PaymentAttempt, intent: Intent, actor: Actor = STRIPE
+) -> Payment:
     """Record the payment of a succeeded PaymentIntent once (unique on the intent id)."""
     existing = session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == intent.id))
     if existing is not None:
-        end_attempt(session, attempt, AttemptStatus.SUCCEEDED)
+        end_attempt(session, attempt, AttemptStatus.SUCCEEDED, actor=actor)
         return existing
     account = session.get(Account, attempt.account_id)
     assert account is not None
@@ -388,7 +515,7 @@ def fulfil_payment(session: Session, attempt: PaymentAttempt, intent: Intent) ->
                 stripe_payment_intent_id=intent.id,
                 stripe_charge_id=intent.latest_charge,
                 attempt_id=attempt.id,
-                actor=Actor(kind="stripe"),
+                actor=actor,
             )
     except IntegrityError:
         # NOTE: another worker recorded it between our check and our insert; theirs stands.
@@ -397,9 +524,9 @@ def fulfil_payment(session: Session, attempt: PaymentAttempt, intent: Intent) ->
         )
         if existing is None:
             raise
-        end_attempt(session, attempt, AttemptStatus.SUCCEEDED)
+        end_attempt(session, attempt, AttemptStatus.SUCCEEDED, actor=actor)
         return existing
-    end_attempt(session, attempt, AttemptStatus.SUCCEEDED)
+    end_attempt(session, attempt, AttemptStatus.SUCCEEDED, actor=actor)
     queue_email(
         session,
         to=account.billing_email,
@@ -457,15 +584,11 @@ def live_attempts_by_invoice(
     return {invoice_id: attempt for invoice_id, attempt in rows}
 
 
-def live_statuses() -> tuple[str, ...]:
-    return LIVE_ATTEMPT_STATUSES
-
-
 # -- saved cards ---------------------------------------------------------------------------------
 
 
 def save_card(
-    session: Session, account: Account, card: Card, *, keep: bool = True
+    session: Session, account: Account, card: Card, *, keep: bool = True, actor: Actor = SYSTEM
 ) -> PaymentMethod:
     """Insert or refresh our copy of a card (brand, last 4, expiry only); the first is default.
 
@@ -497,7 +620,9 @@ def save_card(
             exp_year=card.exp_year,
         )
         session.add(row)
+        before = None
     else:
+        before = _card_state(row)
         row.brand, row.last4 = card.brand[:32], card.last4
         row.exp_month, row.exp_year = card.exp_month, card.exp_year
     if not keep:
@@ -507,27 +632,67 @@ def save_card(
         row.is_default = False
         row.detached_at = row.detached_at or clock.now()
     session.flush()
+    after = _card_state(row)
+    if before != after:
+        action = "payment_method.added" if before is None else "payment_method.updated"
+        _audit_card(session, row, action, actor, before, after)
     return row
 
 
-def release_unsaved_card(session: Session, attempt: PaymentAttempt, gw: Gateway) -> bool:
-    """Detach at Stripe the one-payment card of an ended attempt; True when Stripe was asked.
+def _card_state(row: PaymentMethod) -> dict[str, object]:
+    return {
+        "brand": row.brand,
+        "last4": row.last4,
+        "exp": f"{row.exp_month:02d}/{row.exp_year}",
+        "default": bool(row.is_default),
+        "saved": row.detached_at is None,
+    }
 
-    The caller commits first: Stripe is called outside any transaction.
-    """
+
+def _audit_card(
+    session: Session,
+    row: PaymentMethod,
+    action: str,
+    actor: Actor,
+    before: dict[str, object] | None,
+    after: dict[str, object] | None,
+) -> None:
+    actor.record(
+        session,
+        action,
+        account_id=row.account_id,
+        target_type="payment_method",
+        target_id=row.public_id,
+        before=before,
+        after=after,
+    )
+
+
+def unsaved_card_to_release(session: Session, attempt: PaymentAttempt) -> str | None:
+    """The Stripe id of the one-payment card of an ended attempt, to detach at Stripe once the
+    request has committed (`release_card_at_stripe`); None when there is nothing to release."""
     if attempt.status not in ENDED or attempt.payment_method_id is None:
-        return False
+        return None
     method = session.get(PaymentMethod, attempt.payment_method_id)
     if method is None or method.detached_at is None:
-        return False
-    # NOTE: a card removed by the customer is already detached; Stripe then refuses, harmlessly.
-    found = gw.find_payment_method(method.stripe_payment_method_id)
-    if found is None or found.customer is None:
-        return False
+        return None
+    return method.stripe_payment_method_id
+
+
+def release_card_at_stripe(gw: Gateway, stripe_payment_method_id: str) -> bool:
+    """Detach a card at Stripe that our database no longer offers; True when Stripe was asked.
+    Network only (run after the commit): a failure leaves it attached there but unusable
+    through the portal, which never charges a card it holds as detached."""
     try:
-        gw.detach_payment_method(method.stripe_payment_method_id)
+        found = gw.find_payment_method(stripe_payment_method_id)
+        if found is None or found.customer is None:
+            return False
+        gw.detach_payment_method(stripe_payment_method_id)
     except GatewayRejected:
-        log.info("card %s was already detached at Stripe", method.public_id)
+        # NOTE: a card removed by the customer is already detached; Stripe then refuses.
+        log.info("card %s was already detached at Stripe", stripe_payment_method_id)
+    except GatewayUnavailable:
+        log.warning("could not detach card %s at Stripe; it stays unused", stripe_payment_method_id)
     return True
 
 
@@ -555,7 +720,19 @@ def card_of(session: Session, account: Account, public_id: str) -> PaymentMethod
     return row
 
 
-def make_default(session: Session, account: Account, card: PaymentMethod) -> None:
+def make_default(
+    session: Session, account: Account, card: PaymentMethod, actor: Actor = SYSTEM
+) -> None:
+    """Make one of the account's attached cards its default (the one autopay charges)."""
+    if card.is_default:
+        return
+    previous = session.scalars(
+        select(PaymentMethod).where(
+            PaymentMethod.account_id == account.id,
+            PaymentMethod.is_default,
+            PaymentMethod.id != card.id,
+        )
+    ).all()
     session.execute(
         update(PaymentMethod)
         .where(PaymentMethod.account_id == account.id, PaymentMethod.is_default)
@@ -564,6 +741,14 @@ def make_default(session: Session, account: Account, card: PaymentMethod) -> Non
     session.flush()
     card.is_default = True
     session.flush()
+    _audit_card(
+        session,
+        card,
+        "payment_method.made_default",
+        actor,
+        {"default_was": [row.public_id for row in previous]},
+        {"default": card.public_id},
+    )
 
 
 def autopay_needs_a_card(session: Session, account: Account) -> bool:
@@ -581,23 +766,86 @@ def autopay_needs_a_card(session: Session, account: Account) -> bool:
     )
 
 
-def remove_card(session: Session, account: Account, card: PaymentMethod, gw: Gateway) -> None:
-    """Detach a card (ownership already checked); never the last one while autopay needs it."""
-    cards = active_cards(session, account)
-    if len(cards) == 1 and autopay_needs_a_card(session, account):
-        raise Conflict(
-            "This is your only card and a subscription is paid automatically with it. "
-            "Add another card first."
+def remove_card(
+    session: Session, account: Account, card_public_id: str, actor: Actor = SYSTEM
+) -> str:
+    """Stop offering a card (ownership checked here, under the cards' lock); never the last one
+    while a subscription auto-pays with it. Returns its Stripe id, to detach at Stripe once
+    this has committed (`release_card_at_stripe`)."""
+    cards = list(
+        session.scalars(
+            select(PaymentMethod)
+            .where(PaymentMethod.account_id == account.id, PaymentMethod.detached_at.is_(None))
+            .order_by(PaymentMethod.is_default.desc(), PaymentMethod.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
-    try:
-        gw.detach_payment_method(card.stripe_payment_method_id)
-    except GatewayRejected:
-        log.info("card %s was already detached at Stripe", card.public_id)
+    )
+    card = next((c for c in cards if c.public_id == card_public_id), None)
+    if card is None:
+        raise NotFound(_("We could not find that card."))
+    if len(cards) == 1 and autopay_needs_a_card(session, account):
+        raise Conflict(only_card_message())
+    before = _card_state(card)
     was_default = card.is_default
     card.detached_at = clock.now()
     card.is_default = False
     session.flush()
+    _audit_card(session, card, "payment_method.removed", actor, before, _card_state(card))
     if was_default:
         rest = [c for c in cards if c.id != card.id]
         if rest:
-            make_default(session, account, rest[0])
+            make_default(session, account, rest[0], actor)
+    return card.stripe_payment_method_id
+
+
+def only_card_message() -> str:
+    """Why the last card cannot go while autopay needs it."""
+    return _(
+        "This is your only card and a subscription is paid automatically with it. "
+        "Add another card first."
+    )
+
+
+def verify_new_card(gw: Gateway, *, customer: str | None, setup_intent_id: str) -> Card:
+    """The card a SetupIntent just saved, checked to belong to `customer`. Network only.
+
+    NOTE: ownership in our terms first: the SetupIntent must be this account's customer's.
+    """
+    intent = gw.find_setup_intent(setup_intent_id[:255])
+    if intent is None or not customer or intent.customer != customer:
+        raise NotFound(_("We could not find that card."))
+    if intent.status != "succeeded" or not intent.payment_method:
+        raise PaymentFailed(_("The card could not be verified. Please try again."))
+    details = gw.retrieve_payment_method(intent.payment_method)
+    if details.customer is None:
+        # NOTE: real Stripe attaches it with the SetupIntent; localstripe does not.
+        details = gw.attach_payment_method(
+            details.id, customer=customer, idempotency_key=f"attach_{details.id}"
+        )
+    return details
+
+
+def payment_of_attempt(session: Session, attempt_id: int) -> Payment | None:
+    """The payment an attempt recorded (its receipt), if it succeeded."""
+    return session.scalar(select(Payment).where(Payment.attempt_id == attempt_id).limit(1))
+
+
+def forget_card(session: Session, row: PaymentMethod, actor: Actor = SYSTEM) -> None:
+    """Our copy of a card that Stripe says is detached stops being offered."""
+    before = _card_state(row)
+    was_default = row.is_default
+    row.detached_at = clock.now()
+    row.is_default = False
+    session.flush()
+    _audit_card(session, row, "payment_method.removed", actor, before, _card_state(row))
+    if was_default:
+        rest = session.scalars(
+            select(PaymentMethod)
+            .where(PaymentMethod.account_id == row.account_id, PaymentMethod.detached_at.is_(None))
+            .order_by(PaymentMethod.id)
+            .limit(1)
+        ).first()
+        account = session.get(Account, row.account_id)
+        if rest is not None and account is not None:
+            make_default(session, account, rest, actor)

@@ -140,8 +140,13 @@ def new_card(localstripe: str, number: str = SUCCESS) -> str:
 def customer_with_card(
     session: Session, gw: Gateway, localstripe: str, account: Account, number: str = SUCCESS
 ) -> PaymentMethod:
-    """A Stripe customer for the account with one saved, attached card."""
-    services.ensure_customer(session, account, gw, session.flush)
+    """A Stripe customer for the account with one saved, attached card.
+
+    The setup so far is committed first (in the test session that ends a savepoint; the
+    outer rollback still undoes it): ensure_customer begins its own write.
+    """
+    session.commit()
+    services.ensure_customer(session, account, gw, session.commit)
     method = new_card(localstripe, number)
     card = gw.attach_payment_method(
         method, customer=account.stripe_customer_id or "", idempotency_key=f"attach_{method}"
