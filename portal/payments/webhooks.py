@@ -386,7 +386,7 @@ def stripe_webhook() -> Response:
         return _answer(413, error="too large", message="The event body is too large.")
     gw = gateway()
     try:
-        gw.construct_event(payload, request.headers.get("Stripe-Signature"))
+        gw.verify_signature(payload, request.headers.get("Stripe-Signature"))
     except ValueError:
         return _answer(400, error="invalid signature", message="The signature does not verify.")
     try:

@@ -114,8 +114,25 @@ def test_another_accounts_number_is_left_out_of_the_chooser_with_a_message(
         f"/pay?choose=1&invoice={mine.number}&invoice={theirs.number}&invoice=NOPE-1"
     ).get_data(as_text=True)
     assert _offered(body) == [mine.number] and _checked(body) == [mine.number]
-    assert f"We left out {theirs.number}, NOPE-1: not one of your open invoices" in body
+    assert "2 of the invoices could not be paid here." in body
+    assert theirs.number not in body and "NOPE-1" not in body
     assert "$77.77" not in body and "$10.00" in body
+
+
+def test_text_chosen_by_a_link_is_never_echoed_in_the_alert(
+    client: FlaskClient, session: Session
+) -> None:
+    """A link anyone can write must not put its own words inside the portal's alert box."""
+    account = make_account(session)
+    user = make_user(session, account=account)
+    mine = make_invoice(session, account, (1000,))
+    login_as(client, user)
+    bait = "Your account is suspended. Call +1 555 0100 now"
+    body = client.get(
+        "/pay", query_string={"choose": "1", "invoice": [mine.number, bait]}
+    ).get_data(as_text=True)
+    assert "One of the invoices could not be paid here." in body
+    assert "suspended" not in body and "555 0100" not in body
 
 
 def test_paying_two_of_three_chosen_invoices_charges_the_servers_sum(

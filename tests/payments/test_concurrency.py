@@ -164,7 +164,9 @@ def test_interleaved_requests_with_the_guards_charge_once(
 
 
 def _remove_guards(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No row lock, no BEGIN IMMEDIATE, no partial unique index."""
+    """No row lock, no BEGIN IMMEDIATE (neither the request's nor a service's), no partial
+    unique index."""
+    from portal import db as unit_of_work
 
     def no_lock(session, account, numbers):  # type: ignore[no-untyped-def]
         return list(
@@ -174,7 +176,8 @@ def _remove_guards(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
     monkeypatch.setattr(services, "lock_invoices", no_lock)
-    monkeypatch.setattr(services, "begin_locked_write", lambda session: session.commit())
+    monkeypatch.setattr(services, "begin_locked_write", lambda session: None)
+    monkeypatch.setattr(unit_of_work, "_in_write_request", lambda: False)
     with app.app_context():
         db.session.execute(sa.text("DROP INDEX uq_payment_attempt_items_live_invoice"))
         db.session.commit()

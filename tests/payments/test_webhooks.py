@@ -14,6 +14,7 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from portal.audit.models import AuditEvent
 from portal.billing.models import Invoice, InvoiceStatus, LedgerEntry
 from portal.extensions import db
 from portal.notifications.models import OutboxEmail
@@ -158,20 +159,137 @@ def test_bad_signatures_are_refused_and_write_nothing(
     assert _counts(session, account.id) == (0, 0, 0)
 
 
-def test_an_unknown_object_answers_500_so_stripe_retries(
+def test_an_object_stripe_knows_but_we_cannot_place_answers_500_so_stripe_retries(
     stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str
 ) -> None:
-    _account, _invoice, _attempt, _intent_id = _charged_behind_our_back(
-        session, gateway_for(proxy.url), localstripe
+    gw = gateway_for(proxy.url)
+    _account, _invoice, _attempt, _intent_id = _charged_behind_our_back(session, gw, localstripe)
+    # A real charge at Stripe that is none of our payments.
+    stranger, _user, _inv, card = seed_payer(session, gw, localstripe)
+    intent = gw.create_payment_intent(
+        amount_minor=900,
+        currency="USD",
+        customer=stranger.stripe_customer_id,
+        payment_method=card.stripe_payment_method_id,
+        metadata={},
+        idempotency_key="stranger:create",
     )
+    charged = gw.confirm_payment_intent(intent.id, idempotency_key="stranger:confirm")
+    client = stripe_app.test_client()
+    body = event_body("charge.refunded", {"id": charged.latest_charge, "amount_refunded": 100})
+    before = session.scalar(select(func.count()).select_from(StripeEvent))
+    assert _post(client, body, sign(body)).status_code == 500
+    # The inbox row went with the failed effect: the retry will be processed.
+    assert session.scalar(select(func.count()).select_from(StripeEvent)) == before
+
+
+def test_an_object_stripe_does_not_know_is_not_applied_but_kept_and_audited(
+    stripe_app: Flask, session: Session, proxy: FaultProxy
+) -> None:
     client = stripe_app.test_client()
     body = event_body(
         "charge.refunded",
         {"id": "ch_nobody", "payment_intent": "pi_nobody", "amount_refunded": 100},
     )
+    response = _post(client, body, sign(body))
+    assert response.status_code == 200 and response.json["outcome"] == "not_at_stripe"
+    event_id = json.loads(body)["id"]
+    stored = session.scalar(select(StripeEvent).where(StripeEvent.stripe_event_id == event_id))
+    assert stored is not None and stored.status == "failed"
+    audited = session.scalar(
+        select(AuditEvent).where(
+            AuditEvent.action == "stripe.event_not_applied", AuditEvent.target_id == event_id
+        )
+    )
+    assert audited is not None and "ch_nobody" in json.dumps(audited.after)
+
+
+def test_a_forged_refund_signed_with_our_secret_changes_nothing(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str
+) -> None:
+    """Finding 2: a signed charge.refunded for 75.00 that Stripe never refunded."""
+    account, _invoice, _attempt, intent_id = _charged_behind_our_back(
+        session, gateway_for(proxy.url), localstripe
+    )
+    client = stripe_app.test_client()
+    body = event_body("payment_intent.succeeded", {"id": intent_id, "object": "payment_intent"})
+    _post(client, body, sign(body))
+    payment = session.scalar(select(Payment).where(Payment.account_id == account.id))
+    forged = event_body(
+        "charge.refunded",
+        {
+            "id": payment.stripe_charge_id,
+            "payment_intent": intent_id,
+            "amount_refunded": 7500,
+            "refunded": True,
+        },
+    )
+    assert _post(client, forged, sign(forged)).status_code == 200
+    session.expire_all()
+    assert session.get(Payment, payment.id).amount_refunded_minor == 0
+    assert not session.scalar(
+        select(func.count())
+        .select_from(LedgerEntry)
+        .where(LedgerEntry.account_id == account.id, LedgerEntry.kind == "refund")
+    )
+
+
+def test_a_forged_detach_of_an_attached_card_changes_nothing(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str
+) -> None:
+    """Finding 2: a signed payment_method.detached removed a card Stripe still holds."""
+    _account, _user, _invoice, card = seed_payer(session, gateway_for(proxy.url), localstripe)
+    client = stripe_app.test_client()
+    forged = event_body(
+        "payment_method.detached",
+        {"id": card.stripe_payment_method_id, "object": "payment_method", "customer": None},
+    )
+    response = _post(client, forged, sign(forged))
+    assert response.status_code == 200
+    session.expire_all()
+    assert card.detached_at is None and card.is_default
+    assert session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(AuditEvent.action == "stripe.event_not_applied")
+    )
+
+
+def test_a_real_detach_at_stripe_is_applied(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str
+) -> None:
+    gw = gateway_for(proxy.url)
+    _account, _user, _invoice, card = seed_payer(session, gw, localstripe)
+    gw.detach_payment_method(card.stripe_payment_method_id)
+    body = event_body(
+        "payment_method.detached", {"id": card.stripe_payment_method_id, "customer": None}
+    )
+    assert _post(stripe_app.test_client(), body, sign(body)).status_code == 200
+    session.expire_all()
+    assert card.detached_at is not None and not card.is_default
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'[{"id": "evt_1"}]',
+        b"null",
+        b'"text"',
+        b"{}",
+        b'{"id": 5, "type": "charge.refunded", "data": {"object": {"id": "ch_1"}}}',
+        b'{"id": "evt_1", "type": "charge.refunded", "data": []}',
+        b'{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"id": 7}}}',
+        b"\xff\xfe not json",
+    ],
+)
+def test_a_signed_but_malformed_body_answers_400_with_words(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, body: bytes
+) -> None:
     before = session.scalar(select(func.count()).select_from(StripeEvent))
-    assert _post(client, body, sign(body)).status_code == 500
-    # The inbox row went with the failed effect: the retry will be processed.
+    response = _post(stripe_app.test_client(), body, sign(body))
+    assert response.status_code == 400
+    assert response.json["message"]
     assert session.scalar(select(func.count()).select_from(StripeEvent)) == before
 
 
@@ -187,14 +305,16 @@ def test_unhandled_event_types_are_kept_as_ignored(
 def test_charge_refunded_is_applied_once_whatever_the_order(
     stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str
 ) -> None:
-    account, _invoice, _attempt, intent_id = _charged_behind_our_back(
-        session, gateway_for(proxy.url), localstripe
-    )
+    gw = gateway_for(proxy.url)
+    account, _invoice, _attempt, intent_id = _charged_behind_our_back(session, gw, localstripe)
     client = stripe_app.test_client()
     body = event_body("payment_intent.succeeded", {"id": intent_id, "object": "payment_intent"})
     _post(client, body, sign(body))
     payment = session.scalar(select(Payment).where(Payment.account_id == account.id))
+    gw.create_refund(payment_intent=intent_id, amount_minor=1000, idempotency_key="refund-1")
+    gw.create_refund(payment_intent=intent_id, amount_minor=2000, idempotency_key="refund-2")
     charge = {"id": payment.stripe_charge_id, "payment_intent": intent_id}
+    # The events' own figures are ignored: Stripe's charge says 3000 was refunded.
     later = event_body("charge.refunded", {**charge, "amount_refunded": 3000})
     earlier = event_body("charge.refunded", {**charge, "amount_refunded": 1000})
     for event in (later, earlier, later):
@@ -207,6 +327,16 @@ def test_charge_refunded_is_applied_once_whatever_the_order(
         )
     )
     assert refunds == 3000
+    assert (
+        session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.action == "refund.recorded", AuditEvent.target_id == payment.public_id
+            )
+        )
+        == 1
+    )
 
 
 def test_one_event_delivered_20_times_at_once_records_one_payment(
