@@ -37,6 +37,8 @@ def test_pay_with_saved_card_records_one_payment_and_a_receipt(
     assert invoice.status == InvoiceStatus.PAID
     payments = session.scalars(select(Payment).where(Payment.account_id == account.id)).all()
     assert len(payments) == 1 and payments[0].amount_minor == 5000
+    # "Payment received" links to its receipt.
+    assert f'href="/payments/{payments[0].public_id}"' in status.get_data(as_text=True)
     assert payments[0].stripe_payment_intent_id.startswith("pi_")
     assert (
         session.scalar(

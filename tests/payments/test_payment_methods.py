@@ -37,6 +37,8 @@ def test_add_make_default_and_remove_cards(
         assert response.status_code == 303
     page = client.get("/payment-methods").get_data(as_text=True)
     assert "ending in 4242" in page and "ending in 3184" in page
+    assert "Card ending in 3184 saved." in page  # the flash of the last add
+    assert "Adding a card needs JavaScript" in page  # said before the button, for no-JS
     cards = session.scalars(
         select(PaymentMethod)
         .where(PaymentMethod.account_id == account.id)
@@ -44,9 +46,13 @@ def test_add_make_default_and_remove_cards(
     ).all()
     assert [c.is_default for c in cards] == [True, False]
     assert client.post(f"/payment-methods/{cards[1].public_id}/default").status_code == 303
+    assert "Card ending in 3184 is now your default card." in client.get(
+        "/payment-methods"
+    ).get_data(as_text=True)
     session.expire_all()
     assert [c.is_default for c in cards] == [False, True]
     assert client.post(f"/payment-methods/{cards[1].public_id}/remove").status_code == 303
+    assert "Card ending in 3184 removed." in client.get("/payment-methods").get_data(as_text=True)
     session.expire_all()
     assert cards[1].detached_at is not None
     assert cards[0].is_default  # the remaining card becomes the default

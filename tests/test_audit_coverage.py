@@ -1,0 +1,321 @@
+"""Every state change writes an audit event: a harness over every state-changing route in
+`app.url_map` (all non-GET rules) and the payment services that change state.
+
+Each non-GET endpoint is in exactly one of: SCENARIOS (a real request that changes state, after
+which at least one new audit event must exist), SKIPPED (with the reason it changes nothing
+worth auditing), or KNOWN_GAPS (owned by another feature whose audit events are not merged
+yet: run, and expected to fail until they are). A new route in none of them fails the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.audit.models import AuditEvent
+from portal.payments import services
+from portal.payments.gateway import Card
+from portal.payments.models import PaymentAttempt, PaymentMethod
+from tests.conftest import login_as
+from tests.factories import make_account, make_invoice, make_user
+from tests.payments.conftest import (
+    THREE_DS,
+    confirm_setup,
+    event_body,
+    gateway_for,
+    seed_payer,
+    sign,
+)
+from tests.payments.conftest import localstripe as _localstripe_fixture  # noqa: F401
+from tests.payments.conftest import proxy as _proxy_fixture  # noqa: F401
+from tests.payments.conftest import stripe_app as _stripe_app_fixture  # noqa: F401
+from tests.payments.fault_proxy import FaultProxy
+
+Scenario = Callable[[FlaskClient, Session, dict[str, Any]], Any]
+
+
+def _count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+
+
+def _customer(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+    account, user, invoice, card = seed_payer(
+        session,
+        gateway_for(ctx["proxy"].url),
+        ctx["localstripe"],
+        number=ctx.get("number", "") or "4242424242424242",
+    )
+    login_as(client, user)
+    ctx.update(account=account, user=user, invoice=invoice, card=card)
+    return account
+
+
+def _pay(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+    return client.post(
+        f"/invoices/{ctx['invoice'].number}/pay", data={"payment_method": ctx["card"].public_id}
+    )
+
+
+def _pay_balance(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+    return client.post("/pay", data={"scope": "balance", "payment_method": ctx["card"].public_id})
+
+
+def _three_ds_attempt(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> str:
+    ctx["number"] = THREE_DS
+    _customer(client, session, ctx)
+    _pay(client, session, ctx)
+    attempt = session.scalar(
+        select(PaymentAttempt).where(PaymentAttempt.account_id == ctx["account"].id)
+    )
+    assert attempt is not None and attempt.status == "requires_action"
+    return attempt.public_id
+
+
+def _authenticated(ctx: dict[str, Any], session: Session, public_id: str) -> None:
+    import requests
+
+    attempt = session.scalar(select(PaymentAttempt).where(PaymentAttempt.public_id == public_id))
+    assert attempt is not None and attempt.stripe_payment_intent_id
+    secret = (
+        gateway_for(ctx["proxy"].url)
+        .retrieve_payment_intent(attempt.stripe_payment_intent_id)
+        .client_secret
+    )
+    requests.post(
+        f"{ctx['localstripe']}/v1/payment_intents/{attempt.stripe_payment_intent_id}/_authenticate",
+        params={"success": "true"},
+        json={"key": "pk_test_portal", "client_secret": secret},
+        timeout=10,
+    ).raise_for_status()
+
+
+# Each scenario: (set-up, the request under test). Events written by the set-up don't count.
+SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
+    "checkout.pay_invoice_post": (_customer, _pay),
+    "checkout.pay_balance_post": (_customer, _pay_balance),
+    "checkout.attempt_refresh": (
+        lambda c, s, ctx: (
+            ctx.update(attempt=_three_ds_attempt(c, s, ctx))
+            or _authenticated(ctx, s, ctx["attempt"])
+        ),
+        lambda c, s, ctx: c.post(f"/pay/attempts/{ctx['attempt']}/refresh"),
+    ),
+    "checkout.attempt_cancel": (
+        lambda c, s, ctx: ctx.update(attempt=_three_ds_attempt(c, s, ctx)),
+        lambda c, s, ctx: c.post(f"/pay/attempts/{ctx['attempt']}/cancel"),
+    ),
+    "checkout.setup_card": (
+        lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+        lambda c, s, ctx: c.post("/payment-methods/setup"),
+    ),
+    "checkout.add_card": (
+        lambda c, s, ctx: (
+            login_as(c, make_user(s, account=make_account(s))),
+            ctx.update(
+                setup=confirm_setup(
+                    ctx["localstripe"], c.post("/payment-methods/setup").json["client_secret"]
+                )
+            ),
+        ),
+        lambda c, s, ctx: c.post("/payment-methods", data={"setup_intent": ctx["setup"]}),
+    ),
+    "checkout.default_card": (
+        lambda c, s, ctx: (
+            _customer(c, s, ctx),
+            ctx.update(
+                second=services.save_card(
+                    s, ctx["account"], Card("pm_audit_second", None, "visa", "1881", 1, 2031)
+                )
+            ),
+        ),
+        lambda c, s, ctx: c.post(f"/payment-methods/{ctx['second'].public_id}/default"),
+    ),
+    "checkout.remove_card": (
+        _customer,
+        lambda c, s, ctx: c.post(f"/payment-methods/{ctx['card'].public_id}/remove"),
+    ),
+    "auth.consume": (
+        lambda c, s, ctx: ctx.update(user=make_user(s, account=make_account(s))),
+        lambda c, s, ctx: login_as(c, ctx["user"]),
+    ),
+    "auth.logout": (
+        lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+        lambda c, s, ctx: c.post("/logout"),
+    ),
+    "accounts.sign_out_everywhere": (
+        lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+        lambda c, s, ctx: c.post("/account/sign-out-everywhere"),
+    ),
+    "checkout.stripe_webhook": (
+        lambda c, s, ctx: ctx.update(body=event_body("charge.refunded", {"id": "ch_forged"})),
+        lambda c, s, ctx: c.post(
+            "/webhooks/stripe",
+            data=ctx["body"],
+            headers={"Stripe-Signature": sign(ctx["body"]), "Content-Type": "application/json"},
+        ),
+    ),
+}
+
+SKIPPED: dict[str, str] = {}
+
+# NOTE: routes of other features whose audit events are not on main yet (their owners' branches
+# add them): each still runs, as an expected failure, and turns into a pass once merged.
+KNOWN_GAPS: dict[str, tuple[str, tuple[Scenario, Scenario]]] = {
+    "auth.login": (
+        "auth: asking for a sign-in link writes no audit event yet",
+        (
+            lambda c, s, ctx: ctx.update(user=make_user(s, account=make_account(s))),
+            lambda c, s, ctx: c.post("/login", data={"email": ctx["user"].email}),
+        ),
+    ),
+    "accounts.end_session": (
+        "auth/accounts: ending one session writes no audit event yet",
+        (
+            lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+            lambda c, s, ctx: c.post("/account/sessions/unknown/sign-out"),
+        ),
+    ),
+    "accounts.details": (
+        "input/accounts: changing billing details is not checked by this harness yet",
+        (
+            lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+            lambda c, s, ctx: c.post(
+                "/account",
+                data={
+                    "name": "Audited Ltd",
+                    "billing_email": "audited@example.com",
+                    "address_line1": "1 Road",
+                    "city": "Town",
+                    "postal_code": "12345",
+                    "country": "US",
+                    "language": "en",
+                },
+            ),
+        ),
+    ),
+    "staff.totp_setup": (
+        "auth/staff: enrolling a second factor is not checked by this harness yet",
+        (
+            lambda c, s, ctx: None,
+            lambda c, s, ctx: c.post("/staff/two-factor/setup"),
+        ),
+    ),
+    "staff.totp_verify": (
+        "auth/staff: passing the second factor is not checked by this harness yet",
+        (
+            lambda c, s, ctx: None,
+            lambda c, s, ctx: c.post("/staff/two-factor"),
+        ),
+    ),
+}
+
+
+def _state_changing_endpoints(app: Flask) -> set[str]:
+    return {
+        rule.endpoint
+        for rule in app.url_map.iter_rules()
+        if (rule.methods or set()) - {"GET", "HEAD", "OPTIONS"}
+    }
+
+
+def test_every_state_changing_route_is_covered_skipped_or_a_known_gap(app: Flask) -> None:
+    listed = set(SCENARIOS) | set(SKIPPED) | set(KNOWN_GAPS)
+    unlisted = _state_changing_endpoints(app) - listed
+    assert not unlisted, f"state-changing routes with no audit check: {sorted(unlisted)}"
+    assert not (set(SCENARIOS) & set(KNOWN_GAPS)), "a route is both covered and a known gap"
+    gone = listed - _state_changing_endpoints(app)
+    assert not gone, f"listed routes that no longer exist: {sorted(gone)}"
+
+
+def _run(
+    stripe_app: Flask,
+    session: Session,
+    proxy: FaultProxy,
+    localstripe: str,
+    scenario: tuple[Scenario, Scenario],
+) -> None:
+    client = stripe_app.test_client()
+    ctx: dict[str, Any] = {"proxy": proxy, "localstripe": localstripe}
+    setup, act = scenario
+    setup(client, session, ctx)
+    session.commit()
+    before = _count(session)
+    response = act(client, session, ctx)
+    status = getattr(response, "status_code", 303)
+    assert status < 400, getattr(response, "get_data", lambda **_: "")(as_text=True)
+    session.expire_all()
+    assert _count(session) > before, "the request changed state but wrote no audit event"
+
+
+@pytest.mark.parametrize("endpoint", sorted(SCENARIOS))
+def test_a_state_changing_route_writes_an_audit_event(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str, endpoint: str
+) -> None:
+    _run(stripe_app, session, proxy, localstripe, SCENARIOS[endpoint])
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=False))
+        for name, (reason, _scenario) in sorted(KNOWN_GAPS.items())
+    ],
+)
+def test_known_gaps_of_other_features(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str, endpoint: str
+) -> None:
+    _run(stripe_app, session, proxy, localstripe, KNOWN_GAPS[endpoint][1])
+
+
+# -- the payment services that change state ------------------------------------------------------
+
+
+def _card(session: Session) -> tuple[Any, PaymentMethod]:
+    account = make_account(session)
+    account.stripe_customer_id = f"cus_audit_{account.id}"
+    row = services.save_card(
+        session, account, Card(f"pm_audit_{account.id}", None, "visa", "4242", 1, 2031)
+    )
+    return account, row
+
+
+SERVICE_CHANGES: dict[str, Callable[[Session], Any]] = {
+    "save_card": lambda s: _card(s),
+    "make_default": lambda s: (
+        lambda account, first: services.make_default(
+            s,
+            account,
+            services.save_card(
+                s, account, Card(f"pm_b_{account.id}", None, "visa", "1111", 1, 2031)
+            ),
+        )
+    )(*_card(s)),
+    "remove_card": lambda s: (lambda account, row: services.remove_card(s, account, row.public_id))(
+        *_card(s)
+    ),
+    "forget_card": lambda s: services.forget_card(s, _card(s)[1]),
+    "start_payment+record_charge": lambda s: _charge_outcome(s),
+}
+
+
+def _charge_outcome(session: Session) -> None:
+    account, row = _card(session)
+    invoice = make_invoice(session, account, (1200,))
+    started = services.start_payment(session, account, [invoice], payment_method=row)
+    services.record_charge(session, started.attempt, services.ChargeOutcome("unknown"))
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_CHANGES))
+def test_a_state_changing_payment_service_writes_an_audit_event(
+    session: Session, service: str
+) -> None:
+    before = _count(session)
+    SERVICE_CHANGES[service](session)
+    session.flush()
+    assert _count(session) > before
