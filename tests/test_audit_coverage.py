@@ -24,17 +24,19 @@ from portal.payments.gateway import Card
 from portal.payments.models import PaymentAttempt, PaymentMethod
 from tests.conftest import login_as
 from tests.factories import make_account, make_invoice, make_user
-from tests.payments.conftest import (
+
+# NOTE: the payment tests' fixtures (a localstripe, its fault proxy, the app pointed at it).
+from tests.payments.conftest import (  # noqa: F401
     THREE_DS,
     confirm_setup,
     event_body,
     gateway_for,
+    localstripe,
+    proxy,
     seed_payer,
     sign,
+    stripe_app,
 )
-from tests.payments.conftest import localstripe as _localstripe_fixture  # noqa: F401
-from tests.payments.conftest import proxy as _proxy_fixture  # noqa: F401
-from tests.payments.conftest import stripe_app as _stripe_app_fixture  # noqa: F401
 from tests.payments.fault_proxy import FaultProxy
 
 Scenario = Callable[[FlaskClient, Session, dict[str, Any]], Any]
@@ -138,7 +140,9 @@ SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
     ),
     "checkout.remove_card": (
         _customer,
-        lambda c, s, ctx: c.post(f"/payment-methods/{ctx['card'].public_id}/remove"),
+        lambda c, s, ctx: c.post(
+            f"/payment-methods/{ctx['card'].public_id}/remove", data={"confirm": "1"}
+        ),
     ),
     "auth.consume": (
         lambda c, s, ctx: ctx.update(user=make_user(s, account=make_account(s))),
@@ -234,12 +238,11 @@ def test_every_state_changing_route_is_covered_skipped_or_a_known_gap(app: Flask
 
 
 def _run(
-    stripe_app: Flask,
-    session: Session,
-    proxy: FaultProxy,
-    localstripe: str,
-    scenario: tuple[Scenario, Scenario],
+    request: pytest.FixtureRequest, session: Session, scenario: tuple[Scenario, Scenario]
 ) -> None:
+    stripe_app: Flask = request.getfixturevalue("stripe_app")
+    proxy: FaultProxy = request.getfixturevalue("proxy")
+    localstripe: str = request.getfixturevalue("localstripe")
     client = stripe_app.test_client()
     ctx: dict[str, Any] = {"proxy": proxy, "localstripe": localstripe}
     setup, act = scenario
@@ -255,9 +258,9 @@ def _run(
 
 @pytest.mark.parametrize("endpoint", sorted(SCENARIOS))
 def test_a_state_changing_route_writes_an_audit_event(
-    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str, endpoint: str
+    request: pytest.FixtureRequest, session: Session, endpoint: str
 ) -> None:
-    _run(stripe_app, session, proxy, localstripe, SCENARIOS[endpoint])
+    _run(request, session, SCENARIOS[endpoint])
 
 
 @pytest.mark.parametrize(
@@ -268,9 +271,9 @@ def test_a_state_changing_route_writes_an_audit_event(
     ],
 )
 def test_known_gaps_of_other_features(
-    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str, endpoint: str
+    request: pytest.FixtureRequest, session: Session, endpoint: str
 ) -> None:
-    _run(stripe_app, session, proxy, localstripe, KNOWN_GAPS[endpoint][1])
+    _run(request, session, KNOWN_GAPS[endpoint][1])
 
 
 # -- the payment services that change state ------------------------------------------------------

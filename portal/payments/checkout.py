@@ -26,7 +26,7 @@ from portal.audit.services import Actor
 from portal.auth.sessions import current_account, signed_in_user
 from portal.billing.models import Invoice
 from portal.db import after_commit, commit_before_network_call
-from portal.errors import NotFound, ValidationFailed
+from portal.errors import Conflict, NotFound, ValidationFailed
 from portal.extensions import db
 from portal.payments import services, webhooks
 from portal.payments.gateway import Card, GatewayRejected, GatewayUnavailable, gateway
@@ -366,19 +366,24 @@ def attempt_cancel(public_id: str) -> Response:
 # -- saved cards ---------------------------------------------------------------------------------
 
 
-@bp.get("/payment-methods")
-@login_required
-def payment_methods() -> Response:
-    account = current_account()
-    today = clock.today(account.timezone)
-    return render_page(
+def _methods_page(account: Any, *, error: str = "", status: int = 200) -> Response:
+    response = render_page(
         "payments/methods.html",
         account=account,
         cards=services.active_cards(db.session, account),
-        today=today,
+        today=clock.today(account.timezone),
         autopay=services.autopay_needs_a_card(db.session, account),
+        error=error,
         **_stripe_context(),
     )
+    response.status_code = status
+    return response
+
+
+@bp.get("/payment-methods")
+@login_required
+def payment_methods() -> Response:
+    return _methods_page(current_account())
 
 
 @bp.post("/payment-methods/setup")
@@ -450,12 +455,24 @@ def default_card(public_id: str) -> Response:
 @bp.post("/payment-methods/<public_id>/remove")
 @login_required
 def remove_card(public_id: str) -> Response:
+    """Remove a card, after a confirm step (a second POST with confirm=1, so it works without
+    JavaScript); a card that cannot go says why inside the payment methods page."""
     account = current_account()
     # NOTE: ownership is checked here, in our database, before Stripe hears of the id; Stripe
     # is asked to detach it only once our database stopped offering it (after the commit).
     card = services.card_of(db.session, account, public_id[:40])
+    if request.form.get("confirm") != "1":
+        return render_page(
+            "payments/remove_card.html",
+            account=account,
+            card=card,
+            blocked=services.removal_blocked(db.session, account),
+        )
     last4 = card.last4
-    stripe_id = services.remove_card(db.session, account, card.public_id, _actor())
+    try:
+        stripe_id = services.remove_card(db.session, account, card.public_id, _actor())
+    except Conflict as refused:
+        return _methods_page(current_account(), error=refused.message, status=409)
     gw = gateway()
     after_commit(db.session, lambda: services.release_card_at_stripe(gw, stripe_id))
     flash(_("Card ending in %(last4)s removed.", last4=last4), "success")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -224,6 +225,17 @@ class _BudgetedRequestsClient(stripe.RequestsClient):
         self._full_timeout = float(value)
 
 
+def seconds_setting(name: str, default: float) -> float:
+    """A positive number of seconds from the app's config, else the environment, else default."""
+    raw = current_app.config.get(name) or os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except (TypeError, ValueError):
+        log.warning("%s=%r is not a number of seconds; using %s", name, raw, default)
+        return default
+    return value if value > 0 else default
+
+
 class Budget:
     """The Stripe time one web request may spend, over all its calls and retries.
 
@@ -237,9 +249,8 @@ class Budget:
             return None
         deadline = g.get("stripe_deadline")
         if deadline is None:
-            seconds = float(
-                current_app.config.get("STRIPE_REQUEST_BUDGET_SECONDS")
-                or DEFAULT_REQUEST_BUDGET_SECONDS
+            seconds = seconds_setting(
+                "STRIPE_REQUEST_BUDGET_SECONDS", DEFAULT_REQUEST_BUDGET_SECONDS
             )
             deadline = g.stripe_deadline = time.monotonic() + seconds
         return float(deadline - time.monotonic())
@@ -553,7 +564,7 @@ def gateway() -> Gateway:
             api_key=app.config["STRIPE_SECRET_KEY"],
             api_base=app.config["STRIPE_API_BASE"],
             webhook_secret=app.config["STRIPE_WEBHOOK_SECRET"],
-            timeout=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or DEFAULT_TIMEOUT_SECONDS),
+            timeout=seconds_setting("STRIPE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
         )
         app.extensions["portal.gateway"] = existing
     return existing

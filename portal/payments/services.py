@@ -766,6 +766,13 @@ def autopay_needs_a_card(session: Session, account: Account) -> bool:
     )
 
 
+def removal_blocked(session: Session, account: Account) -> str:
+    """Why no card of the account can be removed now ("" when one can)."""
+    if len(active_cards(session, account)) == 1 and autopay_needs_a_card(session, account):
+        return only_card_message()
+    return ""
+
+
 def remove_card(
     session: Session, account: Account, card_public_id: str, actor: Actor = SYSTEM
 ) -> str:

@@ -51,7 +51,15 @@ def test_add_make_default_and_remove_cards(
     ).get_data(as_text=True)
     session.expire_all()
     assert [c.is_default for c in cards] == [False, True]
-    assert client.post(f"/payment-methods/{cards[1].public_id}/remove").status_code == 303
+    # Removing asks first (a page that works without JavaScript) and changes nothing yet.
+    asked = client.post(f"/payment-methods/{cards[1].public_id}/remove")
+    assert asked.status_code == 200 and 'data-testid="confirm-remove"' in asked.get_data(
+        as_text=True
+    )
+    session.expire_all()
+    assert cards[1].detached_at is None
+    removed = client.post(f"/payment-methods/{cards[1].public_id}/remove", data={"confirm": "1"})
+    assert removed.status_code == 303
     assert "Card ending in 3184 removed." in client.get("/payment-methods").get_data(as_text=True)
     session.expire_all()
     assert cards[1].detached_at is not None
@@ -105,8 +113,13 @@ def test_the_last_card_stays_while_a_subscription_auto_pays(
     session.flush()
     client = stripe_app.test_client()
     login_as(client, user)
-    response = client.post(f"/payment-methods/{card.public_id}/remove")
+    asked = client.post(f"/payment-methods/{card.public_id}/remove").get_data(as_text=True)
+    assert "only card" in asked and 'data-testid="confirm-remove"' not in asked
+    response = client.post(f"/payment-methods/{card.public_id}/remove", data={"confirm": "1"})
     assert response.status_code == 409
-    assert "only card" in response.get_data(as_text=True)
+    body = response.get_data(as_text=True)
+    # The reason is shown inside the payment methods page, with its navigation, not a bare error.
+    assert "only card" in body and 'data-testid="methods-error"' in body
+    assert 'href="/payments"' in body
     session.expire_all()
     assert card.detached_at is None

@@ -96,7 +96,10 @@ def test_adding_and_removing_cards_call_stripe_with_no_transaction_open(
     setup_id = confirm_setup(localstripe, secret)
     assert client.post("/payment-methods", data={"setup_intent": setup_id}).status_code == 303
     card = session.scalar(select(PaymentMethod).where(PaymentMethod.account_id == account.id))
-    assert client.post(f"/payment-methods/{card.public_id}/remove").status_code == 303
+    assert (
+        client.post(f"/payment-methods/{card.public_id}/remove", data={"confirm": "1"}).status_code
+        == 303
+    )
     assert {"customer.create", "setup_intent.create", "setup_intent.retrieve"} <= set(watched)
     assert "payment_method.detach" in watched
 
