@@ -25,7 +25,7 @@ from portal.payments.models import PaymentAttempt, PaymentMethod
 from tests.conftest import login_as
 from tests.factories import make_account, make_invoice, make_user
 
-# NOTE: the payment tests' fixtures (a localstripe, its fault proxy, the app pointed at it).
+# NOTE: localstripe, proxy and stripe_app are the payment tests' fixtures, used by name.
 from tests.payments.conftest import (  # noqa: F401
     THREE_DS,
     confirm_setup,
@@ -37,7 +37,6 @@ from tests.payments.conftest import (  # noqa: F401
     sign,
     stripe_app,
 )
-from tests.payments.fault_proxy import FaultProxy
 
 Scenario = Callable[[FlaskClient, Session, dict[str, Any]], Any]
 
@@ -240,11 +239,12 @@ def test_every_state_changing_route_is_covered_skipped_or_a_known_gap(app: Flask
 def _run(
     request: pytest.FixtureRequest, session: Session, scenario: tuple[Scenario, Scenario]
 ) -> None:
-    stripe_app: Flask = request.getfixturevalue("stripe_app")
-    proxy: FaultProxy = request.getfixturevalue("proxy")
-    localstripe: str = request.getfixturevalue("localstripe")
-    client = stripe_app.test_client()
-    ctx: dict[str, Any] = {"proxy": proxy, "localstripe": localstripe}
+    app: Flask = request.getfixturevalue("stripe_app")
+    client = app.test_client()
+    ctx: dict[str, Any] = {
+        "proxy": request.getfixturevalue("proxy"),
+        "localstripe": request.getfixturevalue("localstripe"),
+    }
     setup, act = scenario
     setup(client, session, ctx)
     session.commit()
