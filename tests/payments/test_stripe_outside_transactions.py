@@ -138,13 +138,21 @@ def test_reconcile_calls_stripe_with_no_transaction_open(
 
 def _slow_webhook_and_a_writer(
     pay_app: Flask, proxy: FaultProxy, localstripe: str, delay: float
-) -> tuple[float, int, float, int]:
+) -> tuple[float, int, float, int, float, int]:
     """A webhook waits `delay` seconds on Stripe; meanwhile someone asks for a sign-in link
-    (a write). Returns (webhook seconds, its status, writer seconds, its status)."""
+    (a write) and a signed-in owner changes the account's details (another write).
+    Returns (webhook seconds, status, POST /login seconds, status, POST /account seconds,
+    status)."""
+    pay_app.config["STRIPE_TIMEOUT_SECONDS"] = delay + 4  # slow, but answered in time
+    pay_app.extensions.pop("portal.gateway", None)
     with pay_app.app_context():
         _account, _invoice, _attempt, intent_id = _charged_behind_our_back(
             db.session, gateway_for(proxy.url), localstripe
         )
+        owner = make_user(db.session, account=_account)
+        db.session.commit()
+        editor = pay_app.test_client()
+        login_as(editor, owner)
         db.session.commit()
     proxy.inject("delay", on("GET", f"/v1/payment_intents/{intent_id}"), times=1, delay=delay)
     body = event_body("payment_intent.succeeded", {"id": intent_id, "object": "payment_intent"})
@@ -164,24 +172,46 @@ def _slow_webhook_and_a_writer(
     started = time.monotonic()
     writer = pay_app.test_client().post("/login", data={"email": "somebody@example.com"})
     writer_seconds = time.monotonic() - started
+    started = time.monotonic()
+    details = editor.post(
+        "/account",
+        data={
+            "name": "Renamed Studio",
+            "billing_email": "renamed@example.com",
+            "country": "US",
+            "locale": "en_US",
+        },
+    )
+    details_seconds = time.monotonic() - started
     thread.join()
     webhook_seconds, webhook_status = result["webhook"]
-    return webhook_seconds, webhook_status, writer_seconds, writer.status_code
+    return (
+        webhook_seconds,
+        webhook_status,
+        writer_seconds,
+        writer.status_code,
+        details_seconds,
+        details.status_code,
+    )
 
 
 def test_a_writer_is_not_held_up_while_a_webhook_waits_on_stripe(
     pay_app: Flask, proxy: FaultProxy, localstripe: str, backend: str
 ) -> None:
-    webhook_seconds, webhook_status, writer_seconds, writer_status = _slow_webhook_and_a_writer(
-        pay_app, proxy, localstripe, delay=3.0
+    webhook_seconds, webhook_status, writer_seconds, writer_status, details_seconds, details = (
+        _slow_webhook_and_a_writer(pay_app, proxy, localstripe, delay=6.0)
     )
     print(
         f"{backend}: webhook {webhook_seconds:.2f}s ({webhook_status}); "
-        f"POST /login {writer_seconds:.2f}s ({writer_status})"
+        f"POST /login {writer_seconds:.2f}s ({writer_status}); "
+        f"POST /account {details_seconds:.2f}s ({details})"
     )
-    assert webhook_status == 200 and webhook_seconds >= 3.0
+    assert details == 303 and writer_seconds + details_seconds < 4.0
+    assert webhook_status == 200 and webhook_seconds >= 6.0
     assert writer_status < 500
-    assert writer_seconds < 1.5
+    # NOTE: held behind the webhook's lock it would take the whole 6 s; half of that leaves
+    # room for a machine busy with other work.
+    assert writer_seconds < 3.0
     with pay_app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Payment)) == 1
 
