@@ -148,9 +148,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("checkout.default_card", "POST"): Rule(
         "POST", lambda w: f"/payment-methods/{owner_card(w)}/default", own_object(303)
     ),
-    # Ownership is checked before Stripe hears of the card: another account gets 404.
+    # Ownership is checked before Stripe hears of the card: another account gets 404. The
+    # owner's first POST (no confirm=1) is the confirm step: 200, nothing removed.
     ("checkout.remove_card", "POST"): Rule(
-        "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(503)
+        "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(200)
     ),
     ("checkout.stripe_webhook", "POST"): Rule("POST", lambda w: "/webhooks/stripe", public(400)),
 }

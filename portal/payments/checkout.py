@@ -30,7 +30,12 @@ from portal.errors import Conflict, NotFound, ValidationFailed
 from portal.extensions import db
 from portal.payments import services, webhooks
 from portal.payments.gateway import Card, GatewayRejected, GatewayUnavailable, gateway
-from portal.payments.models import LIVE_ATTEMPT_STATUSES, PaymentAttempt, PaymentAttemptItem
+from portal.payments.models import (
+    LIVE_ATTEMPT_STATUSES,
+    PaymentAttempt,
+    PaymentAttemptItem,
+    PaymentMethod,
+)
 from portal.web import render_page, see_other
 
 log = logging.getLogger(__name__)
@@ -105,9 +110,7 @@ def _card_from_form(customer: str | None, *, new_card_allowed: bool = True) -> _
     return _CardChoice(saved_id=services.card_of(db.session, account, method[:40]).id)
 
 
-def _card_row(account: Any, choice: _CardChoice, *, keep: bool) -> Any:
-    from portal.payments.models import PaymentMethod
-
+def _card_row(account: Any, choice: _CardChoice, *, keep: bool) -> PaymentMethod:
     if choice.new_card is not None:
         return services.save_card(db.session, account, choice.new_card, keep=keep, actor=_actor())
     row = db.session.get(PaymentMethod, choice.saved_id)
