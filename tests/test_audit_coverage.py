@@ -196,6 +196,20 @@ KNOWN_GAPS: dict[str, tuple[str, tuple[Scenario, Scenario]]] = {
             lambda c, s, ctx: c.post("/account/sessions/unknown/sign-out"),
         ),
     ),
+    "auth.renew": (
+        "auth: asking for a new link from an expired one (merged last) is not checked here yet",
+        (
+            lambda c, s, ctx: None,
+            lambda c, s, ctx: c.post("/login/not-a-token/new"),
+        ),
+    ),
+    "staff.recovery_codes_file": (
+        "auth/staff: the recovery codes download (merged last) is not checked here yet",
+        (
+            lambda c, s, ctx: None,
+            lambda c, s, ctx: c.post("/staff/two-factor/recovery-codes.txt"),
+        ),
+    ),
     "staff.totp_setup": (
         "auth/staff: enrolling a second factor is not checked by this harness yet",
         (
