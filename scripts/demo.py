@@ -276,15 +276,34 @@ def start(demo: Demo, name: str, command: Sequence[str], log: Path, grace: float
     return child
 
 
-def run_step(demo: Demo, what: str, command: Sequence[str], log: Path) -> str:
-    """Run a command to its end; its output, or DemoFailed with the log's path."""
-    child = start(demo, what, command, log)
-    code = child.process.wait()
-    demo.children.remove(child)  # NOTE: only once it has ended: a stop meanwhile stops it too
-    output = log.read_text(errors="replace")
-    if code != 0:
-        raise DemoFailed(f"{what} failed (exit code {code})", log)
-    return output
+def flask_command(demo: Demo, what: str, args: Sequence[str], log: Path) -> str:
+    """`flask --app wsgi ARGS`, run in this process; its output, or DemoFailed with its log.
+
+    NOTE: in process, so the app is imported once for the migration, the seeding and the links
+    instead of once per command (each start costs seconds on a small machine).
+    """
+    import traceback
+
+    import click
+    from flask.cli import cli
+
+    os.environ.update(demo.env)
+    out = io.StringIO()
+    failure = ""
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            cli.main(["--app", "wsgi", *args], prog_name="flask", standalone_mode=False)
+    except click.ClickException as error:
+        failure = error.format_message()
+        out.write(f"Error: {failure}\n")
+    except Exception as error:  # noqa: BLE001 - whatever it was, it is reported with its log
+        failure = f"{type(error).__name__}: {error}"
+        out.write(traceback.format_exc())
+    finally:
+        log.write_text(out.getvalue())
+    if failure:
+        raise DemoFailed(f"{what} failed ({failure.splitlines()[0][:300]})", log)
+    return out.getvalue()
 
 
 def alive_or_fail(child: Child, doing: str) -> None:
@@ -418,40 +437,25 @@ def portal_is_healthy(demo: Demo) -> bool:
 
 
 def mint_links(demo: Demo, emails: Sequence[str]) -> list[tuple[str, str]]:
-    """A fresh sign-in link per demo user, from the `portal login-link` command itself.
-
-    It runs in this process (one app start instead of one per user) with the demo's settings.
-    """
-    import click
-    from flask.cli import ScriptInfo
-    from sqlalchemy.exc import OperationalError
-
-    from portal.cli import portal_cli
-
-    os.environ.update(demo.env)
-    info = ScriptInfo(app_import_path="wsgi")
+    """A fresh sign-in link per demo user, from the `portal login-link` command itself."""
     links = []
     for email in emails:
+        log = demo.logs / "login-link.log"
         for attempt in range(1, 4):
-            out = io.StringIO()
             try:
-                with contextlib.redirect_stdout(out):
-                    portal_cli.main(
-                        ["login-link", email], "flask portal", obj=info, standalone_mode=False
-                    )
+                output = flask_command(
+                    demo, f"`portal login-link {email}`", ["portal", "login-link", email], log
+                )
                 break
-            except click.ClickException as error:
-                message = f"`portal login-link {email}` failed: {error.format_message()}"
-                raise DemoFailed(message) from error
-            except OperationalError:
+            except DemoFailed as failed:
                 # NOTE: SQLite refuses a write from a transaction that began reading before
                 # another writer (a webhook the seeding caused) committed: run it again.
-                if attempt == 3:
+                if attempt == 3 or "database is locked" not in str(failed):
                     raise
                 time.sleep(0.5)
-        link = out.getvalue().strip().splitlines()[-1]
+        link = output.strip().splitlines()[-1] if output.strip() else ""
         if not link.startswith(demo.env["BASE_URL"]):
-            raise DemoFailed(f"`portal login-link {email}` printed no link: {link!r}")
+            raise DemoFailed(f"`portal login-link {email}` printed no link", log)
         links.append((email, link))
     return links
 
@@ -513,7 +517,7 @@ def run(demo: Demo) -> None:
     say(f"Starting the demo from {shown(demo.instance)}/ (logs in {shown(demo.logs)}/)")
 
     simulator = start_simulator(demo)
-    run_step(demo, "migrating the database", [*FLASK, "db", "upgrade"], demo.logs / "migrate.log")
+    flask_command(demo, "migrating the database", ["db", "upgrade"], demo.logs / "migrate.log")
     say(f"  database          {database_shown(env['DATABASE_URL'])} (migrated)")
     seen_mail = {p.name for p in demo.mail_dir.glob("*.eml")} if demo.mail_dir.is_dir() else set()
     # NOTE: the portal and the mailer boot while the simulator comes up and the data is seeded.
@@ -529,8 +533,8 @@ def run(demo: Demo) -> None:
     # NOTE: registered once the portal answers, so the events that seeding causes reach it.
     target = register_webhook(demo, simulator)
     say(f"  webhooks          the simulator sends Stripe events to {target}")
-    seeded = run_step(
-        demo, "seeding the demo data", [*FLASK, "portal", "seed-demo"], demo.logs / "seed.log"
+    seeded = flask_command(
+        demo, "seeding the demo data", ["portal", "seed-demo"], demo.logs / "seed.log"
     )
     say("  demo data         " + ("\n" + " " * 20).join(seeded.strip().splitlines()))
     wait_until(
