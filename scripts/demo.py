@@ -2,11 +2,11 @@
 
     .venv/bin/python scripts/demo.py [--port 5000] [--stripe-port 8420] [--instance DIR]
 
-In order: migrate the database (SQLite in the instance folder unless DATABASE_URL names another),
-start a Stripe simulator of the demo's own, seed the demo data (which makes the saved card real in
-that simulator), register the simulator's webhook, start the outbox mailer
-(`portal send-mail --loop`, mail into DIR/mail/ unless MAIL_SERVER is set) and the portal
-(gunicorn), and only when every one of them answers, print the sign-in links. If any part does not
+In order: start a Stripe simulator of the demo's own, migrate the database (SQLite in the instance
+folder unless DATABASE_URL names another), start the outbox mailer (`portal send-mail --loop`,
+mail into DIR/mail/ unless MAIL_SERVER is set) and the portal (gunicorn), register the simulator's
+webhook once the portal answers, seed the demo data (which makes the saved card real in that
+simulator), and only when every part answers, print the sign-in links. If any part does not
 start, or stops later, the demo says which, where its log is, stops the rest and exits non-zero:
 a demo whose mail or simulator is dead must not look alive. Ctrl-C (or SIGTERM) stops everything.
 """
@@ -65,8 +65,8 @@ class DemoFailed(Exception):
         self.log = log
 
 
-class Stop(Exception):
-    """Ctrl-C or SIGTERM."""
+class Stop(BaseException):
+    """Ctrl-C or SIGTERM (a BaseException: no `except Exception` takes it for a failure)."""
 
 
 @dataclass
@@ -181,11 +181,18 @@ def fresh_link_command(demo: Demo) -> str:
         for name, default in defaults.items()
         if demo.env[name] != default and CALLER_ENV.get(name, "").strip() != demo.env[name]
     ]
+    here = Path.cwd() == ROOT
     if not CALLER_ENV.get("SECRET_KEY", "").strip() and demo.instance != ROOT / "instance":
-        words.append(f'SECRET_KEY="$(cat {shlex.quote(shown(demo.instance / "secret_key"))})"')
-    flask = shown(Path(PYTHON).parent / "flask")
-    prefix = "" if Path.cwd() == ROOT else f"cd {shlex.quote(str(ROOT))} && "
-    return prefix + " ".join([*words, flask, "--app wsgi portal login-link EMAIL"])
+        key_file = demo.instance / "secret_key"
+        words.append(
+            f'SECRET_KEY="$(cat {shlex.quote(shown(key_file) if here else str(key_file))})"'
+        )
+    flask = Path(PYTHON).parent / "flask"
+    command = " ".join(
+        [*words, shown(flask) if here else str(flask), "--app wsgi portal login-link"]
+    )
+    # NOTE: `--app wsgi` is found in the checkout, so from elsewhere the command goes there first.
+    return f"{command} EMAIL" if here else f"cd {shlex.quote(str(ROOT))} && {command} EMAIL"
 
 
 # -- ports and HTTP ------------------------------------------------------------------------------
@@ -237,20 +244,20 @@ def what_answers(port: int) -> str:
     return "another program"
 
 
-def free_port_after(port: int) -> int:
+def free_port_after(port: int, avoid: set[int]) -> int:
     candidate = port + 1
-    while listening(candidate) and candidate < port + 100:
+    while (candidate in avoid or listening(candidate)) and candidate < port + 100:
         candidate += 1
     return candidate
 
 
-def require_free(port: int, what: str, variable: str) -> None:
+def require_free(port: int, what: str, variable: str, avoid: set[int]) -> None:
     if not listening(port):
         return
     raise DemoFailed(
         f"port {port}, where the {what} should listen, is taken by {what_answers(port)}"
         f"{holder_of(port)}. The demo does not share it: stop that program, or choose another "
-        f"port: make demo {variable}={free_port_after(port)}"
+        f"port: make demo {variable}={free_port_after(port, avoid)}"
     )
 
 
@@ -512,8 +519,9 @@ def run(demo: Demo) -> None:
     demo.logs.mkdir(parents=True, exist_ok=True)
     demo.env = settings(demo)
     env = demo.env
-    require_free(demo.stripe_port, "Stripe simulator", "STRIPE_PORT")
-    require_free(demo.port, "portal", "DEMO_PORT")
+    ours = {demo.port, demo.stripe_port}
+    require_free(demo.stripe_port, "Stripe simulator", "STRIPE_PORT", ours)
+    require_free(demo.port, "portal", "DEMO_PORT", ours)
     say(f"Starting the demo from {shown(demo.instance)}/ (logs in {shown(demo.logs)}/)")
 
     simulator = start_simulator(demo)
