@@ -7,6 +7,7 @@ FLASK := $(VENV)/bin/flask --app wsgi
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 DEMO_PORT ?= 5000
 STRIPE_PORT ?= 8420
+DEMO_INSTANCE ?= instance
 PYTEST_ARGS ?= -n auto
 
 .PHONY: demo test install lint format bench clean-demo
@@ -22,12 +23,10 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-## make demo: install, migrate and seed the SQLite database, start the Stripe simulator and the portal
+## make demo: install, migrate and seed the SQLite database, start the Stripe simulator, the mailer
+## and the portal, and print sign-in links once every part answers (scripts/demo.py)
 demo: install
-	@mkdir -p instance
-	$(FLASK) db upgrade
-	$(FLASK) portal seed-demo
-	@bash scripts/demo.sh $(DEMO_PORT) $(STRIPE_PORT)
+	@$(PY) scripts/demo.py --port $(DEMO_PORT) --stripe-port $(STRIPE_PORT) --instance $(DEMO_INSTANCE)
 
 ## make test: install the dev tools and run the whole suite (SQLite and, when reachable, PostgreSQL)
 test: install

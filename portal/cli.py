@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 
 from portal.accounts.models import User
@@ -16,15 +17,30 @@ billing_cli = AppGroup("billing", help="Billing runs, reminders and reconciliati
 
 @portal_cli.command("seed-demo")
 def seed_demo_command() -> None:
-    """Load the demo accounts, users, plans and a year of history (idempotent)."""
+    """Load the demo accounts, users, plans and a year of history (idempotent). When
+    STRIPE_API_BASE names a Stripe simulator, the demo's saved card is made real there too."""
     from portal.demo import seed_demo
+    from portal.payments.demo_sync import simulator_configured
 
     created = seed_demo(db.session, current_app.config["SELLER"])
     db.session.commit()
     if not created:
-        click.echo("Demo data is already present; nothing changed.")
+        click.echo(_("Demo data is already present; nothing changed."))
     for line in created:
-        click.echo(f"created {line}")
+        click.echo(_("created %(what)s", what=line))
+    if not simulator_configured(current_app.config):
+        # NOTE: never against Stripe itself: its card would be a real customer's test object.
+        click.echo(
+            _(
+                "STRIPE_API_BASE is Stripe's own (%(base)s): the demo's saved card stays a "
+                "placeholder until `portal sync-demo-stripe` runs against a Stripe simulator.",
+                base=current_app.config["STRIPE_API_BASE"],
+            )
+        )
+        return
+    # NOTE: the data above is committed first, so an unreachable simulator leaves it in place
+    # and `portal sync-demo-stripe` (or seeding again) finishes the job later.
+    _sync_demo_stripe()
 
 
 @portal_cli.command("login-link")
@@ -44,20 +60,58 @@ def login_link_command(email: str) -> None:
 
 @portal_cli.command("send-mail")
 @click.option("--loop", is_flag=True, help="Keep delivering until stopped (Ctrl-C).")
-@click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between rounds with --loop.",
+)
 def send_mail_command(loop: bool, interval: float) -> None:  # money-safe: seconds
     """Deliver the email outbox (SMTP, or instance/mail/ without MAIL_SERVER), with retries."""
     import time
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from portal.notifications.delivery import deliver_due
 
+    config = current_app.config
+    announced = False
     while True:
-        report = deliver_due(db.session, current_app.config)
-        db.session.remove()
-        if report.sent or report.failed or not loop:
-            click.echo(f"sent {report.sent}, will retry {report.failed}")
+        try:
+            report = deliver_due(db.session, config)
+        except SQLAlchemyError as error:
+            if not loop:
+                raise
+            # NOTE: a busy or briefly unreachable database must not end the loop: the rows
+            # stay due and the next round delivers them.
+            click.echo(
+                _("outbox delivery failed (%(error)s); retrying", error=type(error).__name__),
+                err=True,
+            )
+            report = None
+        finally:
+            db.session.remove()
+        if report is not None and (report.sent or report.failed or not loop):
+            click.echo(
+                _("sent %(sent)s, will retry %(failed)s", sent=report.sent, failed=report.failed)
+            )
         if not loop:
             return
+        if not announced and report is not None:
+            # NOTE: said once, after a first round went through: `make demo` waits for it.
+            if config.get("MAIL_SERVER"):
+                target = f"{config['MAIL_SERVER']}:{config['MAIL_PORT']}"
+            else:
+                target = str(config["MAIL_DIR"])
+            click.echo(
+                _(
+                    "delivering the outbox every %(seconds)s s to %(target)s (Ctrl-C stops)",
+                    seconds=f"{interval:g}",
+                    target=target,
+                )
+            )
+            announced = True
         try:
             time.sleep(interval)
         except KeyboardInterrupt:
@@ -87,7 +141,11 @@ def create_staff_command(email: str, role: str, name: str) -> None:
 @portal_cli.command("sync-demo-stripe")
 def sync_demo_stripe_command() -> None:
     """Give the demo accounts real customers and cards in the Stripe simulator (idempotent;
-    refuses real Stripe)."""
+    refuses real Stripe). `portal seed-demo` does this by itself when a simulator is set."""
+    _sync_demo_stripe()
+
+
+def _sync_demo_stripe() -> None:
     from portal.errors import DomainError, ServiceUnavailable
     from portal.payments.demo_sync import RealStripeRefused, sync_demo_stripe
     from portal.payments.gateway import gateway

@@ -260,3 +260,99 @@ def test_the_command_explains_an_unreachable_simulator(
     assert dead in result.output and "Traceback" not in result.output
     session.expire_all()
     assert _default_card(session, _ada(session)).stripe_payment_method_id.startswith("pm_demo_")
+
+
+# -- `portal seed-demo` makes the card real by itself whenever the settings name a simulator --
+
+
+def _seed_command(app: Flask) -> Any:
+    return app.test_cli_runner().invoke(args=["portal", "seed-demo"])
+
+
+def _card_is_adas_in(gw: Gateway, session: Session) -> PaymentMethod:
+    session.expire_all()
+    ada = _ada(session)
+    card = _default_card(session, ada)
+    assert not card.stripe_payment_method_id.startswith("pm_demo_")
+    in_stripe = gw.find_payment_method(card.stripe_payment_method_id)
+    assert in_stripe is not None and in_stripe.customer == ada.stripe_customer_id
+    assert ada.stripe_customer_id and gw.find_customer(ada.stripe_customer_id)
+    return card
+
+
+def test_seed_demo_alone_gives_ada_a_card_that_pays_in_the_simulator(
+    stripe_app: Flask, session: Session, proxy: FaultProxy
+) -> None:
+    """The bug: with `seed-demo` alone against a fresh simulator, paying with the saved card
+    failed ("This card cannot be used any more")."""
+    result = _seed_command(stripe_app)
+
+    assert result.exit_code == 0, result.output
+    assert "created account Ada Lovelace Studio" in result.output
+    assert "replaced fake pm_demo_als_visa" in result.output
+    gw = gateway_for(proxy.url)
+    _card_is_adas_in(gw, session)
+    _pay_als_0011_with_default_card(session, gw)
+
+
+def test_seeding_again_against_a_restarted_simulator_makes_the_card_real_again(
+    stripe_app: Flask, session: Session, proxy: FaultProxy
+) -> None:
+    """`make demo` on a second day: the database keeps its ids, the new simulator knows none."""
+    assert _seed_command(stripe_app).exit_code == 0
+    session.expire_all()
+    ada = _ada(session)
+    ada.stripe_customer_id = "cus_from_yesterdays_simulator"
+    _default_card(session, ada).stripe_payment_method_id = "pm_from_yesterdays_simulator"
+    session.commit()
+
+    again = _seed_command(stripe_app)
+
+    assert again.exit_code == 0, again.output
+    assert "Demo data is already present; nothing changed." in again.output
+    assert "replaced unknown pm_from_yesterdays_simulator" in again.output
+    gw = gateway_for(proxy.url)
+    card = _card_is_adas_in(gw, session)
+    assert card.stripe_payment_method_id != "pm_from_yesterdays_simulator"
+    _pay_als_0011_with_default_card(session, gw)
+
+
+def test_seed_demo_never_calls_stripe_itself(
+    stripe_app: Flask, session: Session, proxy: FaultProxy
+) -> None:
+    """Stripe's own API with the demo key: the demo data is seeded, no Stripe call is made."""
+    stripe_app.config.update(STRIPE_API_BASE="https://api.stripe.com")
+    stripe_app.extensions.pop("portal.gateway", None)
+
+    result = _seed_command(stripe_app)
+
+    assert result.exit_code == 0, result.output
+    assert "stays a placeholder until `portal sync-demo-stripe`" in result.output
+    session.expire_all()
+    assert _default_card(session, _ada(session)).stripe_payment_method_id.startswith("pm_demo_")
+    assert _ada(session).stripe_customer_id is None
+    assert _sync_events(session) == 0
+
+
+def test_seed_demo_with_its_simulator_down_keeps_the_data_and_says_so(
+    stripe_app: Flask, session: Session, proxy: FaultProxy
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stripe_app.config.update(STRIPE_API_BASE=dead, STRIPE_TIMEOUT_SECONDS=2)
+    stripe_app.extensions.pop("portal.gateway", None)
+
+    result = _seed_command(stripe_app)
+
+    assert result.exit_code == 1
+    assert "could not reach the payment provider" in result.output and dead in result.output
+    assert "Traceback" not in result.output
+    session.expire_all()
+    assert _default_card(session, _ada(session)).stripe_payment_method_id.startswith("pm_demo_")
+
+    stripe_app.config.update(STRIPE_API_BASE=proxy.url)
+    stripe_app.extensions.pop("portal.gateway", None)
+    later = _seed_command(stripe_app)  # once the simulator runs, seeding again finishes the job
+    assert later.exit_code == 0, later.output
+    _card_is_adas_in(gateway_for(proxy.url), session)
