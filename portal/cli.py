@@ -48,13 +48,17 @@ def seed_demo_command() -> None:
 def login_link_command(email: str) -> None:
     """Print a one-time sign-in link for EMAIL."""
     from portal.auth.routes import login_link
+    from portal.db import begin_write, commit
 
+    # NOTE: this command reads, then writes: on SQLite its transaction takes the write lock up
+    # front, so it waits for another writer instead of failing with "database is locked".
+    begin_write(db.session)
     user = db.session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
     if user is None or user.is_disabled:
         raise click.ClickException(f"no active user with the email {email}")
     with current_app.test_request_context(base_url=current_app.config["BASE_URL"]):
         link = login_link(user)
-    db.session.commit()
+    commit(db.session)
     click.echo(link)
 
 
@@ -173,13 +177,14 @@ def reconcile_command(min_age_minutes: int) -> None:
     """Settle payments left unknown or processing, record lost webhooks, report mismatches."""
     from datetime import timedelta
 
+    from portal.db import commit
     from portal.payments.gateway import gateway
     from portal.payments.reconcile import reconcile
 
     report = reconcile(
         db.session,
         gateway(),
-        commit=db.session.commit,
+        commit=lambda: commit(db.session),
         min_age=timedelta(minutes=min_age_minutes),
     )
     for line in report.lines():

@@ -15,7 +15,6 @@ from typing import Any
 DEMO_STRIPE_SECRET_KEY = "sk_test_portal_demo"
 DEMO_STRIPE_PUBLISHABLE_KEY = "pk_test_portal_demo"
 DEMO_STRIPE_WEBHOOK_SECRET = "whsec_portal_demo"
-LOCAL_STRIPE = "http://127.0.0.1:8420"
 
 log = logging.getLogger(__name__)
 

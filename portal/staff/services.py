@@ -109,11 +109,6 @@ def matching_step(secret: str, code: str) -> int | None:
     return None
 
 
-def totp_matches(secret: str, code: str) -> bool:
-    """A six-digit code from the authenticator app, allowing one step of clock drift."""
-    return matching_step(secret, code) is not None
-
-
 def claim_step(session: Session, user: User, step: int) -> bool:
     """Record `step` as the user's last accepted TOTP step, only if it is newer than the last one
     (a conditional UPDATE, so two requests racing with the same code cannot both pass)."""
