@@ -106,6 +106,15 @@ def _send_link(email: str, user: User | None) -> None:
     binding = session.get(BINDING_KEY) or services.new_binding()
     session[BINDING_KEY] = binding
     allowed = limits.link_request_allowed(email, limits.recognised_device(user))
+    # NOTE: one audit event for every request, known address or not, named by the address's
+    # hash only: the same statement on both paths, and the trail holds no address in clear.
+    Actor(ip=request.remote_addr).record(
+        db.session,
+        "auth.link_requested",
+        account_id=None,
+        target_type="login_address",
+        target_id=services.hash_value(email)[:16],
+    )
     if user is None or not allowed:
         context = _email_context(services.dummy_token(signer()), user, email)
         services.rehearse_link_request(db.session, email, render_email("login_link", context))
