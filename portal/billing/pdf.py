@@ -578,7 +578,7 @@ def statement_document_view(
     rows = tuple(
         StatementEntryView(
             date=fmt.day(row.on),
-            description=row.description or row.kind_label,
+            description=row.description or _(row.kind_label),
             charges=fmt.money(row.amount.minor, currency) if row.amount.minor > 0 else "",
             credits=fmt.money(row.amount.minor, currency) if row.amount.minor < 0 else "",
             balance=fmt.money(row.balance.minor, currency),
@@ -593,7 +593,8 @@ def statement_document_view(
         Row(_("Closing balance"), fmt.money(view.closing.minor, currency), strong=True),
     )
     aging = tuple(
-        Row(bucket.label, fmt.money(bucket.amount.minor, currency)) for bucket in view.aging.buckets
+        Row(_(bucket.label), fmt.money(bucket.amount.minor, currency))
+        for bucket in view.aging.buckets
     )
     from portal.billing.services import buyer_snapshot
 

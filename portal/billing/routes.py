@@ -22,8 +22,8 @@ from portal.billing.queries import Cursor, dashboard_summary
 from portal.billing.statements import (
     InvalidPeriod,
     csv_filename,
-    parse_period,
     statement_csv,
+    statement_period,
     statement_view,
 )
 from portal.errors import NotFound, ValidationFailed
@@ -117,7 +117,9 @@ def invoice_detail(number: str) -> Response:
         detail=detail,
         invoice=detail.invoice,
         today=today,
-        thank_you=current_app.config.get("THANK_YOU_NOTE", ""),
+        # NOTE: the page prints tax labels and its closing line as the invoice's PDF does.
+        tax_label=pdf.tax_label,
+        document_thank_you=pdf.document_thank_you,
         can_pay="checkout.pay_invoice" in views,
         has_pdf="billing.invoice_pdf" in views,
         can_dispute="disputes.new" in views,
@@ -132,7 +134,9 @@ def statements() -> Response:
     form = StatementPeriodForm(request.args)
     args = request.args
     try:
-        period = parse_period(today, args.get("period"), args.get("start"), args.get("end"))
+        period = statement_period(
+            db.session, account, today, args.get("period"), args.get("start"), args.get("end")
+        )
     except InvalidPeriod as invalid:
         response = render_page(
             "billing/statements.html",
@@ -148,8 +152,9 @@ def statements() -> Response:
     fmt = args.get("format", "html")
     if fmt == "csv":
         return _download(
-            statement_csv(view).encode("utf-8-sig"),
-            "text/csv; charset=utf-8",
+            # NOTE: the BOM tells Excel the file is UTF-8; Flask adds "; charset=utf-8" itself.
+            statement_csv(view, account.locale, _).encode("utf-8-sig"),
+            "text/csv",
             csv_filename(account, period),
         )
     if fmt == "pdf":
