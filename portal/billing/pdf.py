@@ -380,7 +380,9 @@ def invoice_view(
     due_minor = invoice.amount_due_minor
     due = fmt.money(due_minor, currency)
     due_date = fmt.day(invoice.due_date)
-    totals.append(Row(_("Total"), total, strong=state == InvoiceState.UNPAID))
+    totals.append(Row(_("Total"), total))
+    if state == InvoiceState.UNPAID:
+        totals.append(Row(_("Amount due"), due, strong=True))
 
     settlements: list[Row] = []
     for payment in payments:
