@@ -334,7 +334,7 @@ def test_the_stored_pdf_is_keyed_by_what_it_prints(
             invoice.account,
             Money(7500, "USD"),
             [(invoice, Money(7500, "USD"))],
-            received_at=clock.now(),
+            received_at=clock(),
             method_description="Visa ·4242",
         )
         session.commit()
