@@ -117,9 +117,8 @@ def invoice_detail(number: str) -> Response:
         detail=detail,
         invoice=detail.invoice,
         today=today,
-        # NOTE: the page prints tax labels and its closing line as the invoice's PDF does.
+        # NOTE: the page prints tax labels as the invoice's PDF does (one definition).
         tax_label=pdf.tax_label,
-        document_thank_you=pdf.document_thank_you,
         can_pay="checkout.pay_invoice" in views,
         has_pdf="billing.invoice_pdf" in views,
         can_dispute="disputes.new" in views,
