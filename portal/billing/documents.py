@@ -2,8 +2,8 @@
 served from the row after that.
 
 A finalized invoice's lines never change, but what its PDF says does: paid, partly paid or void,
-with the payments and credit notes applied. So the stored row is keyed by what the PDF shows:
-its `template_version` column holds the template version plus a digest of the view model
+with the payments and credit notes applied. So the stored row is keyed by what the PDF is made
+of: its `template_version` column holds the template version plus a digest of those inputs
 ("v1-3f9c2a…"), and a payment, credit note or void (or a new template) gives a new key and a new
 render, while an unchanged invoice is served from its row. The content hash is the PDF's ETag.
 Rows are found by (invoice, key, page size), the table's unique key; two first requests racing
@@ -13,9 +13,10 @@ to store the same document both end with the one stored row.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 from flask import current_app
+from flask_babel import get_locale
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -44,10 +45,47 @@ def content_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def document_key(view: pdf.InvoiceDocumentView, branding: pdf.Branding) -> str:
-    """The stored row's key: the template version and a digest of everything the PDF prints."""
-    digest = hashlib.sha256(repr((astuple(view), astuple(branding))).encode("utf-8"))
+def document_key(parts: tuple[object, ...]) -> str:
+    """The stored row's key: the template version and a digest of what the PDF is made from."""
+    digest = hashlib.sha256(repr(parts).encode("utf-8"))
     return f"{TEMPLATE_VERSION}-{digest.hexdigest()[:_DIGEST_CHARS]}"
+
+
+def invoice_document_inputs(
+    invoice: Invoice,
+    payments: list[pdf.PaymentFact],
+    credits: list[pdf.CreditFact],
+    *,
+    branding: pdf.Branding,
+    pay_url: str,
+) -> tuple[object, ...]:
+    """Everything an invoice's PDF is made from, apart from what finalization froze.
+
+    NOTE: the lines, seller, buyer and memo never change after finalization, so they need not
+    be read (or formatted) to know whether the stored PDF still says the right thing: its
+    status, what was paid and credited, the buyer's locale and time zone, the language, the
+    brand and the pay link do. Building the whole view model on every download of a 175-line
+    invoice cost several times the rest of the request.
+    """
+    account = invoice.account
+    return (
+        invoice.id,
+        invoice.number,
+        invoice.status,
+        invoice.total_minor,
+        invoice.amount_paid_minor,
+        invoice.amount_credited_minor,
+        invoice.paid_at,
+        invoice.voided_at,
+        tuple(payments),
+        tuple(credits),
+        account.locale,
+        account.timezone,
+        str(get_locale()),
+        branding,
+        pay_url,
+        pdf.document_thank_you(invoice.seller),
+    )
 
 
 def invoice_settlements(
@@ -99,15 +137,17 @@ def stored_invoice_pdf(
     the two can never store an "amount due" PDF under the paid invoice's key.
     """
     payments, credits = invoice_settlements(session, invoice)
-    view = pdf.invoice_document_view(
-        invoice, pay_url=pay_url, payments=payments, credit_notes=credits
-    )
     branding = pdf.branding_from_config(current_app.config)
-    key = document_key(view, branding)
+    key = document_key(
+        invoice_document_inputs(invoice, payments, credits, branding=branding, pay_url=pay_url)
+    )
     stored = find_invoice_document(session, invoice.id, page_size, key)
     if stored is not None:
         return stored
     invoice_id = invoice.id
+    view = pdf.invoice_document_view(
+        invoice, pay_url=pay_url, payments=payments, credit_notes=credits
+    )
     content = pdf.render_pdf("invoice.html", page_size=page_size, branding=branding, doc=view)
     # NOTE: the read transaction ends before the write starts: on SQLite a transaction whose
     # snapshot predates another writer's commit cannot write at all. IMMEDIATE takes the write

@@ -694,9 +694,8 @@ def _css_string(text: str) -> str:
 def page_counter_css() -> Markup:
     """The translated "Page 1 of 2" as a CSS `content` value with the page counters in it."""
     marker = "\x00"
-    text = _(
-        "Page %(page)s of %(pages)s", page=f"{marker}page{marker}", pages=f"{marker}pages{marker}"
-    )
+    page, pages = marker + "page" + marker, marker + "pages" + marker
+    text = _("Page %(page)s of %(pages)s", page=page, pages=pages)
     parts = []
     for index, piece in enumerate(text.split(marker)):
         if index % 2:
