@@ -29,14 +29,14 @@ from markupsafe import Markup
 
 from portal.billing.models import Invoice, InvoiceStatus, LineKind
 from portal.errors import ValidationFailed
+from portal.formatting import DATE_STYLE, money_minor
 from portal.formatting import day as format_day
-from portal.formatting import money_minor
 
 if TYPE_CHECKING:
     from portal.accounts.models import Account
-    from portal.billing.queries import Receipt
     from portal.billing.statements import StatementView
     from portal.payments.models import Payment
+    from portal.payments.queries import Receipt
 
 # NOTE: bump when a template changes what a PDF looks like: stored invoice PDFs are keyed by it,
 # so new downloads get the new look and old rows stay valid for their version.
@@ -261,9 +261,9 @@ class Formatter:
             return ""
         if isinstance(value, datetime):
             value = value.astimezone(self.tz).date()
-        # NOTE: "medium", the style the pages use for dates in tables and totals; the long forms
-        # of some locales need glyphs outside our font.
-        return format_day(value, "medium", self.locale)
+        # NOTE: the pages' one date style (portal.formatting.DATE_STYLE, "medium"): the long
+        # forms of some locales need glyphs outside our font anyway.
+        return format_day(value, DATE_STYLE, self.locale)
 
     def period(self, start: date | None, end: date | None) -> str:
         if start is None or end is None:
