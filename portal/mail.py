@@ -7,11 +7,13 @@ from typing import Any
 from flask import render_template
 from sqlalchemy.orm import Session
 
+from portal.notifications.links import absolute_url
 from portal.notifications.models import OutboxEmail
 
 
 def render_email(template: str, context: dict[str, Any]) -> tuple[str, str]:
     """The plain-text and HTML bodies of `email/<template>`."""
+    context = {"absolute_url": absolute_url, **context}
     return (
         render_template(f"email/{template}.txt", **context),
         render_template(f"email/{template}.html", **context),

@@ -12,7 +12,7 @@ import atexit
 import mimetypes
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -21,19 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_date
 from babel.numbers import format_decimal, format_percent
 from flask import Response, current_app, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
+from markupsafe import Markup
 
-from portal.billing.models import Invoice, LineKind
+from portal.billing.models import Invoice, InvoiceStatus, LineKind
 from portal.errors import ValidationFailed
-from portal.formatting import money_minor
+from portal.formatting import DATE_STYLE, money_minor
+from portal.formatting import day as format_day
 
 if TYPE_CHECKING:
     from portal.accounts.models import Account
-    from portal.billing.queries import Receipt
     from portal.billing.statements import StatementView
     from portal.payments.models import Payment
+    from portal.payments.queries import Receipt
 
 # NOTE: bump when a template changes what a PDF looks like: stored invoice PDFs are keyed by it,
 # so new downloads get the new look and old rows stay valid for their version.
@@ -67,11 +70,13 @@ def parse_page_size(raw: str | None, country: str | None) -> PageSize:
     for size in PageSize:
         if raw.strip().lower() == size.value.lower():
             return size
-    raise ValidationFailed("Choose a page size of A4 or Letter.", errors={"size": "A4 or Letter"})
+    raise ValidationFailed(
+        _("Choose a page size of A4 or Letter."), errors={"size": _("A4 or Letter")}
+    )
 
 
 class DocumentTooLarge(ValidationFailed):
-    title = "This document is too large for a PDF"
+    title = lazy_gettext("This document is too large for a PDF")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,16 +112,48 @@ class InvoiceLineView:
 
 
 @dataclass(frozen=True)
+class PaymentFact:
+    """A payment applied to an invoice, as documents.py reads it (plain values, no model)."""
+
+    received_at: datetime
+    method: str
+    receipt_number: str
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class CreditFact:
+    """A credit note against an invoice."""
+
+    number: str
+    issued_at: datetime
+    amount_minor: int
+
+
+class InvoiceState(StrEnum):
+    """What the PDF says about the invoice now (the web page says the same)."""
+
+    UNPAID = "unpaid"
+    PARTLY_PAID = "partly_paid"
+    PAID = "paid"
+    VOID = "void"
+
+
+@dataclass(frozen=True)
 class InvoiceDocumentView:
     number: str
     issue_date: str
     due_date: str
-    headline: str  # "$75.00 due Dec 11, 2026"
+    state: InvoiceState
+    stamp: str  # "PAID", "PARTLY PAID", "VOID", or "" while nothing is paid
+    headline: str  # "$75.00 due Dec 11, 2026" or "Paid in full"
+    status_note: str  # "Paid on Dec 1, 2026 with Visa ·4242 (receipt RCT-2026-00001)."
     meta: tuple[Row, ...]
     seller: Party
     buyer: Party
     lines: tuple[InvoiceLineView, ...]
     totals: tuple[Row, ...]
+    settlements: tuple[Row, ...]  # payments and credit notes applied, then what is left
     memo: str
     thank_you: str
     pay_url: str
@@ -134,6 +171,7 @@ class StatementEntryView:
 
 @dataclass(frozen=True)
 class StatementDocumentView:
+    seller: Party
     account: Party
     period: str
     opening_date: str
@@ -187,29 +225,45 @@ def branding_from_config(config: Any) -> Branding:
     )
 
 
+def document_thank_you(seller: dict[str, Any] | None) -> str:
+    """The closing line of pages and PDFs.
+
+    NOTE: THANK_YOU_NOTE says "Questions? Just reply to this email.": true in an email only, so
+    pages and PDFs print their own line and name where to write instead.
+    """
+    email = str((seller or {}).get("email") or "")
+    if email:
+        return _("Thank you for your business. Questions? Write to %(email)s.", email=email)
+    return _("Thank you for your business.")
+
+
 # ----------------------------------------------------------------------------------------------
-# Formatting in the account's locale.
+# Formatting in the account's locale: the pages' own formatter (portal.formatting).
+
+MINUS = "\u2212"
 
 
 class Formatter:
-    """Money, dates, quantities and rates in one locale, as text the embedded font can draw."""
+    """Money, dates, quantities and rates in one locale, exactly as the pages print them."""
 
     def __init__(self, locale: str, timezone: str = "UTC") -> None:
         self.locale = locale or "en_US"
         self.tz = ZoneInfo(timezone or "UTC")
 
     def money(self, minor: int, currency: str) -> str:
-        # NOTE: CLDR's ja_JP yen sign is the full-width U+FFE5, which DejaVu lacks; U+00A5 is the
-        # same sign at normal width.
-        return _printable(money_minor(minor, currency, self.locale))
+        """An amount; a negative one with a real minus sign (U+2212), as the pages write it."""
+        if minor < 0:
+            return MINUS + money_minor(-minor, currency, self.locale)
+        return money_minor(minor, currency, self.locale)
 
     def day(self, value: date | datetime | None) -> str:
         if value is None:
             return ""
         if isinstance(value, datetime):
             value = value.astimezone(self.tz).date()
-        # "medium" everywhere: the long forms of some locales need glyphs outside our font.
-        return format_date(value, format="medium", locale=self.locale)
+        # NOTE: the pages' one date style (portal.formatting.DATE_STYLE, "medium"): the long
+        # forms of some locales need glyphs outside our font anyway.
+        return format_day(value, DATE_STYLE, self.locale)
 
     def period(self, start: date | None, end: date | None) -> str:
         if start is None or end is None:
@@ -224,9 +278,24 @@ class Formatter:
             Decimal(basis_points) / Decimal(10_000), format="#,##0.##%", locale=self.locale
         )
 
+    def tax_label(self, name: str, basis_points: int) -> str:
+        """ "VAT 19%": the rate once, whether or not the tax's name already carries it."""
+        return tax_label(name, basis_points, self.locale)
 
-def _printable(text: str) -> str:
-    return text.replace("\uffe5", "\u00a5")
+
+def tax_label(name: str, basis_points: int, locale: str) -> str:
+    """The name of a tax with its rate, printed once ("VAT 19%", never "VAT 19% (19%)").
+
+    One definition for the invoice page and the PDF.
+    """
+    name = (name or "").strip() or _("Tax")
+    if not basis_points:
+        return name
+    percent = Formatter(locale).rate(basis_points)
+    number = "".join(ch for ch in percent if ch.isdigit() or ch in ".,")
+    if re.search(r"(?<![\d.,])" + re.escape(number) + r"(?![\d.,])", name):
+        return name
+    return f"{name} {percent}"
 
 
 def _party(snapshot: dict[str, Any] | None, fallback_name: str = "") -> Party:
@@ -242,20 +311,45 @@ def _party(snapshot: dict[str, Any] | None, fallback_name: str = "") -> Party:
     )
 
 
-def invoice_view(
-    invoice: Invoice, *, locale: str, timezone: str, thank_you: str = "", pay_url: str = ""
-) -> InvoiceDocumentView:
-    """The invoice as issued: lines, discounts, tax per rate and totals, all pre-formatted.
+def invoice_state(invoice: Invoice) -> InvoiceState:
+    if invoice.status == InvoiceStatus.VOID:
+        return InvoiceState.VOID
+    if invoice.status == InvoiceStatus.PAID or (
+        invoice.amount_due_minor == 0 and invoice.total_minor > 0
+    ):
+        return InvoiceState.PAID
+    if invoice.amount_paid_minor or invoice.amount_credited_minor:
+        return InvoiceState.PARTLY_PAID
+    return InvoiceState.UNPAID
 
-    NOTE: the stored PDF must not change after it is rendered, so it shows only what is fixed at
-    finalization (payments and credit notes have their own receipts and pages).
+
+def invoice_view(
+    invoice: Invoice,
+    *,
+    locale: str,
+    timezone: str,
+    thank_you: str = "",
+    pay_url: str = "",
+    payments: Sequence[PaymentFact] = (),
+    credit_notes: Sequence[CreditFact] = (),
+) -> InvoiceDocumentView:
+    """The invoice as issued (lines, discounts, tax per rate, totals) and as it stands now
+    (paid, partly paid or void, with the payments and credit notes applied), pre-formatted.
+
+    NOTE: the stored PDF is keyed by this view (portal/billing/documents.py), so a payment, a
+    credit note or a void gives the invoice a new PDF rather than leaving an "amount due" one.
     """
     if invoice.number is None:
         raise ValueError("a draft invoice has no PDF")
     if len(invoice.lines) > MAX_INVOICE_LINES:
         raise DocumentTooLarge(
-            f"Invoice {invoice.number} has {len(invoice.lines)} lines; a PDF holds at most "
-            f"{MAX_INVOICE_LINES}. Please contact us for a copy."
+            _(
+                "Invoice %(number)s has %(count)s lines; a PDF holds at most %(limit)s. "
+                "Please contact us for a copy.",
+                number=invoice.number,
+                count=len(invoice.lines),
+                limit=MAX_INVOICE_LINES,
+            )
         )
     fmt = Formatter(locale, timezone)
     currency = invoice.currency
@@ -271,45 +365,129 @@ def invoice_view(
         )
         for line in invoice.lines
     )
-    totals = [Row("Subtotal", fmt.money(invoice.subtotal_minor, currency))]
+    totals = [Row(_("Subtotal"), fmt.money(invoice.subtotal_minor, currency))]
     if invoice.discount_minor:
-        totals.append(Row("Discount", fmt.money(-invoice.discount_minor, currency)))
+        totals.append(Row(_("Discount"), fmt.money(-invoice.discount_minor, currency)))
     for (name, rate), (base, tax) in _tax_by_rate(invoice).items():
-        percent = fmt.rate(rate)
-        name = name or "Tax"
-        label = name if _digits(percent) in _digits(name) else f"{name} {percent}"
-        label = f"{label} on {fmt.money(base, currency)}"
+        label = _(
+            "%(tax)s on %(amount)s",
+            tax=fmt.tax_label(name, rate),
+            amount=fmt.money(base, currency),
+        )
         totals.append(Row(label, fmt.money(tax, currency)))
     total = fmt.money(invoice.total_minor, currency)
-    totals.append(Row("Total", total))
-    totals.append(Row("Amount due", total, strong=True))
-    due = fmt.day(invoice.due_date)
+    state = invoice_state(invoice)
+    due_minor = invoice.amount_due_minor
+    due = fmt.money(due_minor, currency)
+    due_date = fmt.day(invoice.due_date)
+    totals.append(Row(_("Total"), total))
+    if state == InvoiceState.UNPAID:
+        totals.append(Row(_("Amount due"), due, strong=True))
+
+    settlements: list[Row] = []
+    for payment in payments:
+        when = fmt.day(payment.received_at)
+        label = (
+            _("Paid %(date)s with %(method)s", date=when, method=payment.method)
+            if payment.method
+            else _("Paid %(date)s", date=when)
+        )
+        if payment.receipt_number:
+            label = _(
+                "%(payment)s, receipt %(receipt)s", payment=label, receipt=payment.receipt_number
+            )
+        settlements.append(Row(label, fmt.money(-payment.amount_minor, currency)))
+    for note in credit_notes:
+        settlements.append(
+            Row(
+                _(
+                    "Credit note %(number)s, %(date)s",
+                    number=note.number,
+                    date=fmt.day(note.issued_at),
+                ),
+                fmt.money(-note.amount_minor, currency),
+            )
+        )
+    if state != InvoiceState.UNPAID:
+        settlements.append(Row(_("Amount due"), due, strong=True))
+
+    last_payment = payments[-1] if payments else None
+    if state == InvoiceState.PAID:
+        stamp = _("PAID")
+        headline = _("Paid in full")
+        paid_on = fmt.day(invoice.paid_at or (last_payment.received_at if last_payment else None))
+        if last_payment and last_payment.method:
+            status_note = _(
+                "Paid on %(date)s with %(method)s.", date=paid_on, method=last_payment.method
+            )
+        elif last_payment:
+            status_note = _("Paid on %(date)s.", date=paid_on)
+        elif credit_notes:
+            status_note = _("Settled by credit note on %(date)s.", date=paid_on)
+        else:
+            status_note = _("Settled on %(date)s.", date=paid_on) if paid_on else ""
+        footer = _("%(number)s · paid in full", number=invoice.number)
+    elif state == InvoiceState.VOID:
+        stamp = _("VOID")
+        headline = _("Voided")
+        voided = fmt.day(invoice.voided_at)
+        status_note = (
+            _("This invoice was cancelled on %(date)s. Nothing is owed.", date=voided)
+            if voided
+            else _("This invoice was cancelled. Nothing is owed.")
+        )
+        footer = _("%(number)s · void", number=invoice.number)
+    else:
+        stamp = _("PARTLY PAID") if state == InvoiceState.PARTLY_PAID else ""
+        headline = _("%(amount)s due %(date)s", amount=due, date=due_date) if due_date else due
+        status_note = (
+            _(
+                "%(paid)s of %(total)s already paid or credited.",
+                paid=fmt.money(invoice.amount_paid_minor + invoice.amount_credited_minor, currency),
+                total=total,
+            )
+            if state == InvoiceState.PARTLY_PAID
+            else ""
+        )
+        footer = (
+            _(
+                "%(number)s · %(amount)s due %(date)s",
+                number=invoice.number,
+                amount=due,
+                date=due_date,
+            )
+            if due_date
+            else invoice.number
+        )
     meta = [
-        Row("Invoice number", invoice.number),
-        Row("Date of issue", fmt.day(invoice.issue_date)),
-        Row("Date due", due),
+        Row(_("Invoice number"), invoice.number),
+        Row(_("Date of issue"), fmt.day(invoice.issue_date)),
+        Row(_("Date due"), due_date),
     ]
     if invoice.period_start and invoice.period_end:
-        meta.append(Row("Service period", fmt.period(invoice.period_start, invoice.period_end)))
+        meta.append(Row(_("Service period"), fmt.period(invoice.period_start, invoice.period_end)))
+    if stamp:
+        meta.append(Row(_("Status"), stamp))
+    payable = invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE) and due_minor > 0
     return InvoiceDocumentView(
         number=invoice.number,
         issue_date=fmt.day(invoice.issue_date),
-        due_date=due,
-        headline=f"{total} due {due}" if due else total,
+        due_date=due_date,
+        state=state,
+        stamp=stamp,
+        headline=headline,
+        status_note=status_note,
         meta=tuple(meta),
         seller=_party(invoice.seller),
         buyer=_party(invoice.buyer),
         lines=lines,
         totals=tuple(totals),
+        settlements=tuple(settlements),
         memo=invoice.memo or "",
         thank_you=thank_you,
-        pay_url=pay_url,
-        footer=f"{invoice.number} · {total} due {due}" if due else invoice.number,
+        pay_url=pay_url if payable else "",
+        footer=footer,
     )
-
-
-def _digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
 
 
 def _tax_by_rate(invoice: Invoice) -> dict[tuple[str, int], tuple[int, int]]:
@@ -323,6 +501,11 @@ def _tax_by_rate(invoice: Invoice) -> dict[tuple[str, int], tuple[int, int]]:
     return groups
 
 
+def receipt_reference(payment: Payment) -> str:
+    """The number a customer quotes: "RCT-2026-00042" (the public id only before it has one)."""
+    return payment.receipt_number or payment.public_id
+
+
 def receipt_view(
     payment: Payment,
     account: Account,
@@ -334,91 +517,104 @@ def receipt_view(
     """A receipt for a received payment; `items` are (invoice number, amount applied)."""
     items = list(items)
     if len(items) > MAX_RECEIPT_ITEMS:
-        raise DocumentTooLarge("This payment covers too many invoices for one PDF receipt.")
+        raise DocumentTooLarge(_("This payment covers too many invoices for one PDF receipt."))
     fmt = Formatter(account.locale, account.timezone)
     currency = payment.currency
     paid = fmt.money(payment.amount_minor, currency)
     when = fmt.day(payment.received_at)
-    reference = payment.public_id
-    meta = [Row("Receipt", reference), Row("Date paid", when)]
+    reference = receipt_reference(payment)
+    meta = [Row(_("Receipt number"), reference), Row(_("Date paid"), when)]
     if payment.method_description:
-        meta.append(Row("Payment method", payment.method_description))
-    applied = sum(amount for _, amount in items)
+        meta.append(Row(_("Payment method"), payment.method_description))
+    applied = sum(amount for _number, amount in items)
     rows = [
-        ReceiptItemView(f"Invoice {number}", fmt.money(amount, currency))
+        ReceiptItemView(_("Invoice %(number)s", number=number), fmt.money(amount, currency))
         for number, amount in items
     ]
     if payment.amount_minor > applied:
         rows.append(
             ReceiptItemView(
-                "Credit on account", fmt.money(payment.amount_minor - applied, currency)
+                _("Credit on account"), fmt.money(payment.amount_minor - applied, currency)
             )
         )
-    totals = [Row("Amount paid", paid, strong=not payment.amount_refunded_minor)]
+    totals = [Row(_("Amount paid"), paid, strong=not payment.amount_refunded_minor)]
     if payment.amount_refunded_minor:
-        totals.append(Row("Refunded", fmt.money(-payment.amount_refunded_minor, currency)))
+        totals.append(Row(_("Refunded"), fmt.money(-payment.amount_refunded_minor, currency)))
         net = payment.amount_minor - payment.amount_refunded_minor
-        totals.append(Row("Net paid", fmt.money(net, currency), strong=True))
+        totals.append(Row(_("Net paid"), fmt.money(net, currency), strong=True))
     from portal.billing.services import buyer_snapshot
 
     return ReceiptDocumentView(
         reference=reference,
-        headline=f"{paid} paid on {when}",
+        headline=_("%(amount)s paid on %(date)s", amount=paid, date=when),
         meta=tuple(meta),
         seller=_party(seller),
         buyer=_party(buyer_snapshot(account)),
         items=tuple(rows),
         totals=tuple(totals),
         thank_you=thank_you,
-        footer=f"Receipt {reference} · {paid} paid on {when}",
+        footer=_(
+            "Receipt %(number)s · %(amount)s paid on %(date)s",
+            number=reference,
+            amount=paid,
+            date=when,
+        ),
     )
 
 
-def statement_document_view(account: Account, view: StatementView) -> StatementDocumentView:
+def statement_document_view(
+    account: Account, view: StatementView, *, seller: dict[str, Any] | None = None
+) -> StatementDocumentView:
     """The statement page's view model (portal/billing/statements.py) as PDF strings."""
     if len(view.rows) > MAX_STATEMENT_ENTRIES:
         raise DocumentTooLarge(
-            f"This statement has {len(view.rows):,} entries; a PDF holds at most "
-            f"{MAX_STATEMENT_ENTRIES:,}. Choose a shorter period, or download it as CSV."
+            _(
+                "This statement has %(count)s entries; a PDF holds at most %(limit)s. "
+                "Choose a shorter period, or download it as CSV.",
+                count=format_decimal(len(view.rows), locale="en_US"),
+                limit=format_decimal(MAX_STATEMENT_ENTRIES, locale="en_US"),
+            )
         )
     fmt = Formatter(account.locale, account.timezone)
     currency = view.currency
     rows = tuple(
         StatementEntryView(
             date=fmt.day(row.on),
-            description=row.description or row.kind_label,
+            description=row.description or _(row.kind_label),
             charges=fmt.money(row.amount.minor, currency) if row.amount.minor > 0 else "",
-            credits=fmt.money(-row.amount.minor, currency) if row.amount.minor < 0 else "",
+            credits=fmt.money(row.amount.minor, currency) if row.amount.minor < 0 else "",
             balance=fmt.money(row.balance.minor, currency),
         )
         for row in view.rows
     )
     span = fmt.period(view.period.start, view.period.end)
     summary = (
-        Row("Opening balance", fmt.money(view.opening.minor, currency)),
-        Row("Charges", fmt.money(view.charges.minor, currency)),
-        Row("Payments and credits", fmt.money(-view.credits.minor, currency)),
-        Row("Closing balance", fmt.money(view.closing.minor, currency), strong=True),
+        Row(_("Opening balance"), fmt.money(view.opening.minor, currency)),
+        Row(_("Charges"), fmt.money(view.charges.minor, currency)),
+        Row(_("Payments and credits"), fmt.money(-view.credits.minor, currency)),
+        Row(_("Closing balance"), fmt.money(view.closing.minor, currency), strong=True),
     )
     aging = tuple(
-        Row(bucket.label, fmt.money(bucket.amount.minor, currency)) for bucket in view.aging.buckets
+        Row(_(bucket.label), fmt.money(bucket.amount.minor, currency))
+        for bucket in view.aging.buckets
     )
     from portal.billing.services import buyer_snapshot
 
     return StatementDocumentView(
+        seller=_party(seller),
         account=_party(buyer_snapshot(account)),
         period=span,
         opening_date=fmt.day(view.period.start),
         opening_balance=fmt.money(view.opening.minor, currency),
         meta=(
-            Row("Period", span),
-            Row("Currency", currency),
-            Row("Aging as of", fmt.day(view.aging.as_of)),
+            Row(_("Period"), span),
+            Row(_("Currency"), currency),
+            Row(_("Aging as of"), fmt.day(view.aging.as_of)),
         ),
         summary=summary,
         entries=rows,
         aging=aging,
-        footer=f"Statement {span} · {account.name}",
+        footer=_("Statement %(period)s · %(name)s", period=span, name=account.name),
     )
 
 
@@ -483,9 +679,30 @@ def render_pdf(
         f"pdf/{TEMPLATE_VERSION}/{template}",
         page_size="letter" if page_size == PageSize.LETTER else "A4",
         brand=branding or branding_from_config(current_app.config),
+        page_counter=page_counter_css(),
         **context,
     )
     return html_to_pdf(html, fetcher=fetcher)
+
+
+def _css_string(text: str) -> str:
+    """A CSS string literal: everything but plain letters, digits and spaces escaped."""
+    escaped = "".join(ch if ch.isalnum() or ch == " " else f"\\{ord(ch):x} " for ch in text)
+    return f'"{escaped}"'
+
+
+def page_counter_css() -> Markup:
+    """The translated "Page 1 of 2" as a CSS `content` value with the page counters in it."""
+    marker = "\x00"
+    page, pages = marker + "page" + marker, marker + "pages" + marker
+    text = _("Page %(page)s of %(pages)s", page=page, pages=pages)
+    parts = []
+    for index, piece in enumerate(text.split(marker)):
+        if index % 2:
+            parts.append("counter(pages)" if piece == "pages" else "counter(page)")
+        elif piece:
+            parts.append(_css_string(piece))
+    return Markup(" ".join(parts))
 
 
 def html_to_pdf(html: str, *, fetcher: Any = None) -> bytes:
@@ -530,17 +747,43 @@ def _compiled_stylesheet(root: Path) -> tuple[Any, Any]:
     return cached[1], cached[2]
 
 
-def invoice_pdf(invoice: Invoice, *, page_size: PageSize, pay_url: str = "") -> bytes:
-    """The invoice PDF as issued, in the buyer's locale (the account's at finalization)."""
+def invoice_document_view(
+    invoice: Invoice,
+    *,
+    pay_url: str = "",
+    payments: Sequence[PaymentFact] = (),
+    credit_notes: Sequence[CreditFact] = (),
+) -> InvoiceDocumentView:
+    """The invoice's PDF view model in the buyer's locale and time zone."""
     account = invoice.account
-    view = invoice_view(
+    return invoice_view(
         invoice,
         locale=account.locale,
         timezone=account.timezone,
-        thank_you=current_app.config.get("THANK_YOU_NOTE", ""),
+        thank_you=document_thank_you(invoice.seller),
         pay_url=pay_url,
+        payments=payments,
+        credit_notes=credit_notes,
     )
+
+
+def render_invoice(view: InvoiceDocumentView, *, page_size: PageSize) -> bytes:
     return render_pdf("invoice.html", page_size=page_size, doc=view)
+
+
+def invoice_pdf(
+    invoice: Invoice,
+    *,
+    page_size: PageSize,
+    pay_url: str = "",
+    payments: Sequence[PaymentFact] = (),
+    credit_notes: Sequence[CreditFact] = (),
+) -> bytes:
+    """The invoice PDF as it stands, in the buyer's locale."""
+    view = invoice_document_view(
+        invoice, pay_url=pay_url, payments=payments, credit_notes=credit_notes
+    )
+    return render_invoice(view, page_size=page_size)
 
 
 def invoice_file_name(number: str) -> str:
@@ -559,15 +802,14 @@ def receipt_pdf(account: Account, receipt: Receipt, *, page_size: PageSize) -> b
         account,
         [(number, amount.minor) for number, amount in receipt.invoices],
         seller=current_app.config.get("SELLER", {}),
-        thank_you=current_app.config.get("THANK_YOU_NOTE", ""),
+        thank_you=document_thank_you(current_app.config.get("SELLER")),
     )
     return render_pdf("receipt.html", page_size=page_size, doc=view)
 
 
 def statement_pdf(account: Account, view: StatementView, *, page_size: PageSize) -> bytes:
-    return render_pdf(
-        "statement.html", page_size=page_size, doc=statement_document_view(account, view)
-    )
+    doc = statement_document_view(account, view, seller=current_app.config.get("SELLER"))
+    return render_pdf("statement.html", page_size=page_size, doc=doc)
 
 
 def pdf_download(
@@ -598,6 +840,5 @@ def receipt_pdf_response(account: Account, receipt: Receipt) -> Response:
     size = parse_page_size(request.args.get("size"), account.country)
     content = receipt_pdf(account, receipt, page_size=size)
     paid_on = receipt.payment.received_at.astimezone(ZoneInfo(account.timezone)).date()
-    return pdf_download(
-        content, f"receipt-{paid_on.isoformat()}-{safe_file_part(receipt.payment.public_id)}.pdf"
-    )
+    reference = safe_file_part(receipt_reference(receipt.payment))
+    return pdf_download(content, f"receipt-{paid_on.isoformat()}-{reference}.pdf")

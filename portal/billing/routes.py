@@ -22,11 +22,10 @@ from portal.billing.queries import Cursor, dashboard_summary
 from portal.billing.statements import (
     InvalidPeriod,
     csv_filename,
-    parse_period,
     statement_csv,
+    statement_period,
     statement_view,
 )
-from portal.db import begin_write
 from portal.errors import NotFound, ValidationFailed
 from portal.extensions import db
 from portal.web import render_page
@@ -118,7 +117,8 @@ def invoice_detail(number: str) -> Response:
         detail=detail,
         invoice=detail.invoice,
         today=today,
-        thank_you=current_app.config.get("THANK_YOU_NOTE", ""),
+        # NOTE: the page prints tax labels as the invoice's PDF does (one definition).
+        tax_label=pdf.tax_label,
         can_pay="checkout.pay_invoice" in views,
         has_pdf="billing.invoice_pdf" in views,
         can_dispute="disputes.new" in views,
@@ -133,7 +133,9 @@ def statements() -> Response:
     form = StatementPeriodForm(request.args)
     args = request.args
     try:
-        period = parse_period(today, args.get("period"), args.get("start"), args.get("end"))
+        period = statement_period(
+            db.session, account, today, args.get("period"), args.get("start"), args.get("end")
+        )
     except InvalidPeriod as invalid:
         response = render_page(
             "billing/statements.html",
@@ -149,8 +151,9 @@ def statements() -> Response:
     fmt = args.get("format", "html")
     if fmt == "csv":
         return _download(
-            statement_csv(view).encode("utf-8-sig"),
-            "text/csv; charset=utf-8",
+            # NOTE: the BOM tells Excel the file is UTF-8; Flask adds "; charset=utf-8" itself.
+            statement_csv(view, account.locale, _).encode("utf-8-sig"),
+            "text/csv",
             csv_filename(account, period),
         )
     if fmt == "pdf":
@@ -188,9 +191,9 @@ def _download(body: bytes, mimetype: str, filename: str) -> Response:
 # portal/billing/documents.py; this section only translates requests.
 
 
-# NOTE: a stored PDF never changes for its URL's (invoice, template version, size), but a new
-# template version replaces it: browsers may keep it an hour, then revalidate by ETag.
-INVOICE_PDF_MAX_AGE = 3600
+# NOTE: what an invoice's PDF says changes when it is paid, credited or voided, under the same
+# URL: browsers revalidate by ETag every time (a 304 costs one query), never show a stale copy.
+INVOICE_PDF_MAX_AGE = 0
 MAX_EXPORT_INVOICES = 2000
 
 
@@ -276,20 +279,11 @@ def _finalized_invoice(account_id: int, number: str) -> Invoice:
 
 
 def _stored_invoice_pdf(invoice: Invoice, size: pdf.PageSize) -> documents.DocumentRef:
-    """The stored PDF of a finalized invoice, rendered and stored on first use."""
-    stored = documents.find_invoice_document(db.session, invoice.id, size)
-    if stored is not None:
-        return stored
-    invoice_id = invoice.id
+    """The stored PDF of the invoice as it stands (paid, void, …), rendered on first use."""
     pay_url = current_app.config["BASE_URL"] + url_for(
         "billing.invoice_detail", number=invoice.number
     )
-    content = pdf.invoice_pdf(invoice, page_size=size, pay_url=pay_url)
-    # NOTE: the read transaction ends before the write starts: on SQLite a transaction whose
-    # snapshot predates another writer's commit cannot write at all. IMMEDIATE takes the write
-    # lock up front; a request that stored the same PDF meanwhile wins and we serve its row.
-    begin_write(db.session)
-    return documents.store_invoice_document(db.session, invoice_id, size, content)
+    return documents.stored_invoice_pdf(db.session, invoice, size, pay_url=pay_url)
 
 
 def _export_year(raw: str | None, this_year: int) -> int:

@@ -27,6 +27,7 @@ from portal.billing.money import Money
 from portal.billing.numbering import next_in_series
 from portal.errors import Conflict, ValidationFailed
 from portal.payments.models import Payment, PaymentAllocation
+from portal.payments.receipts import assign_receipt_number
 
 # NOTE: the written-down state machine of an invoice. A finalized invoice never goes back to
 # draft; corrections are credit notes or a void.
@@ -264,6 +265,7 @@ def record_payment(
     )
     session.add(payment)
     session.flush()
+    assign_receipt_number(session, payment)
     for invoice, part in allocations:
         if invoice.account_id != account.id or part.minor <= 0:
             raise ValidationFailed("A payment can only be applied to the account's own invoices.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -18,34 +18,48 @@ from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
 from portal.billing import ledger
-from portal.billing.models import CreditNote, Invoice, InvoiceStatus, LedgerKind
+from portal.billing.models import CreditNote, Invoice, InvoiceStatus, LedgerEntry, LedgerKind
 from portal.billing.money import Money
 from portal.payments.models import Payment, PaymentAllocation
+
+
+def N_(message: str) -> str:
+    """Marks text for translation (pybabel extracts N_) where Flask-Babel may not run: billing
+    logic stays Flask-free, and pages and PDFs translate these labels when they print them."""
+    return message
+
 
 # NOTE: a statement reads every ledger entry of its period; five years is far more than any
 # customer asks for and keeps one request from scanning an account's whole history forever.
 MAX_PERIOD_DAYS = 5 * 366
 EARLIEST = date(2000, 1, 1)
 PRESETS = {
-    "this_month": "This month",
-    "last_month": "Last month",
-    "this_year": "This year",
-    "custom": "Custom dates",
+    "this_month": N_("This month"),
+    "last_month": N_("Last month"),
+    "this_year": N_("This year"),
+    "custom": N_("Custom dates"),
 }
 KIND_LABELS = {
-    LedgerKind.INVOICE.value: "Invoice",
-    LedgerKind.INVOICE_VOID.value: "Invoice voided",
-    LedgerKind.PAYMENT.value: "Payment",
-    LedgerKind.CREDIT_NOTE.value: "Credit note",
-    LedgerKind.REFUND.value: "Refund",
+    LedgerKind.INVOICE.value: N_("Invoice"),
+    LedgerKind.INVOICE_VOID.value: N_("Invoice voided"),
+    LedgerKind.PAYMENT.value: N_("Payment"),
+    LedgerKind.CREDIT_NOTE.value: N_("Credit note"),
+    LedgerKind.REFUND.value: N_("Refund"),
 }
 
 
 class InvalidPeriod(ValueError):
-    """The period asked for makes no sense; the message is written for the customer."""
+    """The period asked for makes no sense; the message is written for the customer.
 
-    def __init__(self, message: str, field: str = "") -> None:
+    `msgid` and `params` let the page translate it (`_(error.msgid, **error.params)`);
+    `message` is the English text.
+    """
+
+    def __init__(self, msgid: str, field: str = "", **params: object) -> None:
+        message = msgid % params if params else msgid
         super().__init__(message)
+        self.msgid = msgid
+        self.params = params
         self.message = message
         self.field = field
 
@@ -57,6 +71,9 @@ class Period:
     start: date
     end: date
     preset: str
+    # True when the customer asked for nothing and this month had no activity yet, so the
+    # statement shows last month instead of an empty page.
+    fallback: bool = False
 
     @property
     def label(self) -> str:
@@ -74,16 +91,24 @@ class Period:
         return (self.end - self.start).days + 1
 
 
-def _parse_day(raw: str, field: str, label: str) -> date:
+_NOT_A_DATE = {
+    "start": N_("The start date “%(text)s” is not a date. Use the form 2026-01-31."),
+    "end": N_("The end date “%(text)s” is not a date. Use the form 2026-01-31."),
+}
+_BAD_FORM = {
+    "start": N_("Write the start date as YYYY-MM-DD, for example 2026-01-31."),
+    "end": N_("Write the end date as YYYY-MM-DD, for example 2026-01-31."),
+}
+
+
+def _parse_day(raw: str, field: str) -> date:
     text = raw.strip()
     try:
         parsed = date.fromisoformat(text)
     except ValueError:
-        raise InvalidPeriod(
-            f"The {label} date “{text[:20]}” is not a date. Use the form 2026-01-31.", field
-        ) from None
+        raise InvalidPeriod(_NOT_A_DATE[field], field, text=text[:20]) from None
     if len(text) != 10:
-        raise InvalidPeriod(f"Write the {label} date as YYYY-MM-DD, for example 2026-01-31.", field)
+        raise InvalidPeriod(_BAD_FORM[field], field)
     return parsed
 
 
@@ -95,7 +120,7 @@ def parse_period(
     if not preset:
         preset = "custom" if (start or end) else "this_month"
     if preset not in PRESETS:
-        raise InvalidPeriod("Please choose one of the periods offered.", "period")
+        raise InvalidPeriod(N_("Please choose one of the periods offered."), "period")
     if preset == "this_month":
         return Period(today.replace(day=1), today, preset)
     if preset == "last_month":
@@ -104,22 +129,64 @@ def parse_period(
     if preset == "this_year":
         return Period(today.replace(month=1, day=1), today, preset)
     if not start or not start.strip():
-        raise InvalidPeriod("Please enter the first day of the statement.", "start")
+        raise InvalidPeriod(N_("Please enter the first day of the statement."), "start")
     if not end or not end.strip():
-        raise InvalidPeriod("Please enter the last day of the statement.", "end")
-    first = _parse_day(start, "start", "start")
-    last = _parse_day(end, "end", "end")
+        raise InvalidPeriod(N_("Please enter the last day of the statement."), "end")
+    first = _parse_day(start, "start")
+    last = _parse_day(end, "end")
     if last < first:
         raise InvalidPeriod(
-            "The end date is before the start date. Swap them and try again.", "end"
+            N_("The end date is before the start date. Swap them and try again."), "end"
         )
     if first < EARLIEST:
-        raise InvalidPeriod(f"Statements start on {EARLIEST.isoformat()} at the earliest.", "start")
+        raise InvalidPeriod(
+            N_("Statements start on %(date)s at the earliest."), "start", date=EARLIEST.isoformat()
+        )
     if first > today:
-        raise InvalidPeriod("The start date is in the future. Choose a day up to today.", "start")
+        raise InvalidPeriod(
+            N_("The start date is in the future. Choose a day up to today."), "start"
+        )
     if (last - first).days + 1 > MAX_PERIOD_DAYS:
-        raise InvalidPeriod("That period is too long: choose at most five years.", "start")
+        raise InvalidPeriod(N_("That period is too long: choose at most five years."), "start")
     return Period(first, last, preset)
+
+
+def has_activity(session: Session, account: Account, period: Period) -> bool:
+    """Whether any ledger entry of the account falls in the period (one indexed lookup)."""
+    start, end = period.bounds(account.timezone)
+    found = session.scalar(
+        select(LedgerEntry.id)
+        .where(
+            LedgerEntry.account_id == account.id,
+            LedgerEntry.currency == account.currency,
+            LedgerEntry.effective_at >= start,
+            LedgerEntry.effective_at < end,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def statement_period(
+    session: Session,
+    account: Account,
+    today: date,
+    preset: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+) -> Period:
+    """The period from the query string; with none asked for, this month, or last month when
+    nothing has happened this month yet.
+
+    NOTE: on the 1st (and any day before the month's first entry) "this month" is empty, while
+    the customer who opens the statement wants the month that just ended.
+    """
+    period = parse_period(today, preset, start, end)
+    asked = bool((preset or "").strip() or start or end)
+    if asked or has_activity(session, account, period):
+        return period
+    last = parse_period(today, "last_month")
+    return Period(last.start, last.end, last.preset, fallback=True)
 
 
 @dataclass(frozen=True)
@@ -183,11 +250,11 @@ class StatementView:
 OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 # (key, label, lowest days past due, highest or None)
 AGING_BUCKETS: tuple[tuple[str, str, int, int | None], ...] = (
-    ("current", "Current", -(10**6), 0),
-    ("1_30", "1–30 days", 1, 30),
-    ("31_60", "31–60 days", 31, 60),
-    ("61_90", "61–90 days", 61, 90),
-    ("over_90", "Over 90 days", 91, None),
+    ("current", N_("Current"), -(10**6), 0),
+    ("1_30", N_("1–30 days"), 1, 30),
+    ("31_60", N_("31–60 days"), 31, 60),
+    ("61_90", N_("61–90 days"), 61, 90),
+    ("over_90", N_("Over 90 days"), 91, None),
 )
 
 
@@ -306,62 +373,102 @@ def statement_view(session: Session, account: Account, period: Period) -> Statem
 
 
 # NOTE: a spreadsheet runs a cell that starts with one of these as a formula (CSV injection,
-# OWASP); a leading apostrophe makes it plain text.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# OWASP), also after leading spaces or control characters, which it skips; full-width forms
+# count too (some spreadsheets fold them). A leading apostrophe makes the cell plain text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_SKIPPED = " \t\r\n\x0b\x0c\u00a0\u3000"
 
 
 def neutralise_cell(value: str) -> str:
     """Text a spreadsheet shows as text, never runs."""
-    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    if value[:1] in ("\t", "\r", "\n") or value.lstrip(_SKIPPED).startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
-def _plain(amount: Money | None) -> str:
+@dataclass(frozen=True)
+class CsvDialect:
+    """How amounts and fields are written, for the spreadsheets of the account's locale."""
+
+    delimiter: str
+    decimal: str
+
+
+def csv_dialect(locale: str) -> CsvDialect:
+    """Semicolons and a decimal comma where the locale writes decimals with a comma.
+
+    NOTE: a spreadsheet opening a CSV by double-click splits fields on the list separator of
+    the machine's locale and reads numbers in its decimal style: German Excel splits on ";"
+    and reads "1234.50" as text (or a date), so a comma-separated file with "." decimals opens
+    as one column of text. The file is written the way the account's locale reads it; the
+    amounts carry no symbol or grouping, and the currency has a column of its own.
+    """
+    from babel import Locale
+    from babel.numbers import get_decimal_symbol
+
+    try:
+        decimal = get_decimal_symbol(Locale.parse(locale or "en_US"))
+    except (ValueError, TypeError):
+        decimal = "."
+    if decimal == ",":
+        return CsvDialect(delimiter=";", decimal=",")
+    return CsvDialect(delimiter=",", decimal=".")
+
+
+def _plain(amount: Money | None, dialect: CsvDialect) -> str:
     # Amounts are written without grouping or symbol, so spreadsheets read them as numbers.
-    return "" if amount is None else str(amount.to_decimal())
+    if amount is None:
+        return ""
+    return str(amount.to_decimal()).replace(".", dialect.decimal)
 
 
-def statement_csv(view: StatementView) -> str:
-    """The statement as CSV: one row per entry, with opening and closing rows."""
+CSV_HEADER = (
+    N_("Date"),
+    N_("Type"),
+    N_("Description"),
+    N_("Charges"),
+    N_("Credits"),
+    N_("Balance"),
+    N_("Currency"),
+)
+
+
+def statement_csv(
+    view: StatementView,
+    locale: str = "en_US",
+    translate: Callable[[str], str] = N_,
+) -> str:
+    """The statement as CSV: an opening row, one row per entry, a closing row.
+
+    NOTE: the Charges and Credits columns hold entries only: the opening and closing rows carry
+    just the balance, so summing a column gives the period's total instead of twice it.
+    """
+    dialect = csv_dialect(locale)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
+    writer = csv.writer(out, delimiter=dialect.delimiter, lineterminator="\r\n")
+    opening, closing = translate("Opening balance"), translate("Closing balance")
     rows: Iterable[Sequence[str]] = [
-        ["Date", "Type", "Description", "Charges", "Credits", "Balance", "Currency"],
-        [
-            view.period.start.isoformat(),
-            "",
-            "Opening balance",
-            "",
-            "",
-            _plain(view.opening),
-            view.currency,
-        ],
+        [translate(name) for name in CSV_HEADER],
+        [view.period.start.isoformat(), opening, opening, "", "", _plain(view.opening, dialect)],
         *(
             [
                 row.on.isoformat(),
-                row.kind_label,
+                translate(row.kind_label),
                 row.description,
-                _plain(row.charge),
-                _plain(row.credit),
-                _plain(row.balance),
-                view.currency,
+                _plain(row.charge, dialect),
+                _plain(row.credit, dialect),
+                _plain(row.balance, dialect),
             ]
             for row in view.rows
         ),
-        [
-            view.period.end.isoformat(),
-            "",
-            "Closing balance",
-            _plain(view.charges),
-            _plain(view.credits),
-            _plain(view.closing),
-            view.currency,
-        ],
+        [view.period.end.isoformat(), closing, closing, "", "", _plain(view.closing, dialect)],
     ]
     for row in rows:
-        # NOTE: negative balances are numbers, not formulas: only text cells are neutralised.
-        writer.writerow(
-            [neutralise_cell(cell) if i in (1, 2) else cell for i, cell in enumerate(row)]
-        )
+        # NOTE: amounts are numbers we wrote, not text: only text cells are neutralised.
+        cells = [neutralise_cell(cell) if i in (1, 2) else cell for i, cell in enumerate(row)]
+        if len(cells) == 6:
+            cells.append(view.currency)
+        writer.writerow(cells)
     return out.getvalue()
 
 

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from pypdf import PdfReader
 from sqlalchemy import func, select
@@ -310,3 +311,34 @@ def test_export_refuses_before_streaming_when_an_invoice_is_too_long(
     response = client.get("/invoices/export?year=2026")
     assert response.status_code == 422
     assert f"Invoice {long.number} is too long" in response.get_data(as_text=True)
+
+
+def test_the_stored_pdf_is_keyed_by_what_it_prints(
+    app: Flask, session: Session, clock: FrozenClock
+) -> None:
+    from portal.billing import services
+    from portal.billing.money import Money
+    from portal.billing.pdf import PageSize
+
+    invoice = make_invoice(session, make_account(session), [7500])
+    with app.test_request_context():
+        session.commit()
+        first = documents.stored_invoice_pdf(session, invoice, PageSize.A4)
+        session.commit()
+        again = documents.stored_invoice_pdf(session, invoice, PageSize.A4)
+        session.commit()
+        assert again.id == first.id  # unchanged: served from its row, not rendered again
+        assert documents.count_invoice_documents(session, invoice.id) == 1
+        services.record_payment(
+            session,
+            invoice.account,
+            Money(7500, "USD"),
+            [(invoice, Money(7500, "USD"))],
+            received_at=clock(),
+            method_description="Visa ·4242",
+        )
+        session.commit()
+        paid = documents.stored_invoice_pdf(session, invoice, PageSize.A4)
+        session.commit()
+    assert paid.id != first.id and paid.content_hash != first.content_hash
+    assert documents.count_invoice_documents(session, invoice.id) == 2

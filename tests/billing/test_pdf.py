@@ -15,6 +15,7 @@ from pypdf import PdfReader
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal import clock as portal_clock
 from portal.accounts.models import User
 from portal.billing import pdf
 from portal.billing.models import Invoice
@@ -64,7 +65,8 @@ def test_view_model_formats_usd_eur_in_german_and_jpy_without_decimals(
     cases = [
         (make_invoice(session, usd, [123450]), "$1,234.50"),
         (make_invoice(session, eur, [123450]), "1.234,50\xa0€"),
-        (make_invoice(session, jpy, [12345]), "¥12,345"),
+        # NOTE: the pages' formatter (portal.formatting): CLDR's full-width yen for ja_JP.
+        (make_invoice(session, jpy, [12345]), "\uffe512,345"),
     ]
     for invoice, total in cases:
         account = invoice.account
@@ -74,7 +76,7 @@ def test_view_model_formats_usd_eur_in_german_and_jpy_without_decimals(
         assert all(isinstance(v, str) for v in (view.issue_date, view.due_date, view.footer))
     eur_view = pdf.invoice_view(cases[1][0], locale="de_DE", timezone="UTC")
     assert eur_view.issue_date == "21.11.2026"
-    assert "\uffe5" not in pdf.invoice_view(cases[2][0], locale="ja_JP", timezone="UTC").headline
+    assert "\u00a5" not in pdf.invoice_view(cases[2][0], locale="ja_JP", timezone="UTC").headline
 
 
 def test_view_model_shows_tax_per_rate_and_discounts(session: Session, clock: FrozenClock) -> None:
@@ -94,7 +96,7 @@ def test_view_model_shows_tax_per_rate_and_discounts(session: Session, clock: Fr
     services.finalize_invoice(session, invoice, seller=SELLER)
     view = pdf.invoice_view(invoice, locale="de_DE", timezone="UTC")
     labels = {row.label: row.value for row in view.totals}
-    assert labels["Discount"] == "-10,00\xa0€"
+    assert labels["Discount"] == "\u221210,00\xa0€"  # a real minus sign, as on the pages
     assert labels["VAT 19% on 100,00\xa0€"] == "19,00\xa0€"
     assert labels["VAT 7% on 50,00\xa0€"] == "3,50\xa0€"
     assert labels["Amount due"] == "162,50\xa0€"
@@ -225,8 +227,11 @@ def test_invoice_pdf_in_yen_has_no_decimals(
     assert invoice is not None
     text = pdf_text(client.get("/invoices/KF-0003/pdf").get_data())[0]
     assert "KF-0003" in text
-    assert f"¥{invoice.total_minor:,}" in text
-    assert not re.search(r"¥[\d,]+\.\d", text)
+    # The same sign as the invoice page prints, drawn by the one-glyph Portal Yen font.
+    assert f"\uffe5{invoice.total_minor:,}" in text
+    page = client.get("/invoices/KF-0003").get_data(as_text=True)
+    assert f"\uffe5{invoice.total_minor:,}" in page
+    assert not re.search(r"[¥\uffe5][\d,]+\.\d", text)
 
 
 def test_us_buyers_get_letter_and_anyone_can_ask_for_a4(
@@ -321,3 +326,177 @@ def test_a_statement_too_long_for_a_pdf_points_to_the_csv(
     response = client.get("/statements?period=this_year&format=pdf")
     assert response.status_code == 422
     assert "download it as CSV" in response.get_data(as_text=True)
+
+
+# --- The invoice as it stands: paid, partly paid, void (issue 9, item 5) -----------------------
+
+
+def _pay(session: Session, invoice: Invoice, minor: int, method: str = "Visa ·4242") -> None:
+    from portal.billing import services
+    from portal.billing.money import Money
+
+    services.record_payment(
+        session,
+        invoice.account,
+        Money(minor, invoice.currency),
+        [(invoice, Money(minor, invoice.currency))],
+        received_at=portal_clock.now(),
+        method_description=method,
+    )
+
+
+def test_a_paid_invoice_pdf_says_paid_with_date_and_method_and_no_pay_link(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    from portal.billing.models import InvoiceDocument
+
+    account = make_account(session, "USD", country="US")
+    user = make_user(session, account=account)
+    invoice = make_invoice(session, account, [7500])
+    login_as(client, user)
+    before = client.get(f"/invoices/{invoice.number}/pdf")
+    unpaid = pdf_text(before.get_data())[0]
+    assert "$75.00 due" in unpaid and "Pay online" in unpaid
+    assert "PAID" not in unpaid
+
+    _pay(session, invoice, 7500)
+    after = client.get(f"/invoices/{invoice.number}/pdf")
+    assert after.status_code == 200, after.get_data(as_text=True)[-3000:]
+    paid = pdf_text(after.get_data())[0]
+    assert "PAID" in paid and "Paid in full" in paid
+    assert "Paid on Nov 21, 2026 with Visa ·4242." in paid
+    assert "Pay online" not in paid
+    assert "$75.00 due" not in paid
+    assert re.search(r"Amount due\s*\$0\.00", paid)
+    assert re.search(
+        r"Paid Nov 21, 2026 with Visa ·4242, receipt\s+RCT-2026-\d{5}\s*−\$75\.00", paid
+    ), paid
+    # The stored copy is keyed by what it prints: a new key, a new row, a new ETag.
+    keys = session.scalars(
+        select(InvoiceDocument.template_version).where(InvoiceDocument.invoice_id == invoice.id)
+    ).all()
+    assert len(keys) == 2 and len(set(keys)) == 2
+    assert all(key.startswith(pdf.TEMPLATE_VERSION + "-") and len(key) <= 16 for key in keys)
+    assert before.headers["ETag"] != after.headers["ETag"]
+    # Browsers revalidate (the same URL now says something else), never keep the unpaid copy.
+    assert "max-age=0" in after.headers["Cache-Control"]
+
+
+def test_a_partly_paid_and_credited_invoice_lists_what_was_applied(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    from portal.billing import services
+    from portal.billing.money import Money
+
+    account = make_account(session, "EUR", locale="de_DE", country="DE")
+    user = make_user(session, account=account)
+    invoice = make_invoice(session, account, [10000])
+    services.issue_credit_note(session, invoice, Money(1500, "EUR"), reason="goodwill")
+    _pay(session, invoice, 2500, method="Bank transfer")
+    login_as(client, user)
+    text = pdf_text(client.get(f"/invoices/{invoice.number}/pdf").get_data())[0]
+    assert "PARTLY PAID" in text
+    assert "60,00 € due" in text and "Pay online" in text
+    assert "40,00 € of 100,00 € already paid or credited." in text
+    assert "−25,00 €" in text and "−15,00 €" in text
+    assert re.search(r"Credit note \S+, 21\.11\.2026", text)
+
+
+def test_a_void_invoice_pdf_says_void_and_nothing_is_owed(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    from portal.billing import services
+
+    account = make_account(session, "USD", country="US")
+    user = make_user(session, account=account)
+    invoice = make_invoice(session, account, [7500])
+    services.void_invoice(session, invoice)
+    login_as(client, user)
+    text = pdf_text(client.get(f"/invoices/{invoice.number}/pdf").get_data())[0]
+    assert "VOID" in text
+    assert "This invoice was cancelled on Nov 21, 2026. Nothing is owed." in text
+    assert "Pay online" not in text and "$75.00 due" not in text
+
+
+# --- One formatting of each thing (issue 9, item 9) --------------------------------------------
+
+
+def test_the_tax_rate_is_printed_once() -> None:
+    assert pdf.tax_label("VAT 19%", 1900, "en_US") == "VAT 19%"
+    assert pdf.tax_label("VAT", 1900, "en_US") == "VAT 19%"
+    assert pdf.tax_label("", 700, "en_US") == "Tax 7%"
+    assert pdf.tax_label("MwSt. 19 %", 1900, "de_DE") == "MwSt. 19 %"
+    assert pdf.tax_label("USt", 1900, "de_DE") == "USt 19%"
+    assert pdf.tax_label("GST 5%", 1950, "en_US") == "GST 5% 19.5%"  # 5 is not 19.5
+    assert pdf.tax_label("VAT 19%", 1950, "en_US") == "VAT 19% 19.5%"
+
+
+def test_the_invoice_page_prints_the_tax_rate_once(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    from portal.billing import services
+
+    account = make_account(session, "EUR", locale="de_DE")
+    user = make_user(session, account=account)
+    invoice = services.create_draft_invoice(
+        session,
+        account,
+        [services.LineInput("Consulting", 10000, tax_rate_bp=1900, tax_name="VAT 19%")],
+    )
+    services.finalize_invoice(session, invoice, seller=SELLER)
+    login_as(client, user)
+    page = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
+    assert "VAT 19%" in page
+    assert "(19%)" not in page and "VAT 19% 19" not in page
+
+
+def test_questions_reply_to_this_email_is_printed_only_in_emails(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    account = make_account(session, "USD", country="US")
+    user = make_user(session, account=account)
+    invoice = make_invoice(session, account, [7500])
+    login_as(client, user)
+    page = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
+    text = pdf_text(client.get(f"/invoices/{invoice.number}/pdf").get_data())[0]
+    for printed in (page, text):
+        assert "reply to this email" not in printed
+        assert "Thank you for your business." in printed
+    assert "Questions? Write to billing@example.com." in text  # a PDF has no page footer
+
+
+def test_the_yen_sign_is_drawn_by_a_font_that_has_it(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    login_as(client, demo_user(session, "kenji@example.com"))
+    reader = PdfReader(io.BytesIO(client.get("/invoices/KF-0003/pdf").get_data()))
+    fonts = {
+        str(font.get_object()["/BaseFont"])
+        for font in reader.pages[0]["/Resources"]["/Font"].values()
+    }
+    assert any("Portal-Yen" in name for name in fonts), fonts
+
+
+def test_statement_pdf_has_the_seller_and_real_minus_signs(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    login_as(client, demo_user(session, "ada@example.com"))
+    text = "\n".join(pdf_text(client.get("/statements?period=this_year&format=pdf").get_data()))
+    assert "FROM" in text and "Northwind Cloud Ltd." in text
+    assert re.search(r"Payments and credits\s*−\$\d", text)
+    assert not re.search(r"(?<![\w])-\$\d", text)
+
+
+def test_receipt_pdf_carries_the_receipt_number(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    login_as(client, demo_user(session, "grace@example.com"))
+    payment = session.scalars(
+        select(Payment).where(Payment.currency == "EUR").order_by(Payment.received_at)
+    ).first()
+    assert payment is not None and payment.receipt_number is not None
+    response = client.get(f"/payments/{payment.public_id}/pdf")
+    text = pdf_text(response.get_data())[0]
+    assert f"Receipt number {payment.receipt_number}" in text
+    assert payment.receipt_number in response.headers["Content-Disposition"]
+    assert "PAID" in text

@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy.orm import Session
@@ -103,6 +104,13 @@ def test_exactly_five_years_is_allowed() -> None:
         ("\rcmd", "'\rcmd"),
         ("Invoice ALS-0001", "Invoice ALS-0001"),
         ("", ""),
+        # A spreadsheet skips leading blanks and control characters before it looks for "=".
+        (" =1+2", "' =1+2"),
+        ("  +SUM(A1)", "'  +SUM(A1)"),
+        ("\u00a0-1+1", "'\u00a0-1+1"),
+        ("\n=cmd", "'\n=cmd"),
+        ("\uff1dcmd", "'\uff1dcmd"),  # full-width "="
+        ("Payment - Visa", "Payment - Visa"),
     ],
 )
 def test_formula_cells_are_neutralised(raw: str, safe: str) -> None:
@@ -323,3 +331,82 @@ def test_aging_counts_each_invoice_open_at_the_cutoff_once(session: Session) -> 
     buckets = {b.key: (b.amount.minor, b.count) for b in view.aging.buckets}
     assert buckets["1_30"] == (700, 3)
     assert view.aging.total == view.closing
+
+
+def test_csv_amount_columns_sum_to_the_period_totals_once() -> None:
+    rows = [
+        StatementRow(
+            date(2026, 1, 2), "invoice", "Invoice A", Money(1234, "USD"), Money(1234, "USD")
+        ),
+        StatementRow(
+            date(2026, 1, 3), "payment", "Payment", Money(-2000, "USD"), Money(-766, "USD")
+        ),
+        StatementRow(
+            date(2026, 1, 4), "invoice", "Invoice B", Money(500, "USD"), Money(-266, "USD")
+        ),
+    ]
+    parsed = list(csv.DictReader(io.StringIO(statement_csv(_view(rows)))))
+    charges = sum(Decimal(r["Charges"]) for r in parsed if r["Charges"])
+    credits = sum(Decimal(r["Credits"]) for r in parsed if r["Credits"])
+    assert (charges, credits) == (Decimal("17.34"), Decimal("20.00"))
+    assert [r["Type"] for r in (parsed[0], parsed[-1])] == ["Opening balance", "Closing balance"]
+    assert parsed[-1]["Balance"] == "-2.66" and parsed[-1]["Charges"] == ""
+    assert {r["Currency"] for r in parsed} == {"USD"}
+
+
+def test_csv_for_a_german_account_is_what_german_spreadsheets_read() -> None:
+    rows = [
+        StatementRow(
+            date(2026, 1, 2), "invoice", "Rechnung", Money(123450, "EUR"), Money(123450, "EUR")
+        ),
+    ]
+    text = statement_csv(_view(rows), "de_DE")
+    assert text.splitlines()[0].count(";") == 6 and "," not in text.splitlines()[0]
+    parsed = list(csv.reader(io.StringIO(text), delimiter=";"))
+    assert parsed[2][3] == "1234,50" and parsed[2][5] == "1234,50"  # no grouping, decimal comma
+    assert statement_csv(_view(rows), "en_US").splitlines()[2].split(",")[3] == "1234.50"
+
+
+def test_statement_csv_download_names_its_charset_once(client, session: Session, clock) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import login_as
+    from tests.factories import make_user
+
+    account = make_account(session)
+    user = make_user(session, account=account)
+    make_invoice(session, account, [1000])
+    login_as(client, user)
+    response = client.get("/statements?period=this_month&format=csv")
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert response.get_data().startswith(b"\xef\xbb\xbf")  # the BOM Excel needs for UTF-8
+
+
+def test_the_default_statement_on_the_first_is_last_month(client, session: Session, clock) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import login_as
+    from tests.factories import make_user
+
+    account = make_account(session)
+    user = make_user(session, account=account)
+    make_invoice(session, account, [1000], finalized_at=datetime(2026, 11, 20, 12, tzinfo=UTC))
+    clock.set(datetime(2026, 12, 1, 9, tzinfo=UTC))
+    login_as(client, user)
+    page = client.get("/statements").get_data(as_text=True)
+    assert 'data-testid="period-fallback"' in page
+    assert "Nov 1, 2026 – Nov 30, 2026" in page and "$10.00" in page
+    chosen = client.get("/statements?period=this_month").get_data(as_text=True)
+    assert 'data-testid="period-fallback"' not in chosen and "Dec 1, 2026 – Dec 1, 2026" in chosen
+    # Once this month has an entry, the default is this month again.
+    make_invoice(session, account, [500])
+    again = client.get("/statements").get_data(as_text=True)
+    assert 'data-testid="period-fallback"' not in again and "Dec 1, 2026 – Dec 1, 2026" in again
+
+
+def test_the_running_balance_is_labelled_for_phones(client, session: Session, clock) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import login_as
+    from tests.factories import make_user
+
+    account = make_account(session)
+    user = make_user(session, account=account)
+    make_invoice(session, account, [1000])
+    login_as(client, user)
+    page = client.get("/statements?period=this_month").get_data(as_text=True)
+    assert '<span class="ledger__label">Balance </span>$10.00' in page
