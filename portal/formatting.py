@@ -198,7 +198,14 @@ def day(value: date | datetime | None, style: str = DATE_STYLE, locale: str | No
         return ""
     if isinstance(value, datetime):
         value = _aware(value).astimezone(_timezone()).date()
-    identifier = locale or _locale()
+    return _formatted_day(value, style, locale or _locale())
+
+
+# NOTE: a list page formats two days per row and Babel's pattern costs ~9 µs a call; the text of a
+# calendar day depends only on the day, the style and the locale (a moment's time zone was
+# applied above, before the day is looked up), so each is formatted once per process.
+@lru_cache(maxsize=4096)
+def _formatted_day(value: date, style: str, identifier: str) -> str:
     return _date_pattern(identifier, style).apply(value, _parsed_locale(identifier))
 
 

@@ -37,12 +37,12 @@ class PortalFlask(Flask):
     def preprocess_request(self) -> ResponseReturnValue | None:
         answer = super().preprocess_request()
         if answer is not None:
-            unit_of_work.commit(db.session)
+            unit_of_work.end_request(db.session, read_only=not _in_write_request())
         return answer
 
     def dispatch_request(self) -> ResponseReturnValue:
         answer = super().dispatch_request()
-        unit_of_work.commit(db.session)
+        unit_of_work.end_request(db.session, read_only=not _in_write_request())
         return answer
 
 

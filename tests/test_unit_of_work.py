@@ -217,3 +217,30 @@ def test_a_form_post_waits_for_another_writer_instead_of_failing(
         saved = db.session.get(Account, account_id)
         assert saved is not None and saved.name == "Waited For Ltd"
         db.session.remove()
+
+
+# -- the request boundary's end: a read that wrote nothing is not committed ------------------
+
+
+def test_a_read_request_that_wrote_nothing_is_not_committed(session: Session) -> None:
+    session.commit()
+    session.scalar(select(func.count()).select_from(Account))
+    commits: list[str] = []
+    event.listen(session, "after_commit", lambda _s: commits.append("commit"))
+    unit_of_work.end_request(session, read_only=True)
+    assert commits == []
+    unit_of_work.end_request(session, read_only=False)
+    assert commits == ["commit"]
+
+
+def test_a_read_request_that_wrote_or_has_effects_still_commits(session: Session) -> None:
+    session.commit()
+    make_account(session)  # flushed by the factory: a GET that wrote
+    assert unit_of_work.has_pending_changes(session)
+    unit_of_work.end_request(session, read_only=True)
+    assert not unit_of_work.has_pending_changes(session)
+
+    ran: list[str] = []
+    unit_of_work.after_commit(session, lambda: ran.append("effect"))
+    unit_of_work.end_request(session, read_only=True)
+    assert ran == ["effect"]

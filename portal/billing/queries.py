@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select
+from sqlalchemy import ColumnElement, Date, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from portal.billing import ledger
@@ -211,35 +211,44 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def invoice_list(
-    account_id: int, filters: InvoiceFilters, today: date, after: Cursor | None = None
+@functools.cache
+def _invoice_list_statement(
+    status: str, by_year: bool, by_search: bool, after: bool
 ) -> Select[tuple[Invoice]]:
-    """Issued invoices of an account, newest first, filtered; keyset-paginated after `after`."""
+    """Issued invoices of an account, newest first, for one shape of filters, with bound
+    parameters (account_id, today, status, year_start, year_end, pattern, after_date,
+    after_id, size). NOTE: built once per shape (at most 40 of them): building a select
+    and its cache key on every request cost more than running it."""
     query = select(Invoice).where(
-        Invoice.account_id == account_id, Invoice.status != InvoiceStatus.DRAFT.value
+        Invoice.account_id == bindparam("account_id"),
+        Invoice.status != InvoiceStatus.DRAFT.value,
     )
-    if filters.status == "open":
+    if status == "open":
         query = query.where(Invoice.is_payable)
-    elif filters.status == "overdue":
-        query = query.where(Invoice.is_overdue(today))
-    elif filters.status in ("paid", "void"):
-        query = query.where(Invoice.status == filters.status)
-    if filters.year is not None:
+    elif status == "overdue":
+        query = query.where(Invoice.is_overdue(bindparam("today", type_=Date())))
+    elif status in ("paid", "void"):
+        query = query.where(Invoice.status == bindparam("status"))
+    if by_year:
         query = query.where(
-            Invoice.issue_date >= date(filters.year, 1, 1),
-            Invoice.issue_date <= date(filters.year, 12, 31),
+            Invoice.issue_date >= bindparam("year_start", type_=Date()),
+            Invoice.issue_date <= bindparam("year_end", type_=Date()),
         )
-    if filters.search:
-        pattern = f"%{_escape_like(filters.search.upper())}%"
-        query = query.where(func.upper(Invoice.number).like(pattern, escape="\\"))
-    if after is not None:
+    if by_search:
+        query = query.where(func.upper(Invoice.number).like(bindparam("pattern"), escape="\\"))
+    if after:
+        after_date = bindparam("after_date", type_=Date())
         query = query.where(
             or_(
-                Invoice.issue_date < after.issue_date,
-                and_(Invoice.issue_date == after.issue_date, Invoice.id < after.id),
+                Invoice.issue_date < after_date,
+                and_(Invoice.issue_date == after_date, Invoice.id < bindparam("after_id")),
             )
         )
-    return query.order_by(Invoice.issue_date.desc(), Invoice.id.desc())
+    return (
+        query.options(*LIST_ONLY)
+        .order_by(Invoice.issue_date.desc(), Invoice.id.desc())
+        .limit(bindparam("size"))
+    )
 
 
 def invoice_page(
@@ -251,26 +260,56 @@ def invoice_page(
     size: int = PAGE_SIZE,
 ) -> InvoicePage:
     """One page of the list in one query (one row more than shown tells whether more follow)."""
-    query = invoice_list(account_id, filters, today, after).options(*LIST_ONLY)
-    rows = list(session.scalars(query.limit(size + 1)))
+    status = filters.status if filters.status in INVOICE_FILTERS else ""
+    query = _invoice_list_statement(
+        status, filters.year is not None, bool(filters.search), after is not None
+    )
+    params: dict[str, Any] = {"account_id": account_id, "size": size + 1}
+    if status == "overdue":
+        params["today"] = today
+    elif status in ("paid", "void"):
+        params["status"] = status
+    if filters.year is not None:
+        params["year_start"] = date(filters.year, 1, 1)
+        params["year_end"] = date(filters.year, 12, 31)
+    if filters.search:
+        params["pattern"] = f"%{_escape_like(filters.search.upper())}%"
+    if after is not None:
+        params["after_date"] = after.issue_date
+        params["after_id"] = after.id
+    rows = list(session.scalars(query, params))
     shown = rows[:size]
     more = len(rows) > size
     return InvoicePage(shown, Cursor(shown[-1].issue_date, shown[-1].id) if more else None)
 
 
+@functools.cache
+def _payable_count_statement() -> Select[tuple[int]]:
+    listed = open_invoices(bindparam("account_id")).order_by(None).subquery()
+    return select(func.count()).select_from(listed)
+
+
 def payable_count(session: Session, account_id: int) -> int:
     """How many invoices the account can pay now, counted in SQL."""
-    listed = open_invoices(account_id).order_by(None).subquery()
-    return int(session.scalar(select(func.count()).select_from(listed)) or 0)
+    return int(session.scalar(_payable_count_statement(), {"account_id": account_id}) or 0)
+
+
+@functools.cache
+def _invoice_years_statement() -> Select[tuple[date | None, date | None]]:
+    issued = (
+        Invoice.account_id == bindparam("account_id"),
+        Invoice.status != InvoiceStatus.DRAFT.value,
+    )
+    first = select(Invoice.issue_date).where(*issued).order_by(Invoice.issue_date).limit(1)
+    last = select(Invoice.issue_date).where(*issued).order_by(Invoice.issue_date.desc()).limit(1)
+    return select(first.scalar_subquery(), last.scalar_subquery())
 
 
 def invoice_years(session: Session, account_id: int) -> list[int]:
     """The years from the account's first invoice to its latest, newest first (for the year
     filter): the two ends read from the (account_id, issue_date) index, whatever the history."""
-    issued = (Invoice.account_id == account_id, Invoice.status != InvoiceStatus.DRAFT.value)
-    first = select(Invoice.issue_date).where(*issued).order_by(Invoice.issue_date).limit(1)
-    last = select(Invoice.issue_date).where(*issued).order_by(Invoice.issue_date.desc()).limit(1)
-    oldest, newest = session.execute(select(first.scalar_subquery(), last.scalar_subquery())).one()
+    statement = _invoice_years_statement()
+    oldest, newest = session.execute(statement, {"account_id": account_id}).one()
     if oldest is None or newest is None:
         return []
     return list(range(newest.year, oldest.year - 1, -1))
@@ -303,26 +342,51 @@ class InvoiceDetail:
     discount_lines: list[InvoiceLine] = field(default_factory=list)
 
 
-def invoice_detail(session: Session, account_id: int, number: str) -> InvoiceDetail | None:
-    """The invoice with its lines, taxes per rate, payments and credit notes: four queries."""
-    invoice = session.scalar(
-        issued_invoice(account_id, number).options(selectinload(Invoice.lines))
+@functools.cache
+def _invoice_detail_statements() -> tuple[Select[Any], Select[Any], Select[Any]]:
+    """The invoice page's statements with bound parameters (account_id, number, invoice_id),
+    built once: see _dashboard_statements. The invoice is found as issued_invoice finds it."""
+    account_id = bindparam("account_id")
+    invoice = (
+        select(Invoice)
+        .where(
+            Invoice.account_id == account_id,
+            Invoice.number == bindparam("number"),
+            Invoice.status != InvoiceStatus.DRAFT.value,
+        )
+        .options(selectinload(Invoice.lines))
     )
-    if invoice is None:
-        return None
-    allocations = session.execute(
+    allocations = (
         select(PaymentAllocation.amount_minor, Payment)
         .join(Payment, Payment.id == PaymentAllocation.payment_id)
-        .where(PaymentAllocation.invoice_id == invoice.id, Payment.account_id == account_id)
-        .order_by(Payment.received_at, Payment.id)
-    ).all()
-    notes = list(
-        session.scalars(
-            select(CreditNote)
-            .where(CreditNote.invoice_id == invoice.id, CreditNote.account_id == account_id)
-            .order_by(CreditNote.issued_at, CreditNote.id)
+        .where(
+            PaymentAllocation.invoice_id == bindparam("invoice_id"),
+            Payment.account_id == account_id,
         )
+        .order_by(Payment.received_at, Payment.id)
     )
+    notes = (
+        select(CreditNote)
+        .where(
+            CreditNote.invoice_id == bindparam("invoice_id"),
+            CreditNote.account_id == account_id,
+        )
+        .order_by(CreditNote.issued_at, CreditNote.id)
+    )
+    return invoice, allocations, notes
+
+
+def invoice_detail(session: Session, account_id: int, number: str) -> InvoiceDetail | None:
+    """The invoice with its lines, taxes per rate, payments and credit notes: four queries."""
+    if not is_invoice_number(number):
+        return None
+    find_invoice, find_allocations, find_notes = _invoice_detail_statements()
+    invoice = session.scalar(find_invoice, {"account_id": account_id, "number": number})
+    if invoice is None:
+        return None
+    params = {"account_id": account_id, "invoice_id": invoice.id}
+    allocations = session.execute(find_allocations, params).all()
+    notes = list(session.scalars(find_notes, params))
     lines = list(invoice.lines)
     return InvoiceDetail(
         invoice=invoice,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from portal.billing.models import Invoice
@@ -50,23 +52,32 @@ class PaymentHistory:
     next_cursor: PaymentCursor | None
 
 
+@functools.cache
+def _history_statement(after: bool) -> Select[tuple[Payment]]:
+    """The history's page query with bound parameters (account_id, after_at, after_id, size),
+    built once per shape: building a select and its cache key per request cost more than
+    running it."""
+    query = select(Payment).where(Payment.account_id == bindparam("account_id"))
+    if after:
+        after_at = bindparam("after_at", type_=Payment.received_at.type)
+        query = query.where(
+            or_(
+                Payment.received_at < after_at,
+                and_(Payment.received_at == after_at, Payment.id < bindparam("after_id")),
+            )
+        )
+    return query.order_by(Payment.received_at.desc(), Payment.id.desc()).limit(bindparam("size"))
+
+
 def payment_history(
     session: Session, account_id: int, after: PaymentCursor | None = None, size: int = PAGE_SIZE
 ) -> PaymentHistory:
     """The account's payments, newest first, with the invoices each paid: two queries."""
-    query = select(Payment).where(Payment.account_id == account_id)
+    params: dict[str, Any] = {"account_id": account_id, "size": size + 1}
     if after is not None:
-        query = query.where(
-            or_(
-                Payment.received_at < after.received_at,
-                and_(Payment.received_at == after.received_at, Payment.id < after.id),
-            )
-        )
-    payments = list(
-        session.scalars(
-            query.order_by(Payment.received_at.desc(), Payment.id.desc()).limit(size + 1)
-        )
-    )
+        params["after_at"] = after.received_at
+        params["after_id"] = after.id
+    payments = list(session.scalars(_history_statement(after is not None), params))
     shown = payments[:size]
     paid = _invoices_paid_by(session, [p.id for p in shown])
     more = len(payments) > size
@@ -76,13 +87,9 @@ def payment_history(
     )
 
 
-def _invoices_paid_by(
-    session: Session, payment_ids: list[int]
-) -> dict[int, list[tuple[str, Money]]]:
-    if not payment_ids:
-        return {}
-    paid: dict[int, list[tuple[str, Money]]] = {}
-    for payment_id, number, minor, currency in session.execute(
+@functools.cache
+def _paid_by_statement() -> Select[tuple[int, str, int, str]]:
+    return (
         select(
             PaymentAllocation.payment_id,
             Invoice.number,
@@ -90,9 +97,19 @@ def _invoices_paid_by(
             Invoice.currency,
         )
         .join(Invoice, Invoice.id == PaymentAllocation.invoice_id)
-        .where(PaymentAllocation.payment_id.in_(payment_ids))
+        .where(PaymentAllocation.payment_id.in_(bindparam("payment_ids", expanding=True)))
         .order_by(PaymentAllocation.payment_id, Invoice.number)
-    ):
+    )
+
+
+def _invoices_paid_by(
+    session: Session, payment_ids: list[int]
+) -> dict[int, list[tuple[str, Money]]]:
+    if not payment_ids:
+        return {}
+    paid: dict[int, list[tuple[str, Money]]] = {}
+    rows = session.execute(_paid_by_statement(), {"payment_ids": payment_ids})
+    for payment_id, number, minor, currency in rows:
         paid.setdefault(payment_id, []).append((number, Money(int(minor), currency)))
     return paid
 
