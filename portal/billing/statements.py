@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
 from portal.billing import ledger
-from portal.billing.models import CreditNote, Invoice, InvoiceStatus, LedgerEntry, LedgerKind
+from portal.billing.models import (
+    OPEN_STATUSES,
+    CreditNote,
+    Invoice,
+    LedgerEntry,
+    LedgerKind,
+)
 from portal.billing.money import Money
 from portal.payments.models import Payment, PaymentAllocation
 
@@ -247,7 +253,6 @@ class StatementView:
     aging: Aging
 
 
-OPEN_STATUSES = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 # (key, label, lowest days past due, highest or None)
 AGING_BUCKETS: tuple[tuple[str, str, int, int | None], ...] = (
     ("current", N_("Current"), -(10**6), 0),

@@ -180,9 +180,7 @@ def pay_invoice(number: str | None) -> Response:
     live = services.live_attempt_for(db.session, [invoice.id])
     if live is not None:
         return see_other(url_for("checkout.attempt_status", public_id=live.public_id))
-    payable = (
-        [invoice] if invoice.amount_due_minor > 0 and invoice.status in services.PAYABLE else []
-    )
+    payable = [invoice] if invoice.is_payable else []
     return _render_pay(
         account,
         invoices=payable,

@@ -26,7 +26,7 @@ from portal.accounts.models import Account
 from portal.audit.services import SYSTEM, Actor
 from portal.billing.models import Invoice
 from portal.billing.money import Money
-from portal.billing.queries import OPEN_STATUSES, open_invoices
+from portal.billing.queries import issued_invoice, issued_invoices, open_invoices
 from portal.billing.services import record_payment
 from portal.db import begin_write, commit_before_network_call, has_pending_changes
 from portal.errors import Conflict, NotFound, PaymentFailed, ValidationFailed
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[], None]
 STRIPE = Actor(kind="stripe")
-PAYABLE = OPEN_STATUSES
 ENDED = (AttemptStatus.SUCCEEDED.value, AttemptStatus.FAILED.value, AttemptStatus.CANCELED.value)
 
 # Stripe's PaymentIntent status -> our attempt status.
@@ -75,8 +74,7 @@ def lock_invoices(session: Session, account: Account, numbers: Sequence[str]) ->
     if not wanted:
         raise ValidationFailed("Choose at least one invoice to pay.")
     invoices = session.scalars(
-        select(Invoice)
-        .where(Invoice.account_id == account.id, Invoice.number.in_(wanted))
+        issued_invoices(account.id, wanted)
         .order_by(Invoice.id)
         .with_for_update()
         .execution_options(populate_existing=True)
@@ -87,9 +85,8 @@ def lock_invoices(session: Session, account: Account, numbers: Sequence[str]) ->
 
 
 def invoice_of(session: Session, account: Account, number: str) -> Invoice | None:
-    return session.scalar(
-        select(Invoice).where(Invoice.account_id == account.id, Invoice.number == number)
-    )
+    """The account's issued invoice with this number (billing's one lookup by number)."""
+    return session.scalar(issued_invoice(account.id, number))
 
 
 def payable_invoices(session: Session, account: Account) -> list[Invoice]:
@@ -130,7 +127,7 @@ def start_payment(
     if live is not None:
         return Started(live, reused=True)
     for invoice in invoices:
-        if invoice.status not in PAYABLE or invoice.amount_due_minor <= 0:
+        if not invoice.is_payable:
             # NOTE: a second click that arrives after the first one paid sees that payment.
             paid_by = session.scalar(
                 select(PaymentAttempt)
