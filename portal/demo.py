@@ -337,7 +337,9 @@ def _seed_customer(
             invoice.amount_due,
             [(invoice, invoice.amount_due)],
             received_at=paid_at,
-            method_description="Visa •••• 4242" if account.currency == "USD" else "Bank transfer",
+            method_description=(
+                "Visa ending in 4242" if account.currency == "USD" else "Bank transfer"
+            ),
             stripe_payment_intent_id=f"pi_demo_{invoice.number}",
         )
     created.append(f"{len(starts)} invoices for {account.name}")

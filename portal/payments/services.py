@@ -30,6 +30,7 @@ from portal.billing.queries import issued_invoice, issued_invoices, open_invoice
 from portal.billing.services import record_payment
 from portal.db import begin_write, commit_before_network_call, has_pending_changes
 from portal.errors import Conflict, NotFound, PaymentFailed, ValidationFailed
+from portal.formatting import CARD_BRANDS
 from portal.mail import queue_email
 from portal.payments.gateway import (
     BudgetSpent,
@@ -508,7 +509,7 @@ def fulfil_payment(
                 amount,
                 allocations,
                 received_at=clock.now(),
-                method_description=f"{method.brand.title()} ·{method.last4}" if method else "Card",
+                method_description=stored_card_description(method),
                 stripe_payment_intent_id=intent.id,
                 stripe_charge_id=intent.latest_charge,
                 attempt_id=attempt.id,
@@ -853,3 +854,12 @@ def forget_card(session: Session, row: PaymentMethod, actor: Actor = SYSTEM) -> 
         account = session.get(Account, row.account_id)
         if rest is not None and account is not None:
             make_default(session, account, rest, actor)
+
+
+def stored_card_description(method: PaymentMethod | None) -> str:
+    """How a payment's card is kept on the payment row, in the one way a card is written
+    ("Visa ending in 4242", as portal.formatting.card writes it in English)."""
+    if method is None:
+        return "Card"
+    brand = CARD_BRANDS.get((method.brand or "").lower()) or (method.brand or "Card").title()
+    return f"{brand} ending in {method.last4}" if method.last4 else brand
