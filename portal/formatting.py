@@ -397,4 +397,5 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(card)
     app.add_template_filter(country_name)
     app.add_template_filter(address_lines)
+    app.add_template_global(postal_address, "postal_lines")
     app.add_template_global(countries, "country_choices")

@@ -301,7 +301,11 @@ def tax_label(name: str, basis_points: int, locale: str) -> str:
 def _party(snapshot: dict[str, Any] | None, fallback_name: str = "") -> Party:
     snapshot = snapshot or {}
     address = snapshot.get("address") or ()
-    if isinstance(address, str):
+    if snapshot.get("country"):
+        from portal.formatting import postal_address
+
+        address = postal_address(snapshot)
+    elif isinstance(address, str):
         address = address.splitlines()
     return Party(
         name=str(snapshot.get("name") or fallback_name),

@@ -231,6 +231,14 @@ def buyer_snapshot(account: Account) -> dict[str, Any]:
             if part
         ],
         "tax_id": account.tax_id,
+        # NOTE: the raw parts too, so pages and PDFs lay the address out as its country writes
+        # it (portal.formatting.postal_address); "address" stays for invoices made before.
+        "address_line1": account.address_line1,
+        "address_line2": account.address_line2,
+        "city": account.city,
+        "postal_code": account.postal_code,
+        "region": account.region,
+        "country": account.country,
     }
 
 

@@ -452,3 +452,22 @@ def test_dashboard_sends_several_overdue_invoices_to_the_filtered_list(
     login_as(client, user)
     body = client.get("/").get_data(as_text=True)
     assert 'href="/invoices?status=overdue"' in body
+
+
+def test_the_invoice_page_lays_the_buyer_address_out_as_its_country_writes_it(
+    client: FlaskClient, session: Session
+) -> None:
+    account = make_account(
+        session,
+        currency="EUR",
+        address_line1="Unter den Linden 5",
+        city="Berlin",
+        postal_code="10117",
+        country="DE",
+    )
+    invoice = make_invoice(session, account)
+    login_as(client, make_user(session, account=account))
+    body = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
+    assert "10117 Berlin" in body
+    assert "Germany" in body
+    assert ">DE<" not in body
