@@ -108,11 +108,18 @@ def is_outage(error: BaseException) -> bool:
     )
 
 
+def error_text(error: DomainError) -> str:
+    """The error's sentence in the page's language (domain code raises it in English, N_-marked)."""
+    if not isinstance(error.msgid, str):
+        return str(error.message)  # NOTE: a lazy_gettext title is translated already
+    return _(error.msgid, **error.params)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError) -> Response:
         _safe_rollback()
-        return render_error(error.status, error.message)
+        return render_error(error.status, error_text(error))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -20,6 +20,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from markupsafe import Markup
 
 from portal import db as unit_of_work
@@ -180,13 +181,13 @@ def _origin(url: str) -> str:
 
 
 _NAVIGATION = (
-    ("billing.dashboard", "Overview"),
-    ("billing.invoices", "Invoices"),
-    ("billing.statements", "Statements"),
-    ("payments.history", "Payments"),
-    ("checkout.payment_methods", "Payment methods"),
-    ("subscriptions.index", "Subscriptions"),
-    ("accounts.details", "Account"),
+    ("billing.dashboard", _l("Overview")),
+    ("billing.invoices", _l("Invoices")),
+    ("billing.statements", _l("Statements")),
+    ("payments.history", _l("Payments")),
+    ("checkout.payment_methods", _l("Payment methods")),
+    ("subscriptions.index", _l("Subscriptions")),
+    ("accounts.details", _l("Account")),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, flash, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
 from portal.accounts import services
@@ -61,14 +62,14 @@ def details() -> Response:
     if request.method == "GET":
         return _render(AccountDetailsForm(obj=account), can_edit)
     if not can_edit:
-        raise NotAllowed("Only the account's owner or billing contact can change these details.")
+        raise NotAllowed(_("Only the account's owner or billing contact can change these details."))
     form = AccountDetailsForm()
     if not form.validate():
         return _render(form, can_edit, status=422)
     changes = services.update_account_details(
         db.session, account, user, form.values(), ip=request.remote_addr
     )
-    flash("Your billing details are saved." if changes else "Nothing changed.", "success")
+    flash(_("Your billing details are saved.") if changes else _("Nothing changed."), "success")
     return see_other(url_for("accounts.details"))
 
 
@@ -83,9 +84,9 @@ def end_session(session_id: str) -> Response:
     if this_browser is not None and ended.id == this_browser.id:
         end_current_session()
         sign_out()
-        flash("You are signed out on this device.", "success")
+        flash(_("You are signed out on this device."), "success")
         return see_other(url_for("auth.login"))
-    flash(f"{ended.device} is signed out.", "success")
+    flash(_("%(device)s is signed out.", device=ended.device), "success")
     return see_other(url_for("accounts.details"))
 
 
@@ -96,5 +97,5 @@ def sign_out_everywhere() -> Response:
     assert user is not None
     services.sign_out_everywhere(db.session, user, ip=request.remote_addr)
     sign_out()
-    flash("You are signed out on every device, this one included.", "success")
+    flash(_("You are signed out on every device, this one included."), "success")
     return see_other(url_for("auth.login"))

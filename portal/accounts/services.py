@@ -12,7 +12,7 @@ from portal import clock
 from portal.accounts.models import Account, MemberRole, Membership, User
 from portal.audit.services import Actor, record
 from portal.auth.models import UserSession
-from portal.errors import NotAllowed, NotFound
+from portal.errors import N_, NotAllowed, NotFound
 
 # NOTE: the only fields a customer may change; anything else in a form is ignored (no mass
 # assignment of currency, invoice prefix, Stripe id ...).
@@ -54,7 +54,9 @@ def update_account_details(
 ) -> dict[str, tuple[Any, Any]]:
     """Apply the editable fields that changed and audit them; returns {field: (before, after)}."""
     if not can_edit_details(session, user, account):
-        raise NotAllowed("Only the account's owner or billing contact can change these details.")
+        raise NotAllowed(
+            N_("Only the account's owner or billing contact can change these details.")
+        )
     changes = {
         name: (getattr(account, name), values[name])
         for name in EDITABLE_FIELDS
@@ -130,7 +132,7 @@ def end_session(
         )
     )
     if target is None:
-        raise NotFound("That device is not in your list of signed-in devices.")
+        raise NotFound(N_("That device is not in your list of signed-in devices."))
     if target.ended_at is not None:
         return target
     target.ended_at = clock.now()

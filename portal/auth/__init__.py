@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, flash, g, redirect, request, session, url_for
 from flask_babel import gettext as _
 
+from portal.errors import N_
 from portal.extensions import htmx, login_manager
 from portal.web import is_safe_next
 
@@ -55,7 +56,9 @@ def init_app(app: Flask) -> None:
     from portal.auth import sessions
 
     login_manager.login_view = "auth.login"
-    login_manager.login_message = "Please sign in to continue."
+    # NOTE: Flask-Login flashes this itself; localize_callback translates it at that moment.
+    login_manager.login_message = N_("Please sign in to continue.")
+    login_manager.localize_callback = _
     login_manager.login_message_category = "info"
     login_manager.session_protection = None  # the session epoch does this job on the server
 

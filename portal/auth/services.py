@@ -15,29 +15,29 @@ from sqlalchemy.orm import Session
 from portal import clock
 from portal.accounts.models import User
 from portal.auth.models import LoginToken
-from portal.errors import DomainError
+from portal.errors import N_, DomainError
 from portal.notifications.models import OutboxEmail
 
 
 class TokenInvalid(DomainError):
     status = 400
-    title = "This sign-in link is not valid"
+    title = N_("This sign-in link is not valid")
 
 
 class TokenExpired(DomainError):
     status = 410
-    title = "This sign-in link has expired"
+    title = N_("This sign-in link has expired")
 
 
 class TokenUsed(DomainError):
     status = 410
-    title = "This sign-in link was already used"
+    title = N_("This sign-in link was already used")
 
 
 class TokenReplaced(TokenExpired):
     """A link retired because a newer link of the same person signed in first."""
 
-    title = "This sign-in link was replaced by a newer one"
+    title = N_("This sign-in link was replaced by a newer one")
 
 
 @dataclass(frozen=True)

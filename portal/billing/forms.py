@@ -11,11 +11,11 @@ from portal.billing.queries import INVOICE_FILTERS, InvoiceFilters
 from portal.forms import PlainText
 
 STATUS_CHOICES = [
-    ("", "All invoices"),
-    ("open", "Open (unpaid)"),
-    ("overdue", "Overdue"),
-    ("paid", "Paid"),
-    ("void", "Void"),
+    ("", _l("All invoices")),
+    ("open", _l("Open (unpaid)")),
+    ("overdue", _l("Overdue")),
+    ("paid", _l("Paid")),
+    ("void", _l("Void")),
 ]
 
 
@@ -72,6 +72,6 @@ class StatementPeriodForm(FlaskForm):
     class Meta:
         csrf = False
 
-    period = StringField("Period")
-    start = StringField("From")
-    end = StringField("To (included)")
+    period = StringField(_l("Period"))
+    start = StringField(_l("From"))
+    end = StringField(_l("To (included)"))

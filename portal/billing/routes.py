@@ -54,7 +54,7 @@ def invoices() -> Response:
     if raw_after:
         after = Cursor.decode(raw_after)
         if after is None:
-            error = "That page link is broken. Here are your newest invoices."
+            error = _("That page link is broken. Here are your newest invoices.")
     if not form.validate():
         page = queries.InvoicePage([], None)
         error = form.first_error()
@@ -238,11 +238,17 @@ def invoice_export() -> Response:
         .limit(MAX_EXPORT_INVOICES + 1)
     ).all()
     if not invoices:
-        raise NotFound(f"You have no invoices from {year}, so there is nothing to download.")
+        raise NotFound(
+            _("You have no invoices from %(year)s, so there is nothing to download.", year=year)
+        )
     if len(invoices) > MAX_EXPORT_INVOICES:
         raise ValidationFailed(
-            f"{year} has more than {MAX_EXPORT_INVOICES:,} invoices, too many for one download. "
-            "Please contact us for an export."
+            _(
+                "%(year)s has more than %(count)s invoices, too many for one download. "
+                "Please contact us for an export.",
+                year=year,
+                count=f"{MAX_EXPORT_INVOICES:,}",
+            )
         )
     # NOTE: checked before the first byte is sent: once the ZIP streams, an error can no longer
     # reach the person as a page.
@@ -256,8 +262,12 @@ def invoice_export() -> Response:
     )
     if oversized is not None:
         raise pdf.DocumentTooLarge(
-            f"Invoice {oversized} is too long for a PDF, so {year} cannot be exported as one "
-            "download. Please contact us for a copy."
+            _(
+                "Invoice %(number)s is too long for a PDF, so %(year)s cannot be exported as one "
+                "download. Please contact us for a copy.",
+                number=oversized,
+                year=year,
+            )
         )
     prefix = pdf.safe_file_part(account.invoice_prefix)
     response = Response(

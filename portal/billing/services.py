@@ -25,7 +25,7 @@ from portal.billing.models import (
 )
 from portal.billing.money import Money
 from portal.billing.numbering import next_in_series
-from portal.errors import Conflict, ValidationFailed
+from portal.errors import N_, Conflict, ValidationFailed
 from portal.payments.models import Payment, PaymentAllocation
 from portal.payments.receipts import assign_receipt_number
 
@@ -43,7 +43,7 @@ INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
 
 
 class InvoiceImmutable(Conflict):
-    title = "This invoice is final and cannot be changed"
+    title = N_("This invoice is final and cannot be changed")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,10 @@ def transition(
     """Move an invoice along its state machine and audit the move."""
     current = InvoiceStatus(invoice.status)
     if to not in INVOICE_TRANSITIONS[current]:
-        raise Conflict(f"An invoice that is {current.value} cannot become {to.value}.")
+        raise Conflict(
+            N_("An invoice that is %(current)s cannot become %(new)s."),
+            params={"current": current.value, "new": to.value},
+        )
     invoice.status = to.value
     actor.record(
         session,
@@ -128,9 +131,9 @@ def _require_draft(invoice: Invoice) -> None:
 
 def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
     if not line.description.strip():
-        raise ValidationFailed("Every invoice line needs a description.")
+        raise ValidationFailed(N_("Every invoice line needs a description."))
     if line.quantity < 0:
-        raise ValidationFailed("A quantity cannot be negative.")
+        raise ValidationFailed(N_("A quantity cannot be negative."))
     amount = (
         line.quantity * line.unit_amount_minor if line.amount_minor is None else line.amount_minor
     )
@@ -161,7 +164,7 @@ def _recompute_totals(invoice: Invoice) -> None:
     discounts = -sum(line.amount_minor for line in invoice.lines if line.kind == LineKind.DISCOUNT)
     tax = sum(line.tax_minor for line in invoice.lines)
     if charges < 0 or charges - discounts < 0 or tax < 0:
-        raise ValidationFailed("An invoice cannot total less than zero.")
+        raise ValidationFailed(N_("An invoice cannot total less than zero."))
     invoice.subtotal_minor = charges
     invoice.discount_minor = discounts
     invoice.tax_minor = tax
@@ -183,7 +186,7 @@ def finalize_invoice(
     """Give a draft its gapless number, freeze seller and buyer, and post it to the ledger."""
     _require_draft(invoice)
     if not invoice.lines:
-        raise ValidationFailed("An invoice needs at least one line before it can be issued.")
+        raise ValidationFailed(N_("An invoice needs at least one line before it can be issued."))
     account = invoice.account
     when = finalized_at or clock.now()
     sequence = next_in_series(session, invoice_series_key(account))
@@ -257,10 +260,10 @@ def record_payment(
 ) -> Payment:
     """Record money received and apply it to invoices; anything unapplied becomes credit."""
     if amount.currency != account.currency or amount.minor <= 0:
-        raise ValidationFailed("A payment must be a positive amount in the account's currency.")
+        raise ValidationFailed(N_("A payment must be a positive amount in the account's currency."))
     applied = sum((part for _, part in allocations), Money.zero(amount.currency))
     if applied > amount:
-        raise ValidationFailed("A payment cannot be applied beyond its amount.")
+        raise ValidationFailed(N_("A payment cannot be applied beyond its amount."))
     payment = Payment(
         account_id=account.id,
         currency=amount.currency,
@@ -276,9 +279,14 @@ def record_payment(
     assign_receipt_number(session, payment)
     for invoice, part in allocations:
         if invoice.account_id != account.id or part.minor <= 0:
-            raise ValidationFailed("A payment can only be applied to the account's own invoices.")
+            raise ValidationFailed(
+                N_("A payment can only be applied to the account's own invoices.")
+            )
         if part > invoice.amount_due:
-            raise Conflict(f"Invoice {invoice.number} has less than that left to pay.")
+            raise Conflict(
+                N_("Invoice %(number)s has less than that left to pay."),
+                params={"number": invoice.number},
+            )
         payment.allocations.append(
             PaymentAllocation(invoice_id=invoice.id, amount_minor=part.minor)
         )
@@ -326,13 +334,15 @@ def issue_credit_note(
 ) -> CreditNote:
     """Reduce what is owed on an open invoice; the invoice itself stays as it was issued."""
     if invoice.status not in OPEN_STATUSES:
-        raise Conflict("Only an unpaid, issued invoice can be credited.")
+        raise Conflict(N_("Only an unpaid, issued invoice can be credited."))
     if amount.currency != invoice.currency or amount.minor <= 0:
-        raise ValidationFailed("A credit must be a positive amount in the invoice's currency.")
+        raise ValidationFailed(N_("A credit must be a positive amount in the invoice's currency."))
     if amount > invoice.amount_due:
-        raise ValidationFailed("A credit cannot be more than what is left to pay on the invoice.")
+        raise ValidationFailed(
+            N_("A credit cannot be more than what is left to pay on the invoice.")
+        )
     if lines and sum(part.minor for _, _, part in lines) != amount.minor:
-        raise ValidationFailed("The credited lines must add up to the credit.")
+        raise ValidationFailed(N_("The credited lines must add up to the credit."))
     account = invoice.account
     when = issued_at or clock.now()
     sequence = next_in_series(session, credit_note_series_key(account))
@@ -391,7 +401,9 @@ def void_invoice(
 ) -> Invoice:
     """Cancel an issued invoice that nothing has been paid or credited on."""
     if invoice.amount_paid_minor or invoice.amount_credited_minor:
-        raise Conflict("An invoice with payments or credits cannot be voided; issue a credit note.")
+        raise Conflict(
+            N_("An invoice with payments or credits cannot be voided; issue a credit note.")
+        )
     when = voided_at or clock.now()
     transition(session, invoice, InvoiceStatus.VOID, actor)
     invoice.voided_at = when
@@ -420,7 +432,10 @@ def record_refund_in_ledger(
         or amount.minor > payment.amount_minor - payment.amount_refunded_minor
     ):
         raise ValidationFailed(
-            "A refund must be positive, in the payment's currency and no more than what is left."
+            N_(
+                "A refund must be positive, in the payment's currency and no more than what is "
+                "left."
+            )
         )
     payment.amount_refunded_minor += amount.minor
     ledger.post(

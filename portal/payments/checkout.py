@@ -176,7 +176,7 @@ def pay_invoice(number: str | None) -> Response:
         return _chooser(account)
     invoice = services.invoice_of(db.session, account, number)
     if invoice is None:
-        raise NotFound("We could not find that invoice.")
+        raise NotFound(_("We could not find that invoice."))
     live = services.live_attempt_for(db.session, [invoice.id])
     if live is not None:
         return see_other(url_for("checkout.attempt_status", public_id=live.public_id))

@@ -21,7 +21,7 @@ from typing import Any
 import stripe
 from flask import current_app, g, has_request_context
 
-from portal.errors import DomainError, PaymentFailed, ServiceUnavailable
+from portal.errors import N_, DomainError, PaymentFailed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ class GatewayUnavailable(ServiceUnavailable):
     def __init__(self, message: str = "") -> None:
         super().__init__(
             message
-            or "We could not reach the payment provider. If a charge was started it is being "
-            "checked; you will not be charged twice."
+            or N_(
+                "We could not reach the payment provider. If a charge was started it is being "
+                "checked; you will not be charged twice."
+            )
         )
 
 
@@ -69,7 +71,7 @@ class GatewayRejected(DomainError):
     """Stripe understood the request and refused it (not a card decline)."""
 
     status = 409
-    title = "The payment provider refused this request"
+    title = N_("The payment provider refused this request")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def lock_invoices(session: Session, account: Account, numbers: Sequence[str]) ->
     """The account's invoices by number, locked for this transaction (FOR UPDATE)."""
     wanted = sorted(set(numbers))
     if not wanted:
-        raise ValidationFailed("Choose at least one invoice to pay.")
+        raise ValidationFailed(_("Choose at least one invoice to pay."))
     invoices = session.scalars(
         issued_invoices(account.id, wanted)
         .order_by(Invoice.id)
@@ -81,7 +81,7 @@ def lock_invoices(session: Session, account: Account, numbers: Sequence[str]) ->
         .execution_options(populate_existing=True)
     ).all()
     if len(invoices) != len(wanted):
-        raise NotFound("We could not find that invoice.")
+        raise NotFound(_("We could not find that invoice."))
     return list(invoices)
 
 
@@ -142,10 +142,10 @@ def start_payment(
             )
             if paid_by is not None and len(invoices) == 1:
                 return Started(paid_by, reused=True)
-            raise Conflict(f"Invoice {invoice.number} has nothing left to pay.")
+            raise Conflict(_("Invoice %(number)s has nothing left to pay.", number=invoice.number))
     currencies = {invoice.currency for invoice in invoices}
     if currencies != {account.currency}:
-        raise ValidationFailed("Invoices in different currencies are paid separately.")
+        raise ValidationFailed(_("Invoices in different currencies are paid separately."))
     attempt = PaymentAttempt(
         account_id=account.id,
         payment_method_id=payment_method.id if payment_method else None,
@@ -366,7 +366,7 @@ def charge(
     begin_locked_write(session)
     locked = lock_attempt(session, plan.attempt_id)
     if locked is None:
-        raise NotFound("We could not find that payment.")
+        raise NotFound(_("We could not find that payment."))
     record_charge(session, locked, outcome)
     checkpoint()
     if outcome.kind == "declined":
@@ -528,7 +528,7 @@ def fulfil_payment(
     queue_email(
         session,
         to=account.billing_email,
-        subject="Receipt for your payment",
+        subject=_("Receipt for your payment"),
         template="receipt",
         context={"account": account, "payment": payment, "invoices": list(invoices.values())},
         account_id=account.id,
@@ -594,12 +594,12 @@ def save_card(
     ledger name the card) but is stored as detached, so it is never listed or offered again.
     """
     if card.customer and account.stripe_customer_id and card.customer != account.stripe_customer_id:
-        raise NotFound("We could not find that card.")
+        raise NotFound(_("We could not find that card."))
     row = session.scalar(
         select(PaymentMethod).where(PaymentMethod.stripe_payment_method_id == card.id)
     )
     if row is not None and row.account_id != account.id:
-        raise NotFound("We could not find that card.")
+        raise NotFound(_("We could not find that card."))
     if row is None:
         has_default = session.scalar(
             select(PaymentMethod.id).where(
@@ -714,7 +714,7 @@ def card_of(session: Session, account: Account, public_id: str) -> PaymentMethod
         )
     )
     if row is None:
-        raise NotFound("We could not find that card.")
+        raise NotFound(_("We could not find that card."))
     return row
 
 
