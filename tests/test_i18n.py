@@ -229,8 +229,9 @@ class World:
                 self.plan,
                 "Friedrichstraße 68",
                 "Berlin",
-                # NOTE: the device summary is stored as auth writes it (portal/auth/devices.py).
-                "Safari on iPhone",
+                # NOTE: browser and system names (portal/auth/devices.py) are names.
+                "Safari",
+                "iPhone",
                 "Visa",
                 "EUR",
                 # NOTE: the account's country code, and the factory's invoice line description.

@@ -10,6 +10,7 @@ from flask_login import current_user, login_required
 
 from portal.accounts import services
 from portal.accounts.forms import COUNTRIES, LANGUAGES, AccountDetailsForm
+from portal.auth.devices import device_label
 from portal.auth.models import UserSession
 from portal.auth.sessions import current_account, end_current_session, sign_out, signed_in_user
 from portal.errors import NotAllowed
@@ -46,6 +47,7 @@ def _render(form: AccountDetailsForm, can_edit: bool, status: int = 200) -> Resp
         countries=dict(COUNTRIES),
         languages=dict(LANGUAGES),
         devices=_devices(),
+        device_label=device_label,
         this_device_id=this_browser.id if this_browser else None,
     )
     response.status_code = status
@@ -86,7 +88,7 @@ def end_session(session_id: str) -> Response:
         sign_out()
         flash(_("You are signed out on this device."), "success")
         return see_other(url_for("auth.login"))
-    flash(_("%(device)s is signed out.", device=ended.device), "success")
+    flash(_("%(device)s is signed out.", device=device_label(ended.device)), "success")
     return see_other(url_for("accounts.details"))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flask_babel import gettext as _
+
 # NOTE: order matters: Edge and Opera also say "Chrome", Chrome also says "Safari", an iPhone
 # also says "Mac OS X", and Android also says "Linux".
 _BROWSERS = (
@@ -39,3 +41,14 @@ def describe_user_agent(user_agent: str | None) -> str:
     system = _first(user_agent, _SYSTEMS)
     summary = f"{browser} on {system}" if browser and system else browser or system or UNKNOWN
     return summary[:MAX_LENGTH]
+
+
+def device_label(stored: str | None) -> str:
+    """A stored summary in the page's language. NOTE: the stored value stays English (audit
+    events quote it); only its words are translated here, the names of browsers are names."""
+    if not stored or stored == UNKNOWN:
+        return _("Unknown browser")
+    browser, joiner, system = stored.partition(" on ")
+    if joiner and browser and system:
+        return _("%(browser)s on %(system)s", browser=browser, system=system)
+    return stored
