@@ -2,9 +2,8 @@
 `app.url_map` (all non-GET rules) and the payment services that change state.
 
 Each non-GET endpoint is in exactly one of: SCENARIOS (a real request that changes state, after
-which at least one new audit event must exist), SKIPPED (with the reason it changes nothing
-worth auditing), or KNOWN_GAPS (owned by another feature whose audit events are not merged
-yet: run, and expected to fail until they are). A new route in none of them fails the test.
+which at least one new audit event must exist) or SKIPPED (with the reason it changes
+nothing). A new route in neither fails the test.
 """
 
 from __future__ import annotations
@@ -286,10 +285,6 @@ SKIPPED: dict[str, str] = {
     ),
 }
 
-# NOTE: routes of other features whose audit events are not checked yet would be listed here,
-# run as expected failures; every state-changing route is covered now.
-KNOWN_GAPS: dict[str, tuple[str, tuple[Scenario, Scenario]]] = {}
-
 
 def _state_changing_endpoints(app: Flask) -> set[str]:
     return {
@@ -300,10 +295,10 @@ def _state_changing_endpoints(app: Flask) -> set[str]:
 
 
 def test_every_state_changing_route_is_covered_skipped_or_a_known_gap(app: Flask) -> None:
-    listed = set(SCENARIOS) | set(SKIPPED) | set(KNOWN_GAPS)
+    listed = set(SCENARIOS) | set(SKIPPED)
     unlisted = _state_changing_endpoints(app) - listed
     assert not unlisted, f"state-changing routes with no audit check: {sorted(unlisted)}"
-    assert not (set(SCENARIOS) & set(KNOWN_GAPS)), "a route is both covered and a known gap"
+    assert not (set(SCENARIOS) & set(SKIPPED)), "a route is both covered and skipped"
     gone = listed - _state_changing_endpoints(app)
     assert not gone, f"listed routes that no longer exist: {sorted(gone)}"
 
@@ -333,19 +328,6 @@ def test_a_state_changing_route_writes_an_audit_event(
     request: pytest.FixtureRequest, session: Session, endpoint: str
 ) -> None:
     _run(request, session, SCENARIOS[endpoint])
-
-
-@pytest.mark.parametrize(
-    "endpoint",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=False))
-        for name, (reason, _scenario) in sorted(KNOWN_GAPS.items())
-    ],
-)
-def test_known_gaps_of_other_features(
-    request: pytest.FixtureRequest, session: Session, endpoint: str
-) -> None:
-    _run(request, session, KNOWN_GAPS[endpoint][1])
 
 
 # -- the payment services that change state ------------------------------------------------------

@@ -147,7 +147,7 @@ class InvoiceDocumentView:
     state: InvoiceState
     stamp: str  # "PAID", "PARTLY PAID", "VOID", or "" while nothing is paid
     headline: str  # "$75.00 due Dec 11, 2026" or "Paid in full"
-    status_note: str  # "Paid on Dec 1, 2026 with Visa ·4242 (receipt RCT-2026-00001)."
+    status_note: str  # "Paid on Dec 1, 2026 with Visa ending in 4242 (receipt RCT-2026-00001)."
     meta: tuple[Row, ...]
     seller: Party
     buyer: Party
