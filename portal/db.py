@@ -218,6 +218,7 @@ def commit_before_network_call(session: Session | scoped_session[Session]) -> No
     """The one named exception to "the request commits once": the payment path saves the
     attempt and its idempotency key, commits, and only then calls Stripe, so that no lock or
     write transaction is held across the call and a lost answer can be settled with the key.
+    The mail sender's claim of outbox rows commits the same way before it talks to SMTP.
 
     Callers read every value they need before this (objects expire on commit) and must not
     touch the database again until the network call has returned.

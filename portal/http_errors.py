@@ -24,6 +24,7 @@ from sqlalchemy.exc import (
 )
 from werkzeug.exceptions import HTTPException
 
+from portal import db as unit_of_work
 from portal.errors import DomainError
 from portal.extensions import db, login_manager
 
@@ -203,7 +204,9 @@ def _record_refusals() -> None:
     try:
         for refusal in refusals:
             record(db.session, **refusal)
-        db.session.commit()
+        # NOTE: the error boundary owns this small unit of work, as the request boundary owns
+        # the request's.
+        unit_of_work.commit(db.session)
     except Exception:
         log.warning("could not record a refusal's audit event", exc_info=True)
         _safe_rollback()

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, scoped_session
 
 from portal import clock
-from portal.db import begin_write
+from portal.db import begin_write, commit, commit_before_network_call
 from portal.notifications.models import OutboxEmail
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
     for row in rows:
         row.attempts += 1
         row.next_attempt_at = now + lease
-    session.commit()
+    # NOTE: the claim is its own unit of work, committed before any SMTP call: no lock is held
+    # while a message is sent.
+    commit_before_network_call(session)
     return [row.id for row in rows]
 
 
@@ -185,4 +187,4 @@ def _record_outcome(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    commit(session)

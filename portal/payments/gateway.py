@@ -223,15 +223,15 @@ class _BudgetedRequestsClient(stripe.RequestsClient):
         return self._full_timeout if cut is None else min(cut, self._full_timeout)
 
     @_timeout.setter
-    def _timeout(self, value: float) -> None:
-        self._full_timeout = float(value)
+    def _timeout(self, value: float) -> None:  # money-safe: seconds
+        self._full_timeout = float(value)  # money-safe: seconds
 
 
-def seconds_setting(name: str, default: float) -> float:
+def seconds_setting(name: str, default: float) -> float:  # money-safe: seconds
     """A positive number of seconds from the app's config, else the environment, else default."""
     raw = current_app.config.get(name) or os.environ.get(name)
     try:
-        value = float(raw) if raw else default
+        value = float(raw) if raw else default  # money-safe: seconds
     except (TypeError, ValueError):
         log.warning("%s=%r is not a number of seconds; using %s", name, raw, default)
         return default
@@ -255,7 +255,7 @@ class Budget:
                 "STRIPE_REQUEST_BUDGET_SECONDS", DEFAULT_REQUEST_BUDGET_SECONDS
             )
             deadline = g.stripe_deadline = time.monotonic() + seconds
-        return float(deadline - time.monotonic())
+        return float(deadline - time.monotonic())  # money-safe: seconds
 
 
 class BudgetSpent(GatewayUnavailable):

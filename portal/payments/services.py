@@ -791,16 +791,7 @@ def remove_card(
         raise NotFound(_("We could not find that card."))
     if len(cards) == 1 and autopay_needs_a_card(session, account):
         raise Conflict(only_card_message())
-    before = _card_state(card)
-    was_default = card.is_default
-    card.detached_at = clock.now()
-    card.is_default = False
-    session.flush()
-    _audit_card(session, card, "payment_method.removed", actor, before, _card_state(card))
-    if was_default:
-        rest = [c for c in cards if c.id != card.id]
-        if rest:
-            make_default(session, account, rest[0], actor)
+    forget_card(session, card, actor)
     return card.stripe_payment_method_id
 
 
