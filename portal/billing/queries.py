@@ -26,6 +26,7 @@ from portal.billing.models import (
 from portal.billing.money import Money
 from portal.db import parse_row_id
 from portal.disputes.models import Dispute
+from portal.disputes.queries import OPEN_DISPUTE_STATUSES
 from portal.payments.models import Payment, PaymentAllocation
 from portal.subscriptions.models import Price, Subscription
 
@@ -118,7 +119,7 @@ def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any], Sele
     )
     disputes = select(func.count(Dispute.id)).where(
         Dispute.account_id == account_id,
-        Dispute.status.in_(("open", "in_review", "waiting_on_customer")),
+        Dispute.status.in_(OPEN_DISPUTE_STATUSES),
     )
     return sums, invoices, subscriptions, disputes
 
