@@ -15,7 +15,13 @@ from portal.billing.models import (
 )
 from portal.db import Base
 from portal.disputes.models import Attachment, Dispute, DisputeLine, DisputeMessage
-from portal.notifications.models import OutboxEmail
+from portal.notifications.models import (
+    EmailPreference,
+    OutboxEmail,
+    PaymentRetry,
+    ReminderSent,
+    SyncCursor,
+)
 from portal.payments.models import (
     Payment,
     PaymentAllocation,
@@ -61,4 +67,9 @@ __all__ = [
     "UsageRecord",
     "User",
     "UserSession",
+    # issue 12 (notifications)
+    "EmailPreference",
+    "PaymentRetry",
+    "ReminderSent",
+    "SyncCursor",
 ]
