@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from email.utils import parseaddr
+from typing import Any
 
 from flask import current_app, render_template
 from sqlalchemy.orm import Session
