@@ -122,6 +122,29 @@ def send_mail_command(loop: bool, interval: float) -> None:  # money-safe: secon
             return
 
 
+@portal_cli.command("worker")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="Worker threads in this process (run more processes, on more machines, for more).",
+)
+def worker_command(workers: int) -> None:
+    """Run every background job: mail, billing run, reminders, card retries, reconcile, PDF
+    pre-rendering and clean-up (on the job queue of JOB_QUEUE_URL; Ctrl-C stops)."""
+    import logging
+
+    from portal.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_worker(
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        workers=workers,
+        announce=lambda line: click.echo(line, err=False),
+    )
+
+
 @portal_cli.command("create-staff")
 @click.argument("email")
 @click.option("--role", type=click.Choice(["support", "admin"]), required=True)

@@ -6,8 +6,10 @@ from email.utils import parseaddr
 from typing import Any
 
 from flask import current_app, render_template
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import Session, scoped_session
 
+from portal.db import after_commit
 from portal.notifications.links import absolute_url
 from portal.notifications.models import MESSAGE_ID_DOMAIN, OutboxEmail, new_message_id
 
@@ -65,4 +67,38 @@ def queue_email(
     )
     session.add(email)
     session.flush()
+    _deliver_after_commit(session, email.id)
     return email
+
+
+_QUEUED = "portal.mail.queued"
+
+
+def _deliver_after_commit(session: Session, email_id: int) -> None:
+    """Once this unit of work commits, enqueue one delivery job for every email it queued.
+
+    NOTE: only after the commit: a job that ran before it would find no row, and a unit of work
+    that rolls back must send nothing. An unreachable queue loses nothing either: the rows are
+    committed and the worker's sweep delivers them.
+    """
+    plain = session() if isinstance(session, scoped_session) else session
+    queued: list[int] | None = plain.info.get(_QUEUED)
+    if queued is not None:
+        queued.append(email_id)
+        return
+    queued = plain.info[_QUEUED] = [email_id]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def enqueue() -> None:
+        plain.info.pop(_QUEUED, None)
+        from portal.worker import jobs
+
+        jobs(app).enqueue_delivery(queued)
+
+    after_commit(plain, enqueue)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_queued(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_QUEUED, None)

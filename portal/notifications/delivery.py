@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
@@ -57,8 +57,11 @@ def backoff(attempts: int, base_seconds: int) -> timedelta:
     return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), 6 * 3600))
 
 
-def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
-    """Claim up to `limit` due rows for this sender and commit the claim; returns their ids."""
+def claim_due(
+    session: Session, *, limit: int, lease: timedelta, ids: Sequence[int] | None = None
+) -> list[int]:
+    """Claim up to `limit` due rows for this sender (only among `ids` when given) and commit
+    the claim; returns their ids."""
     if isinstance(session, scoped_session):
         session = session()
     now = clock.now()
@@ -71,6 +74,8 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
         .order_by(OutboxEmail.next_attempt_at, OutboxEmail.id)
         .limit(limit)
     )
+    if ids is not None:
+        query = query.where(OutboxEmail.id.in_(list(ids)))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     rows = list(session.scalars(query))
@@ -121,19 +126,24 @@ def transport_for(config: dict[str, Any]) -> Transport:
 
 
 def deliver_due(
-    session: Session, config: dict[str, Any], transport: Transport | None = None
+    session: Session,
+    config: Any,
+    transport: Transport | None = None,
+    *,
+    ids: Sequence[int] | None = None,
 ) -> DeliveryReport:
-    """Send every due outbox row once; failures are rescheduled with backoff."""
+    """Send every due outbox row once (only those among `ids` when given: the rows a request
+    just queued, ahead of any backlog); failures are rescheduled with backoff."""
     if isinstance(session, scoped_session):
         session = session()
     transport = transport or transport_for(config)
     lease = timedelta(seconds=config["MAIL_CLAIM_LEASE_SECONDS"])
     sent = failed = 0
     while True:
-        ids = claim_due(session, limit=config["MAIL_BATCH_SIZE"], lease=lease)
-        if not ids:
+        claimed = claim_due(session, limit=config["MAIL_BATCH_SIZE"], lease=lease, ids=ids)
+        if not claimed:
             break
-        for email_id in ids:
+        for email_id in claimed:
             email = session.get(OutboxEmail, email_id)
             if email is None or email.status not in DELIVERABLE_STATUSES:
                 session.rollback()
@@ -150,7 +160,7 @@ def deliver_due(
             else:
                 sent += 1
                 _record_outcome(session, email, None, config)
-        if len(ids) < config["MAIL_BATCH_SIZE"]:
+        if len(claimed) < config["MAIL_BATCH_SIZE"]:
             break
     return DeliveryReport(sent=sent, failed=failed)
 
