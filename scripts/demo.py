@@ -6,9 +6,9 @@ In order: start a Stripe simulator of the demo's own, migrate the database (SQLi
 folder unless DATABASE_URL names another), start the background worker (`portal worker`: the
 outbox into DIR/mail/ unless MAIL_SERVER is set, and every scheduled job) and the portal
 (gunicorn), register the simulator's webhook once the portal answers, seed the demo data (which
-makes the saved card real in that simulator), and only when every part answers, print the sign-in links. If any part does not
-start, or stops later, the demo says which, where its log is, stops the rest and exits non-zero:
-a demo whose mail or simulator is dead must not look alive. Ctrl-C (or SIGTERM) stops everything.
+makes the saved card real in that simulator), and only when every part answers, print the
+sign-in links. If any part does not start, or stops later, the demo says which, where its log
+is, stops the rest and exits non-zero: a demo whose mail or simulator is dead must not look alive. Ctrl-C (or SIGTERM) stops everything.
 """
 
 from __future__ import annotations
