@@ -8,7 +8,8 @@ outbox into DIR/mail/ unless MAIL_SERVER is set, and every scheduled job) and th
 (gunicorn), register the simulator's webhook once the portal answers, seed the demo data (which
 makes the saved card real in that simulator), and only when every part answers, print the
 sign-in links. If any part does not start, or stops later, the demo says which, where its log
-is, stops the rest and exits non-zero: a demo whose mail or simulator is dead must not look alive. Ctrl-C (or SIGTERM) stops everything.
+is, stops the rest and exits non-zero: a demo whose mail or simulator is dead must not look alive.
+Ctrl-C (or SIGTERM) stops everything.
 """
 
 from __future__ import annotations
