@@ -72,6 +72,7 @@ def queue_email(
 
 
 _QUEUED = "portal.mail.queued"
+DELIVER_SOON = "portal.deliver_soon"
 
 
 def _deliver_after_commit(session: Session, email_id: int) -> None:
@@ -89,11 +90,13 @@ def _deliver_after_commit(session: Session, email_id: int) -> None:
     queued = plain.info[_QUEUED] = [email_id]
     app = current_app._get_current_object()  # type: ignore[attr-defined]
 
+    # NOTE: set by portal.worker.init_app; without it the worker's sweep delivers.
+    deliver_soon = app.extensions.get(DELIVER_SOON)
+
     def enqueue() -> None:
         plain.info.pop(_QUEUED, None)
-        from portal.worker import jobs
-
-        jobs(app).enqueue_delivery(queued)
+        if deliver_soon is not None:
+            deliver_soon(queued)
 
     after_commit(plain, enqueue)
 

@@ -34,6 +34,8 @@ from flask import Flask, current_app
 from huey import Huey, MemoryHuey, RedisHuey, SqliteHuey, crontab
 from huey.exceptions import TaskLockedException
 
+from portal.mail import DELIVER_SOON
+
 log = logging.getLogger(__name__)
 
 EXTENSION = "portal.jobs"
@@ -166,9 +168,9 @@ class Jobs:
             lock.release()
 
     def _as_of(self) -> date:
-        from portal import clock
+        from portal.clock import today
 
-        return clock.today(self.app.config.get("PORTAL_TIMEZONE", "UTC"))
+        return today(self.app.config.get("PORTAL_TIMEZONE", "UTC"))
 
     # -- the jobs -----------------------------------------------------------------------------
 
@@ -241,6 +243,12 @@ class Jobs:
             log.warning("job queue unreachable (%s); the outbox sweep will deliver", error)
             return False
         return True
+
+
+def init_app(app: Flask) -> None:
+    """Give portal.mail the way to ask for a delivery after commit (the queue is made on first
+    use: a web process that queues no mail never opens it)."""
+    app.extensions[DELIVER_SOON] = lambda ids: jobs(app).enqueue_delivery(ids)
 
 
 def jobs(app: Flask | None = None) -> Jobs:
