@@ -67,7 +67,7 @@ def queue_email(
     )
     session.add(email)
     session.flush()
-    _deliver_after_commit(session, email.id)
+    deliver_after_commit(session, email.id)
     return email
 
 
@@ -75,8 +75,9 @@ _QUEUED = "portal.mail.queued"
 DELIVER_SOON = "portal.deliver_soon"
 
 
-def _deliver_after_commit(session: Session, email_id: int) -> None:
-    """Once this unit of work commits, enqueue one delivery job for every email it queued.
+def deliver_after_commit(session: Session, email_id: int) -> None:
+    """Once this unit of work commits, enqueue one delivery job for every email it queued
+    (or made due again, as a staff retry does).
 
     NOTE: only after the commit: a job that ran before it would find no row, and a unit of work
     that rolls back must send nothing. An unreachable queue loses nothing either: the rows are

@@ -3,7 +3,7 @@ the stored row instead of waiting for WeasyPrint (a job of the worker)."""
 
 from __future__ import annotations
 
-from flask import current_app, url_for
+from flask import current_app, has_request_context, url_for
 from flask_babel import force_locale
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
@@ -40,14 +40,36 @@ def prerender_invoice_pdfs(session: Session, *, limit: int = BATCH) -> int:
         invoice = session.get(Invoice, invoice_id)
         if invoice is None:
             continue
-        account = invoice.account
-        pay_url = current_app.config["BASE_URL"] + url_for(
-            "billing.invoice_detail", number=invoice.number
-        )
-        with force_locale(language_for(account.locale)):
-            documents.stored_invoice_pdf(
-                session, invoice, pdf.default_page_size(account.country), pay_url=pay_url
-            )
+        _stored_pdf(session, invoice)
         commit(session)
         rendered += 1
     return rendered
+
+
+def invoice_pdf_attachment(session: Session, invoice_id: int) -> tuple[str, bytes]:
+    """The invoice's PDF as it stands now, for an email: (file name, bytes). Rendered and
+    stored when it is not yet (the same stored document the download serves)."""
+    invoice = session.get(Invoice, invoice_id)
+    if invoice is None or invoice.number is None or invoice.status == InvoiceStatus.DRAFT.value:
+        raise LookupError(f"invoice {invoice_id} has no PDF to attach")
+    number = invoice.number
+    if has_request_context():
+        stored = _stored_pdf(session, invoice)
+    else:
+        with current_app.test_request_context(base_url=current_app.config["BASE_URL"]):
+            stored = _stored_pdf(session, invoice)
+    content = documents.document_content(session, stored.id)
+    commit(session)
+    return pdf.invoice_file_name(number), content
+
+
+def _stored_pdf(session: Session, invoice: Invoice) -> documents.DocumentRef:
+    """The stored PDF in the account's language and page size (what its download serves)."""
+    account = invoice.account
+    pay_url = current_app.config["BASE_URL"] + url_for(
+        "billing.invoice_detail", number=invoice.number
+    )
+    with force_locale(language_for(account.locale)):
+        return documents.stored_invoice_pdf(
+            session, invoice, pdf.default_page_size(account.country), pay_url=pay_url
+        )
