@@ -25,8 +25,11 @@ def render_email(template: str, context: dict[str, Any]) -> tuple[str, str]:
 
 def message_id_domain(sender: str) -> str:
     """The domain of the sender's address (Message-IDs name the domain they come from)."""
-    domain = parseaddr(sender)[1].rpartition("@")[2].strip().lower()
-    return domain if domain and all(c.isalnum() or c in ".-" for c in domain) else MESSAGE_ID_DOMAIN
+    _local, at, domain = parseaddr(sender)[1].rpartition("@")
+    domain = domain.strip().lower()
+    if at and "." in domain and all(c.isascii() and (c.isalnum() or c in ".-") for c in domain):
+        return domain
+    return MESSAGE_ID_DOMAIN
 
 
 def queue_email(
