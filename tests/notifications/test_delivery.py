@@ -367,7 +367,7 @@ def test_an_invoice_pdf_is_attached_when_the_email_is_sent(
     invoice = make_invoice(session, account, (1200,))
     session.commit()
     assert invoice.number
-    [row] = _queue(session, attachment_kind="invoice_pdf", attachment_ref=str(invoice.id))
+    _queue(session, attachment_kind="invoice_pdf", attachment_ref=str(invoice.id))
     messages: list[Any] = []
     report = delivery.deliver_due(session, _config(app), transport=lambda m, e: messages.append(m))
     assert report.sent == 1
