@@ -91,9 +91,10 @@ def make_huey(url: str) -> Huey:
     """The Huey instance for a queue URL (results are not kept: the database holds outcomes)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         # NOTE: short timeouts: an unreachable Redis must not hold a request that enqueues.
-        return RedisHuey(
-            "portal", url=url, results=False, socket_connect_timeout=2, socket_timeout=5
-        )
+        from redis import ConnectionPool
+
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        return RedisHuey("portal", connection_pool=pool, results=False)
     if url.startswith("memory://"):
         return MemoryHuey("portal", results=False)
     if url.startswith("sqlite:///"):

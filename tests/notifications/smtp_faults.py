@@ -12,7 +12,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-MODES = ("ok", "refuse", "refuse_permanently", "stall", "drop_after_data")
+MODES = ("ok", "refuse", "refuse_permanently", "stall", "drop_after_data", "hold")
 
 
 class FaultySmtp:
@@ -20,6 +20,7 @@ class FaultySmtp:
         self.mode = "ok"
         self.stall_seconds = stall_seconds
         self.received: list[email.message.Message] = []
+        self.held = threading.Event()  # set when a message is being held ("hold" mode)
         self.lock = threading.Lock()
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -34,6 +35,12 @@ class FaultySmtp:
             return "451 4.3.0 Try again later"
         if mode == "refuse_permanently":
             return "550 5.1.1 No such mailbox"
+        if mode == "hold":
+            # NOTE: the whole message has arrived, but no answer comes (and it is not kept):
+            # a sender killed now has sent nothing.
+            self.held.set()
+            await asyncio.sleep(60)
+            return "451 4.3.0 Too late"
         message = email.message_from_bytes(envelope.original_content or envelope.content)
         with self.lock:
             self.received.append(message)
