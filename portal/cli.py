@@ -196,7 +196,12 @@ def _sync_demo_stripe() -> None:
 
 @billing_cli.command("reconcile")
 @click.option("--min-age-minutes", default=5, show_default=True, help="Skip younger attempts.")
-def reconcile_command(min_age_minutes: int) -> None:
+@click.option(
+    "--compare-all",
+    is_flag=True,
+    help="Also ask Stripe about every payment of the last 30 days (one call each: an audit).",
+)
+def reconcile_command(min_age_minutes: int, compare_all: bool) -> None:
     """Settle payments left unknown or processing, record lost webhooks, report mismatches."""
     from datetime import timedelta
 
@@ -209,6 +214,7 @@ def reconcile_command(min_age_minutes: int) -> None:
         gateway(),
         commit=lambda: commit(db.session),
         min_age=timedelta(minutes=min_age_minutes),
+        compare_all=compare_all,
     )
     for line in report.lines():
         click.echo(line)
