@@ -161,7 +161,7 @@ def test_the_first_run_notes_where_the_list_stands(events_app: Flask, fake: Fake
 
 def test_a_mismatch_in_an_event_is_reported_not_fixed(events_app: Flask, fake: FakeStripe) -> None:
     with events_app.app_context():
-        attempt_id, public = _attempt("processing", "pi_odd")
+        _attempt_id, public = _attempt("processing", "pi_odd")
         fake.add_event("customer.created", {"object": "customer", "id": "cus_0"})
         _set_cursor("evt_00000")
         fake.add_event("payment_intent.succeeded", _intent("pi_odd", 1200, public))
