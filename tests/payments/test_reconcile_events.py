@@ -183,7 +183,7 @@ def test_against_localstripe_unknown_attempts_are_still_settled_one_by_one(
     from tests.payments.test_lost_responses import _is_confirm
 
     with pay_app.app_context():
-        account, user, invoice, card = seed_payer(db.session, gateway_for(proxy.url), localstripe)
+        _account, user, invoice, card = seed_payer(db.session, gateway_for(proxy.url), localstripe)
         db.session.commit()
         number, card_id = invoice.number, card.public_id
         client = pay_app.test_client()
