@@ -1,6 +1,6 @@
 """Mail delivery benchmark (issue 12; run by hand, not by the tests and not by `make bench`):
 
-    .venv/bin/python -m bench.mail_delivery [--emails 2000] [--logins 100] [--backend sqlite|postgresql|both]
+    .venv/bin/python -m bench.mail_delivery [--emails 2000] [--logins 100] [--backend both]
 
 1. Outbox delivery rate: EMAILS rows are written to the outbox, then one or two real worker
    processes (`flask --app wsgi portal worker --workers 1`) deliver them over SMTP to a local
@@ -59,7 +59,7 @@ class Smtp:
         self.port = free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.monotonic()
         with self.lock:
             self.count += 1
