@@ -54,6 +54,8 @@ SCHEDULES: dict[str, str] = {
 
 # How long a periodic job's lock lives: a worker killed mid-job frees it after this.
 LOCK_TTL_SECONDS = 3600
+# How long the mark "this periodic job ran for this minute" is kept.
+TICK_TTL_SECONDS = 3 * 3600
 
 
 def schedule_for(config: Any, name: str) -> str | None:
@@ -135,7 +137,7 @@ class Jobs:
             if line is None:
                 continue
             self.periodic[name] = huey.periodic_task(parse_cron(line), name=f"every_{name}")(
-                function
+                self._once_per_tick(name, function)
             )
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -167,6 +169,22 @@ class Jobs:
             yield True
         finally:
             lock.release()
+
+    def _once_per_tick(self, name: str, function: Callable[[], Any]) -> Callable[[], Any]:
+        """Each worker's scheduler enqueues the periodic jobs; with several workers the first to
+        run a job for a given minute runs it, the others see its mark and do nothing."""
+
+        def run() -> Any:
+            from portal.clock import now
+
+            tick = now().strftime("%Y%m%d%H%M")
+            if not self.huey.put_if_empty(f"portal.tick.{name}.{tick}", "1", TICK_TTL_SECONDS):
+                log.info("periodic job %s already ran for %s on another worker", name, tick)
+                return None
+            return function()
+
+        run.__name__ = function.__name__
+        return run
 
     def _as_of(self) -> date:
         from portal.clock import today

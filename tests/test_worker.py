@@ -155,3 +155,19 @@ def test_schedules_are_configuration_with_defaults(tmp_path: Path) -> None:
     app.config.update(WORKER_SCHEDULE_PURGE="off", BASE_URL="http://portal.test")
     jobs = worker.Jobs(app, worker.make_huey("memory://"))
     assert set(jobs.periodic) == set(worker.SCHEDULES) - {"purge"}
+
+
+def test_a_periodic_job_runs_once_per_tick_however_many_workers_schedule_it(
+    tmp_path: Path, clock: Any
+) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config.update(BASE_URL="http://portal.test")
+    jobs = worker.Jobs(app, worker.make_huey("memory://"))
+    ran: list[int] = []
+    once = jobs._once_per_tick("sample", lambda: ran.append(1))
+    once()
+    once()  # a second worker's scheduler enqueued the same minute's job
+    assert ran == [1]
+    clock.advance(minutes=1)
+    once()
+    assert ran == [1, 1]
