@@ -14,6 +14,7 @@ from portal.notifications.models import OutboxEmail
 from tests.conftest import SmtpServer, login_as
 from tests.factories import make_user
 from tests.notifications.auth_objects import make_dead_letter
+from tests.test_i18n import pseudo_app, pseudo_translations, unmarked_text  # noqa: F401
 
 
 def _staff(client: FlaskClient, session: Session) -> None:
@@ -88,3 +89,32 @@ def test_customers_never_learn_the_outbox_exists(client: FlaskClient, session: S
     assert client.post(f"/staff/outbox/{row.id}/retry").status_code == 404
     session.refresh(row)
     assert row.status == "dead"
+
+
+def test_every_word_on_the_outbox_page_is_marked(
+    pseudo_app: Flask, client: FlaskClient, session: Session
+) -> None:
+    dead = make_dead_letter(session, subject="Rechnung RE-7", to_address="ap@example.com")
+    failing = make_dead_letter(session, subject="Anmeldelink", attempts=2)
+    failing.status = "failed"
+    session.commit()
+    _staff(client, session)
+    html = client.get("/staff/outbox", headers={"Accept-Language": "de-DE,de;q=0.9"}).get_data(
+        as_text=True
+    )
+    assert 'lang="de"' in html
+    data = {
+        "Rechnung RE-7",
+        "Anmeldelink",
+        "ap@example.com",
+        "owner@example.com",
+        "invoice_issued",
+        str(dead.id),
+        str(failing.id),
+        "ConnectionRefusedError: smtp down",
+        # NOTE: the brand and the seller in the page shell are configuration, not words.
+        pseudo_app.config["BRAND_NAME"],
+        pseudo_app.config["SELLER"]["name"],
+        "N",
+    }
+    assert unmarked_text(html, data) == []
