@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -91,8 +92,9 @@ def test_customers_never_learn_the_outbox_exists(client: FlaskClient, session: S
     assert row.status == "dead"
 
 
+@pytest.mark.usefixtures("pseudo_app")
 def test_every_word_on_the_outbox_page_is_marked(
-    pseudo_app: Flask, client: FlaskClient, session: Session
+    app: Flask, client: FlaskClient, session: Session
 ) -> None:
     dead = make_dead_letter(session, subject="Rechnung RE-7", to_address="ap@example.com")
     failing = make_dead_letter(session, subject="Anmeldelink", attempts=2)
@@ -113,8 +115,8 @@ def test_every_word_on_the_outbox_page_is_marked(
         str(failing.id),
         "ConnectionRefusedError: smtp down",
         # NOTE: the brand and the seller in the page shell are configuration, not words.
-        pseudo_app.config["BRAND_NAME"],
-        pseudo_app.config["SELLER"]["name"],
+        app.config["BRAND_NAME"],
+        app.config["SELLER"]["name"],
         "N",
     }
     assert unmarked_text(html, data) == []
