@@ -26,13 +26,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
 from huey import Huey, MemoryHuey, RedisHuey, SqliteHuey, crontab
-from huey.exceptions import TaskLockedException
 
 from portal.mail import DELIVER_SOON
 
@@ -54,8 +53,7 @@ SCHEDULES: dict[str, str] = {
 
 # How long a periodic job's lock lives: a worker killed mid-job frees it after this.
 LOCK_TTL_SECONDS = 3600
-# How long the mark "this periodic job ran for this minute" is kept.
-TICK_TTL_SECONDS = 3 * 3600
+STAMP = "%Y%m%dT%H%M%S"  # sortable as text
 
 
 def schedule_for(config: Any, name: str) -> str | None:
@@ -157,18 +155,20 @@ class Jobs:
 
     @contextmanager
     def _exclusive(self, name: str) -> Iterator[bool]:
-        """True when this worker holds the job's lock (another worker runs it otherwise)."""
-        lock = self.huey.lock_task(f"portal-{name}", ttl=LOCK_TTL_SECONDS)
-        try:
-            lock.acquire()
-        except TaskLockedException:
+        """True when this worker holds the job's lease (another worker runs it otherwise). A
+        worker killed mid-job leaves a lease that runs out after LOCK_TTL_SECONDS."""
+        from portal.clock import now
+
+        key = f"worker.lock.{name}"
+        until = (now() + timedelta(seconds=LOCK_TTL_SECONDS)).strftime(STAMP)
+        if not self._advance(key, until, below=now().strftime(STAMP)):
             log.info("job %s is already running on another worker; skipped", name)
             yield False
             return
         try:
             yield True
         finally:
-            lock.release()
+            self._advance(key, "", below="~")  # released ("" is below every stamp)
 
     def _once_per_tick(self, name: str, function: Callable[[], Any]) -> Callable[[], Any]:
         """Each worker's scheduler enqueues the periodic jobs; with several workers the first to
@@ -177,14 +177,44 @@ class Jobs:
         def run() -> Any:
             from portal.clock import now
 
-            tick = now().strftime("%Y%m%d%H%M")
-            if not self.huey.put_if_empty(f"portal.tick.{name}.{tick}", "1", TICK_TTL_SECONDS):
+            tick = now().strftime(STAMP)[:13]  # to the minute
+            if not self._advance(f"worker.tick.{name}", tick, below=tick):
                 log.info("periodic job %s already ran for %s on another worker", name, tick)
                 return None
             return function()
 
         run.__name__ = function.__name__
         return run
+
+    def _advance(self, name: str, value: str, *, below: str) -> bool:
+        """Set the sync cursor `name` to `value` if it is missing or holds less than `below`, in
+        one short transaction of its own; True when this call did it (an atomic compare-and-set
+        in the portal's database, which every worker shares whatever the queue's storage)."""
+        from sqlalchemy import insert, update
+        from sqlalchemy.exc import IntegrityError
+
+        from portal.clock import now
+        from portal.extensions import db
+        from portal.notifications.models import SyncCursor
+
+        table = SyncCursor.__table__
+        with self.app.app_context():
+            engine = db.engine
+            connection = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            with connection as conn, conn.begin():
+                changed = conn.execute(
+                    update(table)
+                    .where(table.c.name == name, table.c.value < below)
+                    .values(value=value, updated_at=now())
+                ).rowcount
+                if changed:
+                    return True
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(table).values(name=name, value=value, updated_at=now()))
+                except IntegrityError:
+                    return False  # NOTE: the row exists and holds `below` or more
+                return True
 
     def _as_of(self) -> date:
         from portal.clock import today

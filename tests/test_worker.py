@@ -158,11 +158,9 @@ def test_schedules_are_configuration_with_defaults(tmp_path: Path) -> None:
 
 
 def test_a_periodic_job_runs_once_per_tick_however_many_workers_schedule_it(
-    tmp_path: Path, clock: Any
+    committed_app: Flask, clock: Any
 ) -> None:
-    app = Flask(__name__, instance_path=str(tmp_path))
-    app.config.update(BASE_URL="http://portal.test")
-    jobs = worker.Jobs(app, worker.make_huey("memory://"))
+    jobs = worker.jobs(committed_app)
     ran: list[int] = []
     once = jobs._once_per_tick("sample", lambda: ran.append(1))
     once()
@@ -171,3 +169,24 @@ def test_a_periodic_job_runs_once_per_tick_however_many_workers_schedule_it(
     clock.advance(minutes=1)
     once()
     assert ran == [1, 1]
+
+
+def test_a_job_runs_on_one_worker_at_a_time_and_a_dead_workers_lease_runs_out(
+    committed_app: Flask, clock: Any
+) -> None:
+    jobs = worker.jobs(committed_app)
+    with jobs._exclusive("sample") as mine:
+        assert mine
+        with jobs._exclusive("sample") as also_mine:
+            assert not also_mine  # another worker, at the same time
+    with jobs._exclusive("sample") as mine_again:
+        assert mine_again  # released when the first finished
+    # A worker killed mid-job never releases: its lease runs out.
+    held = jobs._exclusive("sample")
+    assert held.__enter__() is True
+    clock.advance(seconds=worker.LOCK_TTL_SECONDS - 60)
+    with jobs._exclusive("sample") as early:
+        assert not early
+    clock.advance(seconds=120)
+    with jobs._exclusive("sample") as late:
+        assert late
