@@ -262,6 +262,7 @@ def test_no_route_answers_500_to_hostile_input(app: Flask, session: Session) -> 
         "public_id": customer.payment_id,
         "token": "not-a-token",
         "session_id": "not-a-session",
+        "email_id": "1",  # issue 12: /staff/outbox/<email_id>/retry
     }
     segment = st.one_of(st.sampled_from(HOSTILE), any_text.filter(bool))
     failures: list[str] = []
