@@ -224,6 +224,8 @@ class Jobs:
     # -- the jobs -----------------------------------------------------------------------------
 
     def _deliver_outbox(self, ids: Sequence[int] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0  # a rehearsal's job (see portal.mail.rehearse_delivery)
         from portal.notifications.delivery import deliver_due
 
         with self._unit_of_work() as session:
@@ -287,7 +289,8 @@ class Jobs:
         """Ask a worker to deliver these outbox rows now; False when the queue is unreachable
         (nothing is lost: the rows are in the outbox and the sweep sends them)."""
         try:
-            self.deliver_outbox(list(ids) if ids else None)
+            # NOTE: None asks for a sweep; a list (even empty) only for those rows.
+            self.deliver_outbox(None if ids is None else list(ids))
         except Exception as error:  # noqa: BLE001 - any queue failure: the sweep delivers later
             log.warning("job queue unreachable (%s); the outbox sweep will deliver", error)
             return False

@@ -108,6 +108,19 @@ def test_post_login_enqueues_the_delivery_and_the_link_arrives(
     assert "/login/" in message.get_payload()[0].get_payload(decode=True).decode()
 
 
+def test_post_login_for_an_unknown_address_enqueues_alike_and_sends_nothing(
+    committed_app: Flask, smtp_server: SmtpServer
+) -> None:
+    response = committed_app.test_client().post("/login", data={"email": "nobody@example.com"})
+    assert response.status_code == 200
+    # NOTE: the same work after commit as for a known address (its timing tells nothing).
+    [job] = worker.jobs(committed_app).huey.pending()
+    assert job.name == "deliver_outbox" and list(job.args[0]) == []
+    _run_pending_jobs(committed_app)
+    assert smtp_server.messages == []
+    assert _statuses(committed_app) == {}
+
+
 def test_an_unreachable_queue_fails_nothing_and_the_sweep_delivers(
     backend: str, tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
