@@ -136,7 +136,7 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "LOGIN_CONSUME_IP_RATE_LIMIT": env("LOGIN_CONSUME_IP_RATE_LIMIT", "20 per minute"),
         "TOTP_RATE_LIMIT": env("TOTP_RATE_LIMIT", "5 per minute;20 per hour"),
         # Outbox delivery: retries with exponential backoff, a lease so a crashed sender's rows
-        # go out later, and a final "failed" state that keeps the message for an operator.
+        # go out later, and a final "dead" state that keeps the message for staff to retry.
         "MAIL_BATCH_SIZE": int(env("MAIL_BATCH_SIZE", "50")),
         "MAIL_MAX_ATTEMPTS": int(env("MAIL_MAX_ATTEMPTS", "12")),
         "MAIL_RETRY_BASE_SECONDS": int(env("MAIL_RETRY_BASE_SECONDS", "30")),

@@ -15,7 +15,13 @@ from portal.billing.models import (
 )
 from portal.db import Base
 from portal.disputes.models import Attachment, Dispute, DisputeLine, DisputeMessage
-from portal.notifications.models import OutboxEmail
+from portal.notifications.models import (
+    EmailPreference,
+    OutboxEmail,
+    PaymentRetry,
+    ReminderSent,
+    SyncCursor,
+)
 from portal.payments.models import (
     Payment,
     PaymentAllocation,
@@ -38,6 +44,7 @@ __all__ = [
     "Dispute",
     "DisputeLine",
     "DisputeMessage",
+    "EmailPreference",
     "Invoice",
     "InvoiceDocument",
     "InvoiceLine",
@@ -51,13 +58,16 @@ __all__ = [
     "PaymentAttempt",
     "PaymentAttemptItem",
     "PaymentMethod",
+    "PaymentRetry",
     "Plan",
     "Price",
     "PriceTier",
     "RecoveryCode",
     "Refund",
+    "ReminderSent",
     "StripeEvent",
     "Subscription",
+    "SyncCursor",
     "UsageRecord",
     "User",
     "UserSession",

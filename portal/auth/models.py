@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal import clock
@@ -18,6 +18,7 @@ class LoginToken(Base):
         CheckConstraint("purpose IN ('login', 'staff_login')", name="purpose_valid"),
         CheckConstraint("expires_at > created_at", name="expires_after_created"),
         Index("ix_login_tokens_user_id_created_at", "user_id", "created_at"),
+        CheckConstraint("(target_kind IS NULL) = (target_id IS NULL)", name="target_complete"),
     )
 
     id: Mapped[intpk]
@@ -32,6 +33,10 @@ class LoginToken(Base):
     expires_at: Mapped[datetime]
     consumed_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]
+    # NOTE: a deep link from an email is bound to one object (e.g. target_kind "invoice" and the
+    # invoice's row id): it opens that object only. Both None for a plain sign-in link.
+    target_kind: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[int | None] = mapped_column(BigInteger())
 
     user: Mapped[User] = relationship()
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from portal import clock
 from portal.db import begin_write, commit, commit_before_network_call
-from portal.notifications.models import OutboxEmail
+from portal.notifications.models import DELIVERABLE_STATUSES, OutboxEmail, OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def build_message(email: OutboxEmail, sender: str) -> EmailMessage:
     message["To"] = email.to_address
     message["Subject"] = email.subject
     message["Date"] = format_datetime(email.created_at)
-    message["Message-ID"] = make_msgid(idstring=f"outbox-{email.id}")
+    # NOTE: the row's own Message-ID, the same on every attempt: when an SMTP answer was lost
+    # and the row is sent again, the receiver (and our tests) can tell it is the same message.
+    message["Message-ID"] = email.message_id
     message.set_content(email.text_body)
     if email.html_body:
         message.add_alternative(email.html_body, subtype="html")
@@ -65,7 +67,7 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
     begin_write(session)
     query = (
         select(OutboxEmail)
-        .where(OutboxEmail.status == "pending", OutboxEmail.next_attempt_at <= now)
+        .where(OutboxEmail.status.in_(DELIVERABLE_STATUSES), OutboxEmail.next_attempt_at <= now)
         .order_by(OutboxEmail.next_attempt_at, OutboxEmail.id)
         .limit(limit)
     )
@@ -133,7 +135,7 @@ def deliver_due(
             break
         for email_id in ids:
             email = session.get(OutboxEmail, email_id)
-            if email is None or email.status != "pending":
+            if email is None or email.status not in DELIVERABLE_STATUSES:
                 session.rollback()
                 continue
             message = build_message(email, config["MAIL_FROM"])
@@ -165,14 +167,15 @@ def _record_outcome(
     begin_write(session)
     values: dict[str, Any]
     if error is None:
-        values = {"status": "sent", "sent_at": clock.now(), "last_error": ""}
+        values = {"status": OutboxStatus.SENT.value, "sent_at": clock.now(), "last_error": ""}
     else:
         # NOTE: the error names the failure, never the message body (it may hold a sign-in link).
         values = {"last_error": f"{type(error).__name__}: {error}"[:1000]}
         if email.attempts >= config["MAIL_MAX_ATTEMPTS"]:
-            values["status"] = "failed"
-            log.error("email %s failed %s times; kept as failed", email.id, email.attempts)
+            values.update(status=OutboxStatus.DEAD.value, ended_at=clock.now())
+            log.error("email %s failed %s times; kept as a dead letter", email.id, email.attempts)
         else:
+            values["status"] = OutboxStatus.FAILED.value
             delay = backoff(email.attempts, config["MAIL_RETRY_BASE_SECONDS"])
             values["next_attempt_at"] = clock.now() + delay
             log.warning(
@@ -183,8 +186,24 @@ def _record_outcome(
             )
     session.execute(
         update(OutboxEmail)
-        .where(OutboxEmail.id == email.id, OutboxEmail.status == "pending")
+        .where(OutboxEmail.id == email.id, OutboxEmail.status.in_(DELIVERABLE_STATUSES))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     commit(session)
+
+
+def cancel_queued(session: Session, cancel_key: str) -> int:
+    """Cancel every unsent email queued with `cancel_key` (e.g. "invoice:<id>" once it is
+    paid) in the caller's unit of work; returns how many were canceled. An email whose send
+    has already begun cannot be called back; every other one is never sent."""
+    result = session.execute(
+        update(OutboxEmail)
+        .where(
+            OutboxEmail.cancel_key == cancel_key,
+            OutboxEmail.status.in_(DELIVERABLE_STATUSES),
+        )
+        .values(status=OutboxStatus.CANCELED.value, ended_at=clock.now())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -81,7 +81,7 @@ def test_smtp_down_keeps_the_mail_and_retries_with_backoff(
     down = _config(app, MAIL_SERVER="127.0.0.1", MAIL_PORT=1, MAIL_TIMEOUT_SECONDS=2)
     assert delivery.deliver_due(session, down) == delivery.DeliveryReport(sent=0, failed=1)
     session.refresh(row)
-    assert (row.status, row.attempts) == ("pending", 1)
+    assert (row.status, row.attempts) == ("failed", 1)
     assert row.last_error
     assert row.next_attempt_at == clock() + timedelta(seconds=30)
 
@@ -102,7 +102,7 @@ def test_smtp_down_keeps_the_mail_and_retries_with_backoff(
     assert row.status == "sent"
 
 
-def test_after_max_attempts_a_mail_is_kept_as_failed_not_deleted(
+def test_after_max_attempts_a_mail_is_kept_as_a_dead_letter_not_deleted(
     app: Flask, session: Session, clock: FrozenClock
 ) -> None:
     [row] = _queue(session)
@@ -115,7 +115,7 @@ def test_after_max_attempts_a_mail_is_kept_as_failed_not_deleted(
         delivery.deliver_due(session, config, transport=broken)
         clock.advance(hours=7)
     session.refresh(row)
-    assert (row.status, row.attempts) == ("failed", 3)
+    assert (row.status, row.attempts) == ("dead", 3)
     assert "smtp down" in row.last_error
     assert session.get(OutboxEmail, row.id) is not None
 
