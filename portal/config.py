@@ -116,6 +116,11 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "BRAND_NAME": env("BRAND_NAME", "Northwind Cloud"),
         "BRAND_COLOR": env("BRAND_COLOR", "#4338ca"),
         "BRAND_LOGO": env("BRAND_LOGO", "img/logo.svg"),
+        # Emails: an absolute https URL of a square logo (PNG); empty shows the brand's initial.
+        "BRAND_LOGO_URL": env("BRAND_LOGO_URL", ""),
+        "BRAND_SUPPORT_EMAIL": env("BRAND_SUPPORT_EMAIL", ""),
+        # Deep links in emails (sign in and open one object, once) stay valid this long.
+        "DEEP_LINK_HOURS": _int("DEEP_LINK_HOURS", 72),
         "SELLER": {
             "name": env("SELLER_NAME", "Northwind Cloud Ltd."),
             "address": env("SELLER_ADDRESS", "1 Harbour Street\nBristol BS1 4RN\nUnited Kingdom"),

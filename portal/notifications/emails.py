@@ -15,7 +15,8 @@ from typing import Any
 from flask_babel import gettext
 
 from portal.errors import N_
-from portal.formatting import card, day, money_minor
+from portal.formatting import day, money_minor
+from portal.notifications.models import AttachmentKind
 
 HEX_DIGITS = frozenset("0123456789abcdef")
 DEFAULT_BRAND_COLOR = "#4338ca"
@@ -44,6 +45,8 @@ class EmailKind:
     opt_out: str | None = None
     billing: bool = False  # the account's extra recipients (accounts payable) get it too
     target: Callable[[Context], Target | None] = lambda _context: None
+    # (attachment_kind, attachment_ref) of a document sent along, rendered at send time.
+    attachment: Callable[[Context], tuple[str, str] | None] = lambda _context: None
     trigger: str = ""  # for the README: what sends it
 
 
@@ -75,15 +78,14 @@ def _dispute_params(context: Context) -> dict[str, str]:
     return {"number": getattr(invoice, "number", None) or dispute.public_id}
 
 
-def _subscription_params(context: Context) -> dict[str, str]:
+def _resume_params(context: Context) -> dict[str, str]:
     subscription = context["subscription"]
-    when = (
-        context.get("resume_at")
-        or subscription.pause_until
-        or subscription.trial_end
-        or subscription.current_period_end
-    )
-    return {"date": _when(when, context)}
+    return {"date": _when(context.get("resume_at") or subscription.pause_until, context)}
+
+
+def _trial_params(context: Context) -> dict[str, str]:
+    subscription = context["subscription"]
+    return {"date": _when(subscription.trial_end or subscription.current_period_end, context)}
 
 
 def _no_params(_context: Context) -> dict[str, str]:
@@ -123,6 +125,7 @@ _KINDS = (
         _invoice_params,
         billing=True,
         target=_invoice_target,
+        attachment=lambda context: (AttachmentKind.INVOICE_PDF.value, str(context["invoice"].id)),
         trigger="An invoice is finalized (billing run, one-off invoice); the PDF is attached.",
     ),
     EmailKind(
@@ -201,7 +204,7 @@ _KINDS = (
     EmailKind(
         "subscription_resuming",
         N_("Your subscription resumes on %(date)s"),
-        _subscription_params,
+        _resume_params,
         target=_subscription_target,
         trigger="A paused subscription resumes in a few days.",
     ),
@@ -215,7 +218,7 @@ _KINDS = (
     EmailKind(
         "trial_ending",
         N_("Your trial ends on %(date)s"),
-        _subscription_params,
+        _trial_params,
         target=_subscription_target,
         trigger="A trial ends in a few days.",
     ),
@@ -270,8 +273,3 @@ def brand(config: Mapping[str, Any]) -> dict[str, str]:
         "seller_name": str(seller.get("name") or name),
         "seller_address": ", ".join(str(seller.get("address") or "").splitlines()),
     }
-
-
-def card_label(method: Any) -> str:
-    """A card as every page writes it ("Visa ending in 4242")."""
-    return card(method)
