@@ -534,6 +534,12 @@ def fulfil_payment(
         account_id=account.id,
         dedupe_key=f"receipt:{intent.id}",
     )
+    # NOTE: a reminder queued for an invoice paid meanwhile is never sent (nor a card retry run).
+    from portal.notifications.dunning import cancel_for_paid_invoice
+
+    for invoice in invoices.values():
+        if not invoice.is_payable:
+            cancel_for_paid_invoice(session, invoice.id)
     return payment
 
 
