@@ -286,6 +286,35 @@ SKIPPED: dict[str, str] = {
 }
 
 
+# -- notifications (issue 12) --------------------------------------------------------------------
+
+
+def _deep_link(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    from urllib.parse import urlsplit
+
+    from portal.notifications import deep_links
+    from portal.notifications.emails import Target
+
+    account = make_account(session)
+    user = make_user(session, email=account.billing_email, account=account)
+    invoice = make_invoice(session, account, (1000,))
+    url = deep_links.link_for(session, account, user.email, Target("invoice", invoice.id))
+    ctx["path"] = urlsplit(url).path
+
+
+SCENARIOS.update(
+    {
+        "links.consume": (_deep_link, lambda c, s, ctx: c.post(ctx["path"])),
+        "accounts.email_preferences": (
+            lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+            lambda c, s, ctx: c.post(
+                "/account/email-preferences",
+                data={"extra_recipients": "ap@example.com", "remind_before_due": "y"},
+            ),
+        ),
+    }
+)
+
 def _state_changing_endpoints(app: Flask) -> set[str]:
     return {
         rule.endpoint

@@ -54,7 +54,8 @@ class LinkUsed(DomainError):
 
 
 class LinkNotYours(DomainError):
-    status = 403
+    # NOTE: 404 as for another account's object anywhere (the page's words stay kind).
+    status = 404
     title = N_("This link was sent to someone else")
 
 

@@ -149,7 +149,7 @@ def test_another_signed_in_account_is_refused_and_the_link_still_works_for_its_o
     session.commit()
     login_as(client, bob)
     for response in (client.get(path), client.post(path)):
-        assert response.status_code == 403
+        assert response.status_code == 404
         body = response.get_data(as_text=True)
         assert "sent to someone else" in body
         _says_nothing_about(body, world)
