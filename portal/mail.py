@@ -82,9 +82,9 @@ def queue_email(
     prefs = preferences.for_account(session, account.id) if account is not None else None
     # NOTE: the opt-out guard: only a non-essential email can be silenced; receipts, sign-in
     # links, dispute replies and failed payments always go.
-    if not essential and kind is not None and kind.opt_out and prefs is not None:
-        if getattr(prefs, kind.opt_out):
-            return None
+    opted_out = kind is not None and kind.opt_out and getattr(prefs, kind.opt_out, False)
+    if not essential and opted_out:
+        return None
     recipients = [to]
     if kind is not None and kind.billing and prefs is not None:
         recipients += preferences.extra_recipients(prefs)

@@ -88,7 +88,9 @@ def screenshot(pages: list[Path]) -> None:
             page = context.new_page()
             for html in pages:
                 page.goto(html.as_uri())
-                page.screenshot(path=str(html.with_name(f"{html.stem}-{scheme}.png")), full_page=True)
+                page.screenshot(
+                    path=str(html.with_name(f"{html.stem}-{scheme}.png")), full_page=True
+                )
             context.close()
         browser.close()
 

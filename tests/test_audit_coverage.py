@@ -315,6 +315,7 @@ SCENARIOS.update(
     }
 )
 
+
 def _state_changing_endpoints(app: Flask) -> set[str]:
     return {
         rule.endpoint

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from babel import Locale
+from email_validator import EmailNotValidError, validate_email
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from email_validator import EmailNotValidError, validate_email
 from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Email, Length, Optional, Regexp, ValidationError
 
@@ -193,7 +193,10 @@ class EmailPreferencesForm(FlaskForm):
                 validate_email(address, check_deliverability=False)
             except EmailNotValidError as error:
                 raise ValidationError(
-                    _l("“%(address)s” is not an email address like name@example.com.", address=address)
+                    _l(
+                        "“%(address)s” is not an email address like name@example.com.",
+                        address=address,
+                    )
                 ) from error
             if len(address) > 254:
                 raise ValidationError(_l("That email address is too long."))

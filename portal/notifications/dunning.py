@@ -157,13 +157,9 @@ def _remind(session: Session, invoice_id: int, as_of: date, steps: Sequence[Step
     return sent
 
 
-def _remind_locked(
-    session: Session, invoice_id: int, as_of: date, steps: Sequence[Step]
-) -> bool:
+def _remind_locked(session: Session, invoice_id: int, as_of: date, steps: Sequence[Step]) -> bool:
     if True:
-        invoice = session.scalar(
-            select(Invoice).where(Invoice.id == invoice_id).with_for_update()
-        )
+        invoice = session.scalar(select(Invoice).where(Invoice.id == invoice_id).with_for_update())
         if invoice is None or not invoice.is_payable or invoice.due_date is None:
             return False
         step = step_due(steps, invoice.due_date, as_of)
@@ -403,9 +399,7 @@ def _run_retry(session: Session, retry_id: int, gateway: Any) -> bool:
     invoice_id, attempt_no = invoice.id, retry.attempt_no
     # NOTE: the claim commits with the attempt before Stripe is called (collect_invoice's
     # commit_before_network_call): a crash after the charge never runs this retry again.
-    outcome = collection.collect_invoice(
-        session, invoice_id, gateway, actor=SYSTEM, reason="retry"
-    )
+    outcome = collection.collect_invoice(session, invoice_id, gateway, actor=SYSTEM, reason="retry")
     retry = session.get(PaymentRetry, retry_id, populate_existing=True)
     assert retry is not None
     retry.outcome = outcome.status

@@ -260,9 +260,7 @@ def brand(config: Mapping[str, Any]) -> dict[str, str]:
     """The brand of every email, from configuration; a colour is used only as a plain hex."""
     seller = config.get("SELLER") or {}
     color = str(config.get("BRAND_COLOR") or "")
-    valid = (
-        len(color) in (4, 7) and color.startswith("#") and set(color[1:].lower()) <= HEX_DIGITS
-    )
+    valid = len(color) in (4, 7) and color.startswith("#") and set(color[1:].lower()) <= HEX_DIGITS
     name = str(config.get("BRAND_NAME") or "") or gettext("Billing")
     return {
         "name": name,

@@ -227,7 +227,9 @@ def test_two_taps_at_once_sign_in_once(backend: str, tmp_path: Path, clock: Any)
             account = make_account(db.session)
             user = make_user(db.session, email=account.billing_email, account=account)
             invoice = make_invoice(db.session, account, (1000,))
-            url = deep_links.link_for(db.session, account, user.email, Target("invoice", invoice.id))
+            url = deep_links.link_for(
+                db.session, account, user.email, Target("invoice", invoice.id)
+            )
             db.session.commit()
             db.session.remove()
         path = urlsplit(url).path

@@ -132,7 +132,9 @@ def test_paid_disputed_and_processing_invoices_are_skipped(
     )
     session.add(attempt)
     session.flush()
-    session.add(PaymentAttemptItem(attempt_id=attempt.id, invoice_id=processing.id, amount_minor=5000))
+    session.add(
+        PaymentAttemptItem(attempt_id=attempt.id, invoice_id=processing.id, amount_minor=5000)
+    )
     session.commit()
     assert send_reminders(session, date(2026, 12, 2)) == 1
     (row,) = session.scalars(select(OutboxEmail))

@@ -21,8 +21,8 @@ from portal.notifications.emails import KINDS
 from portal.notifications.models import EmailPreference, OutboxEmail
 from tests.notifications.email_world import EmailWorld
 from tests.test_i18n import (  # noqa: F401  (fixtures)
-    PSEUDO_LANGUAGE,
     MARKERS,
+    PSEUDO_LANGUAGE,
     _brand_data,
     pseudo_app,
     pseudo_translations,
@@ -116,9 +116,7 @@ def test_each_email(
     email = _queue(session, world, name)
     assert email is not None
     subject, words = EXPECTED[name]
-    expected_subject = subject.format(
-        number=world.invoice.number, due=f"Nov {21 + 3}, 2026"
-    )
+    expected_subject = subject.format(number=world.invoice.number, due=f"Nov {21 + 3}, 2026")
     assert email.subject == expected_subject
     assert email.to_address == "ada@example.com"
     assert email.account_id == world.account.id
@@ -149,14 +147,14 @@ def test_each_email(
     assert 'data-testid="deep-link-confirm"' in page.get_data(as_text=True)
 
 
-def test_the_sign_in_email_keeps_its_link(app: Flask, session: Session, client: FlaskClient) -> None:
+def test_the_sign_in_email_keeps_its_link(
+    app: Flask, session: Session, client: FlaskClient
+) -> None:
     world = EmailWorld(session)
     session.commit()
     response = client.post("/login", data={"email": world.user.email})
     assert response.status_code == 200
-    email = session.scalars(
-        select(OutboxEmail).where(OutboxEmail.template == "login_link")
-    ).one()
+    email = session.scalars(select(OutboxEmail).where(OutboxEmail.template == "login_link")).one()
     assert email.subject == "Your sign-in link"
     assert email.to_address == world.user.email
     text, html = _parts(email)
@@ -173,9 +171,7 @@ def test_the_invoice_email_attaches_the_pdf(app: Flask, session: Session, clock:
     assert (email.attachment_kind, email.attachment_ref) == ("invoice_pdf", str(world.invoice.id))
 
 
-def test_an_internal_note_never_reaches_the_email(
-    app: Flask, session: Session, clock: Any
-) -> None:
+def test_an_internal_note_never_reaches_the_email(app: Flask, session: Session, clock: Any) -> None:
     world = EmailWorld(session)
     world.message.is_internal = True
     world.message.body = "INTERNAL: customer is difficult"
@@ -232,9 +228,7 @@ def test_billing_emails_also_go_to_the_extra_recipients(
     assert accounts_payable.attachment_kind == "invoice_pdf"
     # Not a billing email: a subscription's news goes to the account's own address only.
     _queue(session, world, "subscription_paused")
-    assert [row.to_address for row in _rows(session, "subscription_paused")] == [
-        "ada@example.com"
-    ]
+    assert [row.to_address for row in _rows(session, "subscription_paused")] == ["ada@example.com"]
 
 
 @pytest.mark.parametrize(
