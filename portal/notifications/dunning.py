@@ -6,7 +6,7 @@ Reminders (DUNNING_BEFORE_DAYS, DUNNING_AFTER_DAYS; default 3 days before the du
 and 14 days after): an invoice gets the latest step that has come due and it has not had yet
 (a missed run catches up with one email, not several). Skipped: paid invoices, what open
 disputes hold (the reminder asks only for the rest, and nothing when nothing is left), invoices
-with a payment in flight. A step is recorded in payment_reminders (unique invoice + step) in the
+with a payment in flight or card retries still planned. A step is recorded in payment_reminders (unique invoice + step) in the
 same transaction as its email: never the same reminder twice, even from two workers.
 
 Retries (CARD_RETRY_DAYS, default 1, 3, 5 and 7 days after the failure): a failed off-session
@@ -170,6 +170,10 @@ def _remind_locked(session: Session, invoice_id: int, as_of: date, steps: Sequen
         # NOTE: nothing to ask for while disputes hold all of it, nor while a payment is in
         # flight; the step stays open and goes out later if it is still due then.
         if asked <= 0 or invoice.id in _in_flight(session, [invoice.id]):
+            return False
+        # NOTE: while card retries are planned, each retry's payment_failed email speaks for
+        # the invoice; the reminders take over when none is left.
+        if next_retry_on(session, invoice.id) is not None:
             return False
         # NOTE: the uniqueness guard: the step's row goes in first; a second worker (or a
         # second run) fails on unique(invoice_id, step) and sends nothing.

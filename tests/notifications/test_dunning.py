@@ -14,17 +14,22 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal.audit.models import AuditEvent
+from portal.audit.services import SYSTEM
+from portal.billing import services as billing
 from portal.billing.models import Invoice
+from portal.billing.money import Money
 from portal.disputes.models import Dispute
 from portal.extensions import db
 from portal.notifications import dunning
 from portal.notifications.dunning import Step, schedule, send_reminders, step_due
-from portal.notifications.models import EmailPreference, OutboxEmail, ReminderSent
-from portal.payments.gateway import Intent
-from portal.payments.models import PaymentAttempt, PaymentAttemptItem
+from portal.notifications.models import EmailPreference, OutboxEmail, PaymentRetry, ReminderSent
+from portal.payments import collection
+from portal.payments.gateway import CardDeclined, Intent
+from portal.payments.models import PaymentAttempt, PaymentAttemptItem, PaymentMethod
 from portal.payments.services import fulfil_payment
+from portal.subscriptions.models import Subscription
 from tests.conftest import app_with_own_database
-from tests.factories import make_account, make_invoice, make_user
+from tests.factories import make_account, make_invoice, make_price, make_user
 
 DUE = date(2026, 12, 1)
 
@@ -250,6 +255,193 @@ def test_the_command_reminds_as_of_a_day(app: Flask, session: Session, clock: An
     assert result.exit_code != 0 and "YYYY-MM-DD" in result.output
 
 
-def _unused(*_args: object) -> None:
-    """Keep imports the simulated month below uses."""
-    _ = (datetime, UTC, timedelta, dunning)
+# -- card retries and a simulated month --------------------------------------------------------
+
+
+class ScriptedGateway:
+    """Stripe's off-session charge, answered from a script per customer: "decline" or "ok"."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, str]] = []
+
+    def create_payment_intent(self, **params: Any) -> Intent:
+        customer = params["customer"]
+        answer = self.script[customer].pop(0)
+        n = len(self.calls) + 1
+        self.calls.append((customer, params["idempotency_key"]))
+        assert params["off_session"] is True
+        if answer == "decline":
+            raise CardDeclined(
+                "Your card has insufficient funds.", code="card_declined", intent_id=f"pi_d{n}"
+            )
+        return Intent(
+            id=f"pi_ok{n}",
+            status="succeeded",
+            amount=params["amount_minor"],
+            currency=params["currency"].lower(),
+            customer=customer,
+            payment_method=params["payment_method"],
+            client_secret="",
+            latest_charge=f"ch_ok{n}",
+        )
+
+
+def _card_customer(session: Session, name: str, **account: Any) -> Any:
+    acct = make_account(session, name=name, stripe_customer_id=f"cus_{name}", **account)
+    make_user(session, email=acct.billing_email, account=acct)
+    session.add(
+        PaymentMethod(
+            account_id=acct.id,
+            stripe_payment_method_id=f"pm_{name}",
+            brand="visa",
+            last4="4242",
+            exp_month=12,
+            exp_year=2030,
+            is_default=True,
+        )
+    )
+    price = make_price(session, flat_amount_minor=5000)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    subscription = Subscription(
+        account_id=acct.id,
+        price_id=price.id,
+        quantity=1,
+        status="active",
+        current_period_start=start,
+        current_period_end=start + timedelta(days=30),
+    )
+    session.add(subscription)
+    session.flush()
+    return acct, subscription
+
+
+def _bill(session: Session, acct: Any, subscription: Any, day: date, gw: Any) -> Invoice:
+    """What the billing run does on `day`: an invoice due that day, charged to the card."""
+    invoice = make_invoice(session, acct, (5000,), issue_date=day)
+    invoice.due_date = day
+    invoice.subscription_id = subscription.id
+    session.commit()
+    collection.collect_invoice(session, invoice.id, gw, actor=SYSTEM, reason="billing_run")
+    session.commit()
+    return invoice
+
+
+def _day(session: Session, as_of: date, gw: Any) -> None:
+    send_reminders(session, as_of)
+    dunning.retry_failed_payments(session, as_of, gw)
+
+
+def test_a_simulated_month_sends_exactly_the_expected_emails(
+    app: Flask, session: Session, clock: Any
+) -> None:
+    """November, day by day, with the controllable clock and the default schedules: reminders
+    3 days before and 1, 7, 14 days after the due date; card retries 1, 3, 5, 7 days after a
+    failed automatic charge. Each day runs `billing remind`, then the card retries."""
+    clock.set(datetime(2026, 11, 1, 6, 0, tzinfo=UTC))
+    ada = _open_invoice(session, due=date(2026, 11, 10), name="Ada")  # never pays
+    bea = _open_invoice(session, due=date(2026, 11, 12), name="Bea")  # pays on the 11th
+    eve = _open_invoice(session, due=date(2026, 11, 10), name="Eve")  # disputes all of it
+    session.add(
+        Dispute(
+            account_id=eve.account_id,
+            invoice_id=eve.id,
+            currency="USD",
+            amount_minor=eve.total_minor,
+            reason="wrong_amount",
+            status="open",
+        )
+    )
+    fay = _open_invoice(session, due=date(2026, 11, 20), name="Fay")  # no reminders before due
+    session.add(
+        EmailPreference(
+            account_id=fay.account_id,
+            extra_recipients="",
+            opt_out_reminders=True,
+            opt_out_card_expiry=False,
+        )
+    )
+    cai, cai_subscription = _card_customer(session, "Cai")  # retries, paid on the 3rd retry
+    dan, dan_subscription = _card_customer(session, "Dan")  # every retry fails
+    session.commit()
+    gw = ScriptedGateway(
+        {
+            "cus_Cai": ["decline", "decline", "decline", "ok"],
+            "cus_Dan": ["decline"] * 5,
+        }
+    )
+    names = {
+        ada.account_id: "Ada",
+        bea.account_id: "Bea",
+        eve.account_id: "Eve",
+        fay.account_id: "Fay",
+        cai.id: "Cai",
+        dan.id: "Dan",
+    }
+    seen: set[int] = set()
+    per_day: dict[int, list[tuple[str, str]]] = {}
+    bodies: dict[tuple[int, str, str], str] = {}
+    for day_number in range(1, 31):
+        as_of = date(2026, 11, day_number)
+        clock.set(datetime(2026, 11, day_number, 6, 0, tzinfo=UTC))
+        if day_number == 3:
+            _bill(session, dan, dan_subscription, as_of, gw)
+        if day_number == 5:
+            _bill(session, cai, cai_subscription, as_of, gw)
+        if day_number == 11:
+            billing.record_payment(
+                session,
+                bea.account,
+                Money(bea.total_minor, "USD"),
+                [(bea, Money(bea.total_minor, "USD"))],
+                received_at=clock(),
+            )
+            session.commit()
+        _day(session, as_of, gw)
+        rows = [
+            row
+            for row in session.scalars(select(OutboxEmail).order_by(OutboxEmail.id))
+            if row.id not in seen
+        ]
+        seen.update(row.id for row in rows)
+        if rows:
+            per_day[day_number] = sorted((row.template, names[row.account_id]) for row in rows)
+            for row in rows:
+                bodies[(day_number, row.template, names[row.account_id])] = row.text_body
+    failed, receipt = "payment_failed", "receipt"
+    before, after = "reminder_before_due", "reminder_after_due"
+    assert per_day == {
+        3: [(failed, "Dan")],
+        4: [(failed, "Dan")],
+        5: [(failed, "Cai")],
+        6: [(failed, "Cai"), (failed, "Dan")],
+        7: [(before, "Ada")],
+        8: [(failed, "Cai"), (failed, "Dan")],
+        9: [(before, "Bea")],
+        # Cai's third retry goes through (the receipt); Dan's last fails (no retry left).
+        10: [(failed, "Dan"), (receipt, "Cai")],
+        # Dan's reminders wait for the retries: after_7 is the first step due once none is left.
+        11: [(after, "Ada"), (after, "Dan")],
+        17: [(after, "Ada"), (after, "Dan")],
+        21: [(after, "Fay")],
+        24: [(after, "Ada")],
+        27: [(after, "Fay")],
+    }
+    # Each payment_failed names the next retry, the last one none; retries run 1, 3, 5, 7
+    # days after the failure.
+    assert "We will try again on Nov 4, 2026" in bodies[(3, failed, "Dan")]
+    assert "We will try again on Nov 6, 2026" in bodies[(4, failed, "Dan")]
+    assert "We will try again on Nov 10, 2026" in bodies[(8, failed, "Dan")]
+    assert "We will not try again automatically" in bodies[(10, failed, "Dan")]
+    assert "We will try again on Nov 6, 2026" in bodies[(5, failed, "Cai")]
+    assert "insufficient funds" in bodies[(6, failed, "Cai")]
+    assert [customer for customer, _key in gw.calls].count("cus_Cai") == 4
+    assert [customer for customer, _key in gw.calls].count("cus_Dan") == 5
+    assert len({key for _customer, key in gw.calls}) == len(gw.calls)  # a key per attempt
+    session.expire_all()
+    assert session.get(Subscription, dan_subscription.id).status == "past_due"
+    assert session.get(Subscription, cai_subscription.id).status == "active"
+    retries = {
+        (r.invoice_id, r.attempt_no): r.status for r in session.scalars(select(PaymentRetry))
+    }
+    assert sorted(retries.values()).count("canceled") == 1  # Cai's 4th, paid before it
