@@ -39,6 +39,7 @@ from portal.disputes.queries import held_by_invoice
 from portal.mail import queue_email
 from portal.notifications.delivery import cancel_queued
 from portal.notifications.models import PaymentRetry, ReminderSent, RetryStatus
+from portal.notifications.queries import planned_retry_days
 from portal.payments.models import LIVE_ATTEMPT_STATUSES, PaymentAttempt, PaymentAttemptItem
 
 log = logging.getLogger(__name__)
@@ -243,17 +244,9 @@ def schedule_retries(session: Session, invoice: Invoice, failed_on: date) -> lis
 
 
 def next_retry_on(session: Session, invoice_id: int) -> date | None:
-    """The day of the invoice's next scheduled retry, if one is left."""
-    when = session.scalar(
-        select(PaymentRetry.scheduled_for)
-        .where(
-            PaymentRetry.invoice_id == invoice_id,
-            PaymentRetry.status == RetryStatus.SCHEDULED.value,
-        )
-        .order_by(PaymentRetry.scheduled_for)
-        .limit(1)
-    )
-    return when.date() if when is not None else None
+    """The day of the invoice's next planned retry, if one is left."""
+    days = planned_retry_days(session, invoice_id)
+    return days[0] if days else None
 
 
 def tell_payment_failed(

@@ -13,6 +13,7 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from portal.accounts.models import User
 from portal.audit.models import AuditEvent
 from portal.audit.services import SYSTEM
 from portal.billing import services as billing
@@ -28,7 +29,7 @@ from portal.payments.gateway import CardDeclined, Intent
 from portal.payments.models import PaymentAttempt, PaymentAttemptItem, PaymentMethod
 from portal.payments.services import fulfil_payment
 from portal.subscriptions.models import Subscription
-from tests.conftest import app_with_own_database
+from tests.conftest import app_with_own_database, login_as
 from tests.factories import make_account, make_invoice, make_price, make_user
 
 DUE = date(2026, 12, 1)
@@ -445,3 +446,25 @@ def test_a_simulated_month_sends_exactly_the_expected_emails(
         (r.invoice_id, r.attempt_no): r.status for r in session.scalars(select(PaymentRetry))
     }
     assert sorted(retries.values()).count("canceled") == 1  # Cai's 4th, paid before it
+
+
+def test_the_invoice_page_shows_the_retry_dates(
+    app: Flask, session: Session, client: Any, clock: Any
+) -> None:
+    acct, subscription = _card_customer(session, "Gil")
+    session.commit()
+    gw = ScriptedGateway({"cus_Gil": ["decline", "decline"]})
+    invoice = _bill(session, acct, subscription, date(2026, 11, 21), gw)
+    assert dunning.retry_failed_payments(session, date(2026, 11, 21), gw) == 0
+    user = session.scalars(select(User).where(User.email == acct.billing_email)).one()
+    login_as(client, user)
+    page = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
+    assert "We will try your saved card again on Nov 22, 2026, Nov 24, 2026, Nov 26, 2026" in page
+    # The command runs the day's retry (here against the closed test port of Stripe: the
+    # attempt is "unknown", for reconcile to settle); the page then lists the ones left.
+    result = app.test_cli_runner().invoke(
+        args=["billing", "retry-payments", "--as-of", "2026-11-22"]
+    )
+    assert result.exit_code == 0 and "1 card payments retried." in result.output
+    page = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
+    assert "again on Nov 24, 2026, Nov 26, 2026, Nov 28, 2026." in page
