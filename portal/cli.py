@@ -210,11 +210,14 @@ def _as_of(value: str | None) -> object:
 @billing_cli.command("remind")
 @click.option("--as-of", "as_of", default=None, help="The day to remind for (YYYY-MM-DD).")
 def remind_command(as_of: str | None) -> None:
-    """Send the payment reminders due on a day; never the same reminder twice."""
-    from portal.notifications.dunning import send_reminders
+    """Send the payment reminders due on a day (and expiring-card notices); never twice."""
+    from portal.notifications.dunning import send_reminders, warn_expiring_cards
 
-    sent = send_reminders(db.session, _as_of(as_of))  # type: ignore[arg-type]
+    day = _as_of(as_of)
+    sent = send_reminders(db.session, day)  # type: ignore[arg-type]
     click.echo(_("%(count)s reminders sent.", count=sent))
+    told = warn_expiring_cards(db.session, day)  # type: ignore[arg-type]
+    click.echo(_("%(count)s expiring-card notices sent.", count=told))
 
 
 @billing_cli.command("retry-payments")

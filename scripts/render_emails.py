@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ CHROMIUM_ARGS = [
 def render(out: Path) -> list[Path]:
     from flask_migrate import upgrade
 
-    from portal import create_app
+    from portal import clock, create_app
     from portal.auth.models import LoginToken  # noqa: F401
     from portal.extensions import db
     from portal.mail import queue_email
@@ -48,6 +49,8 @@ def render(out: Path) -> list[Path]:
             }
         )
         written = []
+        # NOTE: the day the tests use, so the sample dates read naturally.
+        clock.set_source(clock.FrozenClock(datetime(2026, 11, 21, 9, 30, tzinfo=UTC)))
         with app.app_context():
             upgrade()
             world = EmailWorld(db.session)

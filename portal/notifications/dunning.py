@@ -38,7 +38,7 @@ from portal.db import begin_write, commit
 from portal.disputes.queries import held_by_invoice
 from portal.mail import queue_email
 from portal.notifications.delivery import cancel_queued
-from portal.notifications.models import PaymentRetry, ReminderSent, RetryStatus
+from portal.notifications.models import OutboxEmail, PaymentRetry, ReminderSent, RetryStatus
 from portal.notifications.queries import planned_retry_days
 from portal.payments.models import LIVE_ATTEMPT_STATUSES, PaymentAttempt, PaymentAttemptItem
 
@@ -449,3 +449,60 @@ def cancel_for_paid_invoice(session: Session, invoice_id: int) -> None:
     """An invoice was paid: its queued reminders never go, its planned retries never run."""
     cancel_queued(session, f"invoice:{invoice_id}")
     _cancel_retries(session, invoice_id, "paid")
+
+
+# -- expiring cards --------------------------------------------------------------------------------
+
+
+def warn_expiring_cards(session: Session, as_of: date) -> int:
+    """Tell each account whose default card expires at the end of next month (once per card
+    and expiry: the outbox's dedupe key). Returns how many were told. Commits."""
+    from portal.payments.models import PaymentMethod
+
+    session = _plain(session)
+    if session.in_transaction():
+        commit(session)
+    month = as_of.month % 12 + 1
+    year = as_of.year + (1 if as_of.month == 12 else 0)
+    cards = list(
+        session.scalars(
+            select(PaymentMethod.id).where(
+                PaymentMethod.is_default,
+                PaymentMethod.detached_at.is_(None),
+                PaymentMethod.exp_year == year,
+                PaymentMethod.exp_month == month,
+            )
+        )
+    )
+    told = 0
+    for card_id in cards:
+        begin_write(session)
+        try:
+            method = session.get(PaymentMethod, card_id)
+            assert method is not None
+            key = f"card_expiring:{method.id}:{method.exp_year}-{method.exp_month:02d}"
+            exists = session.scalar(select(OutboxEmail.id).where(OutboxEmail.dedupe_key == key))
+            account = session.get(Account, method.account_id)
+            if exists is None and account is not None:
+                email = queue_email(
+                    session,
+                    to=account.billing_email,
+                    template="card_expiring",
+                    context={"account": account, "method": method},
+                    account_id=account.id,
+                    dedupe_key=key,
+                )
+                if email is not None:
+                    told += 1
+                    SYSTEM.record(
+                        session,
+                        "payment_method.expiry_notice_sent",
+                        account_id=account.id,
+                        target_type="payment_method",
+                        target_id=method.public_id,
+                    )
+        except Exception:
+            session.rollback()
+            raise
+        commit(session)
+    return told

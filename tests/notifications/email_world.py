@@ -30,6 +30,10 @@ class EmailWorld:
         self.user.name = "Ada Lovelace"
         self.invoice = make_invoice(session, self.account, (4900, 2500))
         self.invoice.due_date = clock.today() + timedelta(days=3)
+        self.overdue = make_invoice(
+            session, self.account, (9900,), issue_date=clock.today() - timedelta(days=38)
+        )
+        self.overdue.due_date = clock.today() - timedelta(days=8)
         paid = make_invoice(session, self.account, (7500,))
         self.payment = billing.record_payment(
             session,
@@ -105,7 +109,7 @@ class EmailWorld:
             "action_required": {"account": a, "invoice": self.invoice},
             "card_expiring": {"account": a, "method": self.method},
             "reminder_before_due": {"account": a, "invoice": self.invoice},
-            "reminder_after_due": {"account": a, "invoice": self.invoice},
+            "reminder_after_due": {"account": a, "invoice": self.overdue},
             "subscription_changed": subscription,
             "subscription_canceled": subscription,
             "subscription_paused": subscription,

@@ -22,6 +22,12 @@ from portal.notifications.emails import Target
 from tests.conftest import app_with_own_database, login_as
 from tests.factories import make_account, make_invoice, make_user
 from tests.notifications.email_world import EmailWorld
+from tests.test_i18n import (  # noqa: F401  (fixtures)
+    _brand_data,
+    pseudo_app,
+    pseudo_translations,
+    unmarked_text,
+)
 
 
 def _link(session: Session, world: EmailWorld, kind: str = "invoice", object_id: int = 0) -> str:
@@ -255,3 +261,33 @@ def test_two_taps_at_once_sign_in_once(backend: str, tmp_path: Path, clock: Any)
             )
             db.session.remove()
         assert signed_in == 1
+
+
+def test_every_word_on_the_link_pages_is_marked(
+    pseudo_app: Flask,  # noqa: F811
+    session: Session,
+    client: FlaskClient,
+    clock: Any,
+) -> None:
+    """The confirm page and each refusal, in the (pseudo) German of the account's browser."""
+    world = EmailWorld(session, locale="de_DE", currency="EUR")
+    path = _link(session, world)
+    headers = {"Accept-Language": "de-DE,de;q=0.9"}
+    data = _brand_data(pseudo_app) | {
+        world.account.name,
+        world.user.name,
+        world.user.email,
+        world.user.name[:1],
+        world.invoice.number or "",
+    }
+    pages = [client.get(path, headers=headers), client.get("/l/broken", headers=headers)]
+    assert client.post(path).status_code == 303
+    pages.append(app_client(pseudo_app).get(path, headers=headers))
+    for page in pages:
+        html = page.get_data(as_text=True)
+        assert 'lang="de"' in html
+        assert unmarked_text(html, data) == [], page.status_code
+
+
+def app_client(app: Flask) -> FlaskClient:
+    return app.test_client()

@@ -468,3 +468,19 @@ def test_the_invoice_page_shows_the_retry_dates(
     assert result.exit_code == 0 and "1 card payments retried." in result.output
     page = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
     assert "again on Nov 24, 2026, Nov 26, 2026, Nov 28, 2026." in page
+
+
+def test_an_expiring_default_card_is_announced_once(
+    app: Flask, session: Session, clock: Any
+) -> None:
+    acct, _subscription = _card_customer(session, "Hal")
+    card = session.scalars(select(PaymentMethod).where(PaymentMethod.account_id == acct.id)).one()
+    card.exp_month, card.exp_year = 12, 2026
+    other, _ = _card_customer(session, "Ivy")  # expires in 2030
+    session.commit()
+    assert dunning.warn_expiring_cards(session, date(2026, 11, 1)) == 1
+    assert dunning.warn_expiring_cards(session, date(2026, 11, 15)) == 0
+    (row,) = session.scalars(select(OutboxEmail))
+    assert (row.template, row.account_id, row.is_essential) == ("card_expiring", acct.id, False)
+    assert "12/2026" in row.text_body
+    assert other.id != acct.id

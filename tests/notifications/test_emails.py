@@ -42,7 +42,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "action_required": ("Please confirm your payment for invoice {number}", ("confirm",)),
     "card_expiring": ("Your card ending in 4242 expires soon", ("Visa ending in 4242", "01/2027")),
     "reminder_before_due": ("Invoice {number} is due on {due}", ("$74.00",)),
-    "reminder_after_due": ("Invoice {number} is overdue", ("$74.00",)),
+    "reminder_after_due": ("Invoice {overdue} is overdue", ("$99.00", "Nov 13, 2026")),
     "subscription_changed": ("Your subscription has changed", ("Team",)),
     "subscription_canceled": ("Your subscription is canceled", ("Team",)),
     "subscription_paused": ("Your subscription is paused", ("Dec 16, 2026",)),
@@ -116,7 +116,9 @@ def test_each_email(
     email = _queue(session, world, name)
     assert email is not None
     subject, words = EXPECTED[name]
-    expected_subject = subject.format(number=world.invoice.number, due=f"Nov {21 + 3}, 2026")
+    expected_subject = subject.format(
+        number=world.invoice.number, overdue=world.overdue.number, due="Nov 24, 2026"
+    )
     assert email.subject == expected_subject
     assert email.to_address == "ada@example.com"
     assert email.account_id == world.account.id
@@ -315,6 +317,7 @@ def _world_data(world: EmailWorld) -> set[str]:
         world.account.billing_email,
         world.user.name,
         world.invoice.number or "",
+        world.overdue.number or "",
         world.paid_invoice.number or "",
         world.dispute.public_id,
         world.payment.receipt_number or "",
