@@ -6,8 +6,9 @@ Reminders (DUNNING_BEFORE_DAYS, DUNNING_AFTER_DAYS; default 3 days before the du
 and 14 days after): an invoice gets the latest step that has come due and it has not had yet
 (a missed run catches up with one email, not several). Skipped: paid invoices, what open
 disputes hold (the reminder asks only for the rest, and nothing when nothing is left), invoices
-with a payment in flight or card retries still planned. A step is recorded in payment_reminders (unique invoice + step) in the
-same transaction as its email: never the same reminder twice, even from two workers.
+with a payment in flight or card retries still planned. A step is recorded in
+payment_reminders (unique invoice + step) in the same transaction as its email: never the same
+reminder twice, even from two workers.
 
 Retries (CARD_RETRY_DAYS, default 1, 3, 5 and 7 days after the failure): a failed off-session
 charge of an open invoice gets its retries scheduled (payment_retries) and the customer is told
