@@ -68,6 +68,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     cli.init_app(app)
 
+    from portal import worker
+
+    worker.init_app(app)
+
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     if proxies := app.config["TRUSTED_PROXIES"]:

@@ -122,6 +122,29 @@ def send_mail_command(loop: bool, interval: float) -> None:  # money-safe: secon
             return
 
 
+@portal_cli.command("worker")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="Worker threads in this process (run more processes, on more machines, for more).",
+)
+def worker_command(workers: int) -> None:
+    """Run every background job: mail, billing run, reminders, card retries, reconcile, PDF
+    pre-rendering and clean-up (on the job queue of JOB_QUEUE_URL; Ctrl-C stops)."""
+    import logging
+
+    from portal.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_worker(
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        workers=workers,
+        announce=lambda line: click.echo(line, err=False),
+    )
+
+
 @portal_cli.command("create-staff")
 @click.argument("email")
 @click.option("--role", type=click.Choice(["support", "admin"]), required=True)
@@ -173,7 +196,12 @@ def _sync_demo_stripe() -> None:
 
 @billing_cli.command("reconcile")
 @click.option("--min-age-minutes", default=5, show_default=True, help="Skip younger attempts.")
-def reconcile_command(min_age_minutes: int) -> None:
+@click.option(
+    "--compare-all",
+    is_flag=True,
+    help="Also ask Stripe about every payment of the last 30 days (one call each: an audit).",
+)
+def reconcile_command(min_age_minutes: int, compare_all: bool) -> None:
     """Settle payments left unknown or processing, record lost webhooks, report mismatches."""
     from datetime import timedelta
 
@@ -186,6 +214,7 @@ def reconcile_command(min_age_minutes: int) -> None:
         gateway(),
         commit=lambda: commit(db.session),
         min_age=timedelta(minutes=min_age_minutes),
+        compare_all=compare_all,
     )
     for line in report.lines():
         click.echo(line)

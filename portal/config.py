@@ -154,6 +154,9 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "MAIL_CLAIM_LEASE_SECONDS": int(env("MAIL_CLAIM_LEASE_SECONDS", "300")),
         "MAIL_TIMEOUT_SECONDS": int(env("MAIL_TIMEOUT_SECONDS", "20")),
         "MAX_CONTENT_LENGTH": 12 * 1024 * 1024,
+        # The worker's job queue (portal/worker.py): redis://… in production; unset = a SQLite
+        # file beside the database. Periodic jobs: WORKER_SCHEDULE_<JOB> cron lines.
+        "JOB_QUEUE_URL": env("JOB_QUEUE_URL", ""),
     }
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import flask_babel
 from flask import current_app, render_template
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import Session, scoped_session
 
 from portal.accounts.models import Account
+from portal.db import after_commit
 from portal.i18n import language_for
 from portal.notifications import deep_links, preferences
 from portal.notifications.emails import brand, kind_of, subject_for
@@ -47,8 +49,11 @@ def render_email(template: str, context: dict[str, Any]) -> tuple[str, str]:
 
 def message_id_domain(sender: str) -> str:
     """The domain of the sender's address (Message-IDs name the domain they come from)."""
-    domain = parseaddr(sender)[1].rpartition("@")[2].strip().lower()
-    return domain if domain and all(c.isalnum() or c in ".-" for c in domain) else MESSAGE_ID_DOMAIN
+    _local, at, domain = parseaddr(sender)[1].rpartition("@")
+    domain = domain.strip().lower()
+    if at and "." in domain and all(c.isascii() and (c.isalnum() or c in ".-") for c in domain):
+        return domain
+    return MESSAGE_ID_DOMAIN
 
 
 def queue_email(
@@ -68,8 +73,9 @@ def queue_email(
     """Render `email/<template>.txt` and `.html` and put them in the outbox; sent after commit.
 
     Returns the row for `to`, or None when the account opted out of this (non-essential) email.
-    `subject` is used only for a template the catalog does not know. `is_essential` defaults to
-    the catalog's answer. `cancel_key` (e.g. "invoice:<id>") lets
+    Without `subject` the catalog's is used, in the account's language (pass none from a job:
+    a subject translated there is in the job's language). `is_essential` defaults to the
+    catalog's answer. `cancel_key` (e.g. "invoice:<id>") lets
     `portal.notifications.delivery.cancel_queued` drop the email while it is unsent;
     `attachment_kind="invoice_pdf"` with `attachment_ref=str(invoice.id)` attaches that
     invoice's PDF, rendered when the email is sent.
@@ -103,7 +109,7 @@ def queue_email(
             target = kind.target(context) if kind is not None else None
             if target is not None and "action_url" not in context and account is not None:
                 own["action_url"] = deep_links.link_for(session, account, address, target)
-            own_subject = subject_for(kind, own) if kind is not None else (subject or "")
+            own_subject = subject or (subject_for(kind, own) if kind is not None else "")
             text_body, html_body = render_email(template, own)
         email = OutboxEmail(
             message_id=new_message_id(message_id_domain(current_app.config.get("MAIL_FROM", ""))),
@@ -123,5 +129,43 @@ def queue_email(
         )
         session.add(email)
         session.flush()
+        deliver_after_commit(session, email.id)
         first = first or email
     return first
+
+
+_QUEUED = "portal.mail.queued"
+DELIVER_SOON = "portal.deliver_soon"
+
+
+def deliver_after_commit(session: Session, email_id: int) -> None:
+    """Once this unit of work commits, enqueue one delivery job for every email it queued
+    (or made due again, as a staff retry does).
+
+    NOTE: only after the commit: a job that ran before it would find no row, and a unit of work
+    that rolls back must send nothing. An unreachable queue loses nothing either: the rows are
+    committed and the worker's sweep delivers them.
+    """
+    plain = session() if isinstance(session, scoped_session) else session
+    queued: list[int] | None = plain.info.get(_QUEUED)
+    if queued is not None:
+        queued.append(email_id)
+        return
+    queued = plain.info[_QUEUED] = [email_id]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    # NOTE: set by portal.worker.init_app; without it the worker's sweep delivers.
+    deliver_soon = app.extensions.get(DELIVER_SOON)
+
+    def enqueue() -> None:
+        plain.info.pop(_QUEUED, None)
+        if deliver_soon is not None:
+            deliver_soon(queued)
+
+    after_commit(plain, enqueue)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_queued(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:
+        session.info.pop(_QUEUED, None)

@@ -3,12 +3,13 @@
     .venv/bin/python scripts/demo.py [--port 5000] [--stripe-port 8420] [--instance DIR]
 
 In order: start a Stripe simulator of the demo's own, migrate the database (SQLite in the instance
-folder unless DATABASE_URL names another), start the outbox mailer (`portal send-mail --loop`,
-mail into DIR/mail/ unless MAIL_SERVER is set) and the portal (gunicorn), register the simulator's
-webhook once the portal answers, seed the demo data (which makes the saved card real in that
-simulator), and only when every part answers, print the sign-in links. If any part does not
-start, or stops later, the demo says which, where its log is, stops the rest and exits non-zero:
-a demo whose mail or simulator is dead must not look alive. Ctrl-C (or SIGTERM) stops everything.
+folder unless DATABASE_URL names another), start the background worker (`portal worker`: the
+outbox into DIR/mail/ unless MAIL_SERVER is set, and every scheduled job) and the portal
+(gunicorn), register the simulator's webhook once the portal answers, seed the demo data (which
+makes the saved card real in that simulator), and only when every part answers, print the
+sign-in links. If any part does not start, or stops later, the demo says which, where its log
+is, stops the rest and exits non-zero: a demo whose mail or simulator is dead must not look alive.
+Ctrl-C (or SIGTERM) stops everything.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ def settings(demo: Demo) -> dict[str, str]:
         DATABASE_URL=given["DATABASE_URL"] or f"sqlite:///{demo.instance / 'portal.sqlite3'}",
         SECRET_KEY=given["SECRET_KEY"] or secret_key_for(demo.instance),
         MAIL_DIR=given["MAIL_DIR"] or str(demo.instance / "mail"),
+        # NOTE: the worker's queue in this demo's folder (whatever the database), so two demos
+        # on one machine never take each other's jobs.
+        JOB_QUEUE_URL=env.get("JOB_QUEUE_URL", "").strip()
+        or f"sqlite:///{demo.instance / 'huey.sqlite3'}",
         # NOTE: always this demo's simulator and its keys, whatever the shell holds: the demo
         # never reaches real Stripe, nor a simulator whose state belongs to someone else.
         STRIPE_API_BASE=demo.stripe_url,
@@ -396,8 +401,9 @@ def register_webhook(demo: Demo, simulator: Child) -> str:
 
 
 def start_mailer(demo: Demo) -> Child:
-    log = demo.logs / "mail.log"
-    return start(demo, "mailer", [*FLASK, "portal", "send-mail", "--loop"], log)
+    """The background worker (`portal worker`): it delivers the outbox and runs every job."""
+    log = demo.logs / "worker.log"
+    return start(demo, "worker", [*FLASK, "portal", "worker"], log)
 
 
 def start_portal(demo: Demo) -> Child:
@@ -485,7 +491,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 def new_mail(demo: Demo, seen: set[str]) -> list[str]:
-    """A line for each .eml file the mailer wrote since the last look."""
+    """A line for each .eml file the worker wrote since the last look."""
     try:
         names = sorted(p.name for p in demo.mail_dir.glob("*.eml"))
     except OSError:
@@ -528,7 +534,7 @@ def run(demo: Demo) -> None:
     flask_command(demo, "migrating the database", ["db", "upgrade"], demo.logs / "migrate.log")
     say(f"  database          {database_shown(env['DATABASE_URL'])} (migrated)")
     seen_mail = {p.name for p in demo.mail_dir.glob("*.eml")} if demo.mail_dir.is_dir() else set()
-    # NOTE: the portal and the mailer boot while the simulator comes up and the data is seeded.
+    # NOTE: the portal and the worker boot while the simulator comes up and the data is seeded.
     mailer = start_mailer(demo)
     portal = start_portal(demo)
     wait_until(simulator, f"{demo.stripe_url}/v1/customers", lambda: simulator_is_ours(demo))
@@ -547,13 +553,13 @@ def run(demo: Demo) -> None:
     say("  demo data         " + ("\n" + " " * 20).join(seeded.strip().splitlines()))
     wait_until(
         mailer,
-        "its first delivery round",
-        lambda: "delivering the outbox" in mailer.log.read_text(),
+        "its start",
+        lambda: "worker started" in mailer.log.read_text(),
     )
     where = demo.mail_server or f"{shown(demo.mail_dir)}/"
     say(
-        f"  mail              `portal send-mail --loop` delivers every second to {where} "
-        f"(log: {shown(mailer.log)})"
+        f"  mail              the worker (`portal worker`) delivers to {where} within a "
+        f"second, and runs the scheduled jobs (log: {shown(mailer.log)})"
     )
 
     links = mint_links(demo, demo_users())

@@ -23,6 +23,7 @@ from portal.payments.gateway import Card
 from portal.payments.models import PaymentAttempt, PaymentMethod
 from tests.conftest import login_as
 from tests.factories import make_account, make_invoice, make_user
+from tests.notifications.auth_objects import make_dead_letter
 
 # NOTE: localstripe, proxy and stripe_app are the payment tests' fixtures, used by name.
 from tests.payments.conftest import (  # noqa: F401
@@ -275,6 +276,14 @@ SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
             data=ctx["body"],
             headers={"Stripe-Signature": sign(ctx["body"]), "Content-Type": "application/json"},
         ),
+    ),
+    # Notifications (issue 12)
+    "staff.outbox_retry": (
+        lambda c, s, ctx: (
+            ctx.update(email=make_dead_letter(s)),
+            login_as(c, make_user(s, staff_role="support")),
+        ),
+        lambda c, s, ctx: c.post(f"/staff/outbox/{ctx['email'].id}/retry"),
     ),
 }
 

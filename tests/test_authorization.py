@@ -23,7 +23,8 @@ from portal.billing.models import Invoice
 from portal.billing.money import Money
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
-from tests.notifications.auth_objects import owner_deep_link
+from tests.notifications.auth_objects import dead_letter
+from tests.notifications.deep_link_objects import owner_deep_link
 from tests.payments.auth_objects import owner_attempt, owner_card
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
@@ -155,6 +156,11 @@ RULES: dict[tuple[str, str], Rule] = {
         "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(200)
     ),
     ("checkout.stripe_webhook", "POST"): Rule("POST", lambda w: "/webhooks/stripe", public(400)),
+    # Notifications (issue 12): undelivered emails and their retry, staff only.
+    ("staff.outbox", "GET"): Rule("GET", lambda w: "/staff/outbox", staff_only()),
+    ("staff.outbox_retry", "POST"): Rule(
+        "POST", lambda w: f"/staff/outbox/{dead_letter(w)}/retry", staff_only(303)
+    ),
 }
 
 # Notifications (issue 12). A deep link from an email: anyone may see its confirm page (a mail

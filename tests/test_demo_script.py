@@ -264,7 +264,7 @@ def test_the_demo_starts_every_part_and_its_links_mail_and_card_work(demo: Demo)
     print(f"demo up in {took:.1f} s; email delivered {delivered:.1f} s after POST /login")
 
     parts = _descendants(demo.process.pid)
-    assert len(parts) >= 4, parts  # simulator, mailer, gunicorn master and worker
+    assert len(parts) >= 4, parts  # simulator, job worker, gunicorn master and worker
     if demo.database_url:
         _the_simulator_dies_and_the_demo_stops(demo, parts)
     else:

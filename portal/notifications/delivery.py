@@ -4,7 +4,10 @@ A row is claimed by pushing its `next_attempt_at` one lease into the future and 
 attempt, in a short transaction (`FOR UPDATE SKIP LOCKED` on PostgreSQL, `BEGIN IMMEDIATE` on
 SQLite), so several senders never pick the same row. It is marked sent only after the SMTP server
 (or the mail directory) accepted it; a sender that dies mid-way leaves the row to be retried when
-its lease runs out. Nothing is ever deleted: after MAIL_MAX_ATTEMPTS a row is kept as "failed".
+its lease runs out. Each row carries its own Message-ID, so a message sent again after a lost SMTP
+answer is recognisable as the same one. Nothing is ever deleted: after MAIL_MAX_ATTEMPTS (or a
+permanent 5xx refusal) a row is kept as a dead letter, which staff can see and retry at
+/staff/outbox; `cancel_queued` drops unsent rows by their cancel key.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
@@ -25,7 +28,13 @@ from sqlalchemy.orm import Session, scoped_session
 
 from portal import clock
 from portal.db import begin_write, commit, commit_before_network_call
-from portal.notifications.models import DELIVERABLE_STATUSES, OutboxEmail, OutboxStatus
+from portal.errors import N_
+from portal.notifications.models import (
+    DELIVERABLE_STATUSES,
+    AttachmentKind,
+    OutboxEmail,
+    OutboxStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +45,11 @@ class DeliveryReport:
     failed: int
 
 
-def build_message(email: OutboxEmail, sender: str) -> EmailMessage:
-    """The MIME message of an outbox row: plain text, with the HTML as an alternative."""
+def build_message(
+    email: OutboxEmail, sender: str, attachment: tuple[str, bytes] | None = None
+) -> EmailMessage:
+    """The MIME message of an outbox row: plain text, with the HTML as an alternative, and the
+    attached PDF when the row asks for one."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = email.to_address
@@ -49,6 +61,9 @@ def build_message(email: OutboxEmail, sender: str) -> EmailMessage:
     message.set_content(email.text_body)
     if email.html_body:
         message.add_alternative(email.html_body, subtype="html")
+    if attachment is not None:
+        filename, content = attachment
+        message.add_attachment(content, maintype="application", subtype="pdf", filename=filename)
     return message
 
 
@@ -57,8 +72,11 @@ def backoff(attempts: int, base_seconds: int) -> timedelta:
     return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), 6 * 3600))
 
 
-def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
-    """Claim up to `limit` due rows for this sender and commit the claim; returns their ids."""
+def claim_due(
+    session: Session, *, limit: int, lease: timedelta, ids: Sequence[int] | None = None
+) -> list[int]:
+    """Claim up to `limit` due rows for this sender (only among `ids` when given) and commit
+    the claim; returns their ids."""
     if isinstance(session, scoped_session):
         session = session()
     now = clock.now()
@@ -71,6 +89,8 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
         .order_by(OutboxEmail.next_attempt_at, OutboxEmail.id)
         .limit(limit)
     )
+    if ids is not None:
+        query = query.where(OutboxEmail.id.in_(list(ids)))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     rows = list(session.scalars(query))
@@ -86,17 +106,64 @@ def claim_due(session: Session, *, limit: int, lease: timedelta) -> list[int]:
 Transport = Callable[[EmailMessage, OutboxEmail], None]
 
 
-def smtp_transport(config: dict[str, Any]) -> Transport:
-    def send(message: EmailMessage, _email: OutboxEmail) -> None:
+class PermanentFailure(Exception):
+    """The server refused the message for good (a 5xx answer): retrying cannot help."""
+
+
+class SmtpTransport:
+    """Sends over one SMTP connection, kept open across the messages of a delivery round and
+    opened again after any error (a half-broken connection is never reused)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        config = self.config
         timeout = config.get("MAIL_TIMEOUT_SECONDS", 20)
-        with smtplib.SMTP(config["MAIL_SERVER"], config["MAIL_PORT"], timeout=timeout) as smtp:
+        smtp = smtplib.SMTP(config["MAIL_SERVER"], config["MAIL_PORT"], timeout=timeout)
+        try:
             if config.get("MAIL_USE_TLS"):
                 smtp.starttls(context=ssl.create_default_context())
             if config.get("MAIL_USERNAME"):
                 smtp.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"])
-            smtp.send_message(message)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
 
-    return send
+    def __call__(self, message: EmailMessage, _email: OutboxEmail) -> None:
+        if self.smtp is None:
+            self.smtp = self._connect()
+        try:
+            self.smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as refused:
+            self.close()
+            codes = [code for code, _text in refused.recipients.values()]
+            if codes and all(code >= 500 for code in codes):
+                raise PermanentFailure(f"recipient refused ({codes[0]})") from refused
+            raise
+        except smtplib.SMTPResponseException as answer:
+            self.close()
+            if answer.smtp_code >= 500 and not isinstance(answer, smtplib.SMTPSenderRefused):
+                raise PermanentFailure(f"refused by the server ({answer.smtp_code})") from answer
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def smtp_transport(config: Any) -> Transport:
+    return SmtpTransport(config)
 
 
 def directory_transport(directory: str) -> Transport:
@@ -113,46 +180,86 @@ def directory_transport(directory: str) -> Transport:
     return write
 
 
-def transport_for(config: dict[str, Any]) -> Transport:
+def transport_for(config: Any) -> Transport:
     """SMTP when MAIL_SERVER is set, otherwise .eml files in MAIL_DIR."""
     if config.get("MAIL_SERVER"):
         return smtp_transport(config)
     return directory_transport(config["MAIL_DIR"])
 
 
+Attachment = tuple[str, bytes]  # (file name, PDF bytes)
+
+
+def load_attachment(session: Session, email: OutboxEmail) -> Attachment | None:
+    """The file an outbox row asks to attach, made at send time (None when it asks for none)."""
+    if email.attachment_kind is None:
+        return None
+    if email.attachment_kind == AttachmentKind.INVOICE_PDF.value:
+        from portal.billing.prerender import invoice_pdf_attachment
+
+        return invoice_pdf_attachment(session, int(email.attachment_ref or 0))
+    raise PermanentFailure(f"unknown attachment kind {email.attachment_kind!r}")
+
+
 def deliver_due(
-    session: Session, config: dict[str, Any], transport: Transport | None = None
+    session: Session,
+    config: Any,
+    transport: Transport | None = None,
+    *,
+    ids: Sequence[int] | None = None,
 ) -> DeliveryReport:
-    """Send every due outbox row once; failures are rescheduled with backoff."""
+    """Send every due outbox row once (only those among `ids` when given: the rows a request
+    just queued, ahead of any backlog); failures are rescheduled with backoff."""
     if isinstance(session, scoped_session):
         session = session()
+    own_transport = transport is None
     transport = transport or transport_for(config)
     lease = timedelta(seconds=config["MAIL_CLAIM_LEASE_SECONDS"])
     sent = failed = 0
-    while True:
-        ids = claim_due(session, limit=config["MAIL_BATCH_SIZE"], lease=lease)
-        if not ids:
-            break
-        for email_id in ids:
-            email = session.get(OutboxEmail, email_id)
-            if email is None or email.status not in DELIVERABLE_STATUSES:
-                session.rollback()
-                continue
-            message = build_message(email, config["MAIL_FROM"])
-            # NOTE: no transaction stays open during the (slow) send; the row is ours by lease.
-            email = _snapshot(email)
-            session.rollback()
-            try:
-                transport(message, email)
-            except Exception as error:  # noqa: BLE001 - any failure means "try again later"
-                failed += 1
-                _record_outcome(session, email, error, config)
-            else:
-                sent += 1
-                _record_outcome(session, email, None, config)
-        if len(ids) < config["MAIL_BATCH_SIZE"]:
-            break
+    try:
+        while True:
+            claimed = claim_due(session, limit=config["MAIL_BATCH_SIZE"], lease=lease, ids=ids)
+            if not claimed:
+                break
+            for email_id in claimed:
+                if _deliver_one(session, config, transport, email_id):
+                    sent += 1
+                else:
+                    failed += 1
+            if len(claimed) < config["MAIL_BATCH_SIZE"]:
+                break
+    finally:
+        close = getattr(transport, "close", None)
+        if own_transport and close is not None:
+            close()
     return DeliveryReport(sent=sent, failed=failed)
+
+
+def _deliver_one(session: Session, config: Any, transport: Transport, email_id: int) -> bool:
+    """Send one claimed row; True when it went (or needs no sending any more)."""
+    email = session.get(OutboxEmail, email_id)
+    # NOTE: read again after the claim committed: a row canceled (an invoice paid meanwhile)
+    # or sent by another sender since is left alone.
+    if email is None or email.status not in DELIVERABLE_STATUSES:
+        session.rollback()
+        return True
+    email = _snapshot(email)
+    try:
+        attachment = load_attachment(session, email)
+        message = build_message(email, config["MAIL_FROM"], attachment)
+    except Exception as error:  # noqa: BLE001 - a row that cannot be built is retried, then dead
+        session.rollback()
+        _record_outcome(session, email, error, config)
+        return False
+    # NOTE: no transaction stays open during the (slow) send; the row is ours by lease.
+    session.rollback()
+    try:
+        transport(message, email)
+    except Exception as error:  # noqa: BLE001 - any failure means "try again later"
+        _record_outcome(session, email, error, config)
+        return False
+    _record_outcome(session, email, None, config)
+    return True
 
 
 def _snapshot(email: OutboxEmail) -> OutboxEmail:
@@ -162,16 +269,21 @@ def _snapshot(email: OutboxEmail) -> OutboxEmail:
 
 
 def _record_outcome(
-    session: Session, email: OutboxEmail, error: Exception | None, config: dict[str, Any]
+    session: Session, email: OutboxEmail, error: Exception | None, config: Any
 ) -> None:
     begin_write(session)
     values: dict[str, Any]
+    # NOTE: only a row still deliverable changes (staff may have retried it meanwhile); a row
+    # canceled while its send was under way is recorded as sent, which is what happened.
+    still = (*DELIVERABLE_STATUSES, OutboxStatus.CANCELED.value)
     if error is None:
         values = {"status": OutboxStatus.SENT.value, "sent_at": clock.now(), "last_error": ""}
+        values["ended_at"] = None
     else:
         # NOTE: the error names the failure, never the message body (it may hold a sign-in link).
         values = {"last_error": f"{type(error).__name__}: {error}"[:1000]}
-        if email.attempts >= config["MAIL_MAX_ATTEMPTS"]:
+        still = DELIVERABLE_STATUSES
+        if isinstance(error, PermanentFailure) or email.attempts >= config["MAIL_MAX_ATTEMPTS"]:
             values.update(status=OutboxStatus.DEAD.value, ended_at=clock.now())
             log.error("email %s failed %s times; kept as a dead letter", email.id, email.attempts)
         else:
@@ -186,7 +298,7 @@ def _record_outcome(
             )
     session.execute(
         update(OutboxEmail)
-        .where(OutboxEmail.id == email.id, OutboxEmail.status.in_(DELIVERABLE_STATUSES))
+        .where(OutboxEmail.id == email.id, OutboxEmail.status.in_(still))
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -207,3 +319,57 @@ def cancel_queued(session: Session, cancel_key: str) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- dead letters, for staff -------------------------------------------------------------------
+
+
+def undelivered(session: Session, *, limit: int = 100) -> list[OutboxEmail]:
+    """Dead letters and emails whose last try failed, newest first (for /staff/outbox)."""
+    return list(
+        session.scalars(
+            select(OutboxEmail)
+            .where(OutboxEmail.status.in_((OutboxStatus.DEAD.value, OutboxStatus.FAILED.value)))
+            .order_by(OutboxEmail.status, OutboxEmail.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def retry_dead_letter(
+    session: Session, email_id: int, *, actor_user_id: int, ip: str | None = None
+) -> OutboxEmail:
+    """Give a dead letter (or a failing email) a fresh set of attempts, due now; audited.
+    The caller's unit of work commits; delivery is asked for after that commit."""
+    from portal.audit.services import record
+    from portal.errors import NotFound
+
+    email = session.scalar(
+        select(OutboxEmail)
+        .where(
+            OutboxEmail.id == email_id,
+            OutboxEmail.status.in_((OutboxStatus.DEAD.value, OutboxStatus.FAILED.value)),
+        )
+        .with_for_update()
+    )
+    if email is None:
+        raise NotFound(N_("There is no undelivered email with that number."))
+    before = {"status": email.status, "attempts": email.attempts}
+    email.status = OutboxStatus.PENDING.value
+    email.attempts = 0
+    email.next_attempt_at = clock.now()
+    email.ended_at = None
+    record(
+        session,
+        "outbox.retry",
+        actor_kind="staff",
+        actor_user_id=actor_user_id,
+        account_id=email.account_id,
+        target_type="outbox_email",
+        target_id=email.id,
+        before=before,
+        after={"status": email.status, "attempts": 0},
+        ip=ip,
+    )
+    session.flush()
+    return email

@@ -582,6 +582,27 @@ class Gateway:
         except stripe.SignatureVerificationError as error:
             raise ValueError("bad signature") from error
 
+    # -- events (reconcile, issue 12) ---------------------------------------------------------
+
+    def list_events(
+        self,
+        *,
+        ending_before: str | None = None,
+        starting_after: str | None = None,
+        limit: int = 100,
+    ) -> EventPage:
+        """One page of Stripe's events, newest first. `ending_before=<id>` is the page of events
+        right after that one (walking forward in time); none of both is the newest page."""
+        params: dict[str, Any] = {"limit": limit}
+        if ending_before:
+            params["ending_before"] = ending_before
+        if starting_after:
+            params["starting_after"] = starting_after
+        result = self._call("event.list", self.client.v1.events.list, params=params)
+        return EventPage(
+            events=[_plain(event) for event in result.data], has_more=bool(result.has_more)
+        )
+
 
 def gateway() -> Gateway:
     """The app's gateway, built once per app from its configuration."""
@@ -596,3 +617,55 @@ def gateway() -> Gateway:
         )
         app.extensions["portal.gateway"] = existing
     return existing
+
+
+# -- events (reconcile, issue 12) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[dict[str, Any]]  # newest first, as plain dicts
+    has_more: bool
+
+
+def _plain(obj: Any) -> Any:
+    """A Stripe object as plain dicts and lists (stripe 16 objects are not dicts)."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, dict):
+        return {str(key): _plain(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(value) for value in obj]
+    return obj
+
+
+class _Fields(dict[str, Any]):
+    """A plain dict read like a Stripe object (attribute access), for the converters above."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self[name]
+        except KeyError as missing:
+            raise AttributeError(name) from missing
+        return _Fields(value) if isinstance(value, dict) else value
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        value = super().get(name, default)
+        return _Fields(value) if isinstance(value, dict) else value
+
+
+_EVENT_OBJECTS: dict[str, Any] = {
+    "payment_intent": _intent,
+    "charge": _charge,
+    "payment_method": _card,
+    "dispute": _dispute,
+}
+
+
+def event_object(event: dict[str, Any]) -> Any:
+    """The object an event read from Stripe's API carries, as the gateway hands it out (None for
+    a kind it does not convert). Only for events fetched from Stripe with our key: a webhook's
+    body is not trusted this way (its handlers fetch the object)."""
+    obj = ((event.get("data") or {}).get("object")) or {}
+    convert = _EVENT_OBJECTS.get(str(obj.get("object", "")))
+    return None if convert is None else convert(_Fields(obj))

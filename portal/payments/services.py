@@ -594,10 +594,10 @@ def fulfil_payment(
         end_attempt(session, attempt, AttemptStatus.SUCCEEDED, actor=actor)
         return existing
     end_attempt(session, attempt, AttemptStatus.SUCCEEDED, actor=actor)
+    # NOTE: no subject: the catalog's, in the account's language (this also runs in webhooks).
     queue_email(
         session,
         to=account.billing_email,
-        subject=_("Receipt for your payment"),
         template="receipt",
         context={"account": account, "payment": payment, "invoices": list(invoices.values())},
         account_id=account.id,

@@ -169,3 +169,6 @@ def totp_verify() -> Response | tuple[str, int] | str:
                 _("That code did not work. Codes change every 30 seconds: try the current one.")
             ]
     return render_template("staff/totp_verify.html", form=form), 422
+
+
+from portal.staff import outbox  # noqa: E402, F401  (staff pages of issue 12 on this blueprint)

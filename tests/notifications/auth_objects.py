@@ -1,28 +1,34 @@
-"""Deep links to the owner's objects for the authorization harness (a fresh one on each use)."""
+"""A dead letter for the authorization and audit harnesses (made on first use)."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
-from sqlalchemy import inspect
+from sqlalchemy.orm import Session
 
-from portal.accounts.models import Account, User
 from portal.extensions import db
-from portal.notifications import deep_links
-from portal.notifications.emails import Target
+from portal.notifications.models import OutboxEmail
 
 
-def owner_deep_link(world: Any) -> str:
-    """The path of a new deep link to the owner's invoice, bound to the owner."""
-    session = db.session
-    account = session.get(Account, int(inspect(world.account).identity[0]))
-    invoice_id = int(inspect(world.invoice).identity[0])
-    owner = session.get(User, int(inspect(world.owner).identity[0]))
-    assert owner is not None
-    email = owner.email
-    assert account is not None
-    url = deep_links.link_for(session, account, email, Target("invoice", invoice_id))
-    assert "/l/" in url
+def make_dead_letter(session: Session, **fields: Any) -> OutboxEmail:
+    row = OutboxEmail(
+        to_address=fields.pop("to_address", "owner@example.com"),
+        subject=fields.pop("subject", "Your invoice"),
+        text_body="Plain",
+        html_body="<p>Html</p>",
+        template="invoice_issued",
+        status="dead",
+        attempts=fields.pop("attempts", 12),
+        last_error="ConnectionRefusedError: smtp down",
+        **fields,
+    )
+    session.add(row)
     session.commit()
-    return urlsplit(url).path
+    return row
+
+
+def dead_letter(world: Any) -> int:
+    """A dead letter to retry (staff may; customers get 404, as for a missing one)."""
+    if "dead_letter" not in world.extra:
+        world.extra["dead_letter"] = str(make_dead_letter(db.session).id)
+    return int(world.extra["dead_letter"])

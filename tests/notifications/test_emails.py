@@ -78,7 +78,6 @@ def _queue(session: Session, world: EmailWorld, name: str, **extra: Any) -> Outb
     return queue_email(
         session,
         to=world.account.billing_email,
-        subject="ignored for a known template",
         template=name,
         context=context,
         account_id=world.account.id,
@@ -164,6 +163,15 @@ def test_the_sign_in_email_keeps_its_link(
     assert links and links[0] in text
     assert_links_resolve(app, html, HREF.findall(html))
     assert "expires in 10 minutes" in text and "expires in 10 minutes" in html
+
+
+def test_a_subject_given_by_the_caller_wins(app: Flask, session: Session, clock: Any) -> None:
+    world = EmailWorld(session)
+    context = world.contexts()["receipt"]
+    email = queue_email(
+        session, to="ada@example.com", subject="Thanks!", template="receipt", context=context
+    )
+    assert email is not None and email.subject == "Thanks!"
 
 
 def test_the_invoice_email_attaches_the_pdf(app: Flask, session: Session, clock: Any) -> None:
