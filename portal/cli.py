@@ -220,6 +220,46 @@ def reconcile_command(min_age_minutes: int, compare_all: bool) -> None:
         click.echo(line)
 
 
+# -- dunning (issue 12) --------------------------------------------------------------------------
+
+
+def _as_of(value: str | None) -> object:
+    from datetime import date
+
+    from portal import clock
+
+    if not value:
+        return clock.today(current_app.config.get("PORTAL_TIMEZONE", "UTC"))
+    try:
+        return date.fromisoformat(value)
+    except ValueError as error:
+        raise click.BadParameter(_("Please give a date as YYYY-MM-DD.")) from error
+
+
+@billing_cli.command("remind")
+@click.option("--as-of", "as_of", default=None, help="The day to remind for (YYYY-MM-DD).")
+def remind_command(as_of: str | None) -> None:
+    """Send the payment reminders due on a day (and expiring-card notices); never twice."""
+    from portal.notifications.dunning import send_reminders, warn_expiring_cards
+
+    day = _as_of(as_of)
+    sent = send_reminders(db.session, day)  # type: ignore[arg-type]
+    click.echo(_("%(count)s reminders sent.", count=sent))
+    told = warn_expiring_cards(db.session, day)  # type: ignore[arg-type]
+    click.echo(_("%(count)s expiring-card notices sent.", count=told))
+
+
+@billing_cli.command("retry-payments")
+@click.option("--as-of", "as_of", default=None, help="The day to retry for (YYYY-MM-DD).")
+def retry_payments_command(as_of: str | None) -> None:
+    """Retry the failed card payments due on a day (each through the saved-card collection)."""
+    from portal.notifications.dunning import retry_failed_payments
+    from portal.payments.gateway import gateway
+
+    charged = retry_failed_payments(db.session, _as_of(as_of), gateway())  # type: ignore[arg-type]
+    click.echo(_("%(count)s card payments retried.", count=charged))
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(portal_cli)
     app.cli.add_command(billing_cli)

@@ -116,6 +116,17 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "BRAND_NAME": env("BRAND_NAME", "Northwind Cloud"),
         "BRAND_COLOR": env("BRAND_COLOR", "#4338ca"),
         "BRAND_LOGO": env("BRAND_LOGO", "img/logo.svg"),
+        # Emails: an absolute https URL of a square logo (PNG); empty shows the brand's initial.
+        "BRAND_LOGO_URL": env("BRAND_LOGO_URL", ""),
+        "BRAND_SUPPORT_EMAIL": env("BRAND_SUPPORT_EMAIL", ""),
+        # Deep links in emails (sign in and open one object, once) stay valid this long.
+        "DEEP_LINK_HOURS": _int("DEEP_LINK_HOURS", 72),
+        # Dunning: reminder days before and after the due date, card retry days after a failed
+        # automatic charge, and whether the subscription becomes past_due after the last retry.
+        "DUNNING_BEFORE_DAYS": env("DUNNING_BEFORE_DAYS", "3"),
+        "DUNNING_AFTER_DAYS": env("DUNNING_AFTER_DAYS", "1,7,14"),
+        "CARD_RETRY_DAYS": env("CARD_RETRY_DAYS", "1,3,5,7"),
+        "CARD_RETRY_PAST_DUE": _bool("CARD_RETRY_PAST_DUE", True),
         "SELLER": {
             "name": env("SELLER_NAME", "Northwind Cloud Ltd."),
             "address": env("SELLER_ADDRESS", "1 Harbour Street\nBristol BS1 4RN\nUnited Kingdom"),

@@ -295,6 +295,36 @@ SKIPPED: dict[str, str] = {
 }
 
 
+# -- notifications (issue 12) --------------------------------------------------------------------
+
+
+def _deep_link(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    from urllib.parse import urlsplit
+
+    from portal.notifications import deep_links
+    from portal.notifications.emails import Target
+
+    account = make_account(session)
+    user = make_user(session, email=account.billing_email, account=account)
+    invoice = make_invoice(session, account, (1000,))
+    url = deep_links.link_for(session, account, user.email, Target("invoice", invoice.id))
+    ctx["path"] = urlsplit(url).path
+
+
+SCENARIOS.update(
+    {
+        "links.consume": (_deep_link, lambda c, s, ctx: c.post(ctx["path"])),
+        "accounts.email_preferences": (
+            lambda c, s, ctx: login_as(c, make_user(s, account=make_account(s))),
+            lambda c, s, ctx: c.post(
+                "/account/email-preferences",
+                data={"extra_recipients": "ap@example.com", "remind_before_due": "y"},
+            ),
+        ),
+    }
+)
+
+
 def _state_changing_endpoints(app: Flask) -> set[str]:
     return {
         rule.endpoint
@@ -375,6 +405,27 @@ def _charge_outcome(session: Session) -> None:
     invoice = make_invoice(session, account, (1200,))
     started = services.start_payment(session, account, [invoice], payment_method=row)
     services.record_charge(session, started.attempt, services.ChargeOutcome("unknown"))
+
+
+# pay-collect: off-session collection with the saved card (Stripe does not answer here).
+class _SilentGateway:
+    def create_payment_intent(self, **_kwargs: Any) -> Any:
+        from portal.payments.gateway import GatewayUnavailable
+
+        raise GatewayUnavailable()
+
+
+def _collect(session: Session) -> None:
+    from portal.audit.services import SYSTEM
+    from portal.payments.collection import collect_invoice
+
+    account, _row = _card(session)
+    invoice = make_invoice(session, account, (1200,))
+    outcome = collect_invoice(session, invoice.id, _SilentGateway(), actor=SYSTEM, reason="retry")  # type: ignore[arg-type]
+    assert outcome.status == "processing"
+
+
+SERVICE_CHANGES["collect_invoice"] = _collect
 
 
 @pytest.mark.parametrize("service", sorted(SERVICE_CHANGES))

@@ -24,6 +24,7 @@ from portal.billing.money import Money
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
 from tests.notifications.auth_objects import dead_letter
+from tests.notifications.deep_link_objects import owner_deep_link
 from tests.payments.auth_objects import owner_attempt, owner_card
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
@@ -161,6 +162,29 @@ RULES: dict[tuple[str, str], Rule] = {
         "POST", lambda w: f"/staff/outbox/{dead_letter(w)}/retry", staff_only(303)
     ),
 }
+
+# Notifications (issue 12). A deep link from an email: anyone may see its confirm page (a mail
+# scanner, a signed-out owner); someone else signed in is refused like another account's object
+# (404, telling nothing about it). The owner's POST opens the invoice (303); a signed-out POST
+# signs the link's owner in (303). Each rule call makes a fresh link.
+RULES.update(
+    {
+        ("links.confirm", "GET"): Rule(
+            "GET",
+            owner_deep_link,
+            {"anonymous": 200, "owner": 200, "other": 404, "support": 404, "admin": 404},
+        ),
+        ("links.consume", "POST"): Rule(
+            "POST",
+            owner_deep_link,
+            {"anonymous": 303, "owner": 303, "other": 404, "support": 404, "admin": 404},
+        ),
+        # Unticked boxes are a valid choice (both opt-outs on): saved, 303.
+        ("accounts.email_preferences", "POST"): Rule(
+            "POST", lambda w: "/account/email-preferences", signed_in_only(303)
+        ),
+    }
+)
 
 IGNORED_ENDPOINTS = {"static"}
 

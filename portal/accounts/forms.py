@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from babel import Locale
+from email_validator import EmailNotValidError, validate_email
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, SelectChoice, SelectField, StringField
+from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Email, Length, Optional, Regexp, ValidationError
 
 from portal.accounts.services import EDITABLE_FIELDS
@@ -154,3 +155,48 @@ class AccountDetailsForm(FlaskForm):
             if errors:
                 return str(errors[0])
         return ""
+
+
+# -- email preferences (issue 12) ---------------------------------------------------------------
+
+
+def split_addresses(text: str | None) -> list[str]:
+    """Addresses typed one per line, or separated by commas or semicolons."""
+    if not text:
+        return []
+    for separator in (",", ";"):
+        text = text.replace(separator, "\n")
+    return [part.strip().lower() for part in text.splitlines() if part.strip()]
+
+
+class EmailPreferencesForm(FlaskForm):
+    extra_recipients = TextAreaField(
+        _l("Also send billing emails to"),
+        validators=[
+            PlainText(joiners=False, newlines=True),
+            Length(max=1000, message=_l("Please keep the list under 1,000 characters.")),
+        ],
+    )
+    remind_before_due = BooleanField(_l("Reminders a few days before an invoice is due"))
+    card_expiry = BooleanField(_l("A note when my saved card is about to expire"))
+
+    def validate_extra_recipients(self, field: Any) -> None:
+        from portal.notifications.preferences import MAX_EXTRA_RECIPIENTS
+
+        addresses = split_addresses(field.data)
+        if len(set(addresses)) > MAX_EXTRA_RECIPIENTS:
+            raise ValidationError(
+                _l("Please list at most %(count)s addresses.", count=MAX_EXTRA_RECIPIENTS)
+            )
+        for address in addresses:
+            try:
+                validate_email(address, check_deliverability=False)
+            except EmailNotValidError as error:
+                raise ValidationError(
+                    _l(
+                        "“%(address)s” is not an email address like name@example.com.",
+                        address=address,
+                    )
+                ) from error
+            if len(address) > 254:
+                raise ValidationError(_l("That email address is too long."))

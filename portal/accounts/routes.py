@@ -9,12 +9,19 @@ from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
 from portal.accounts import services
-from portal.accounts.forms import COUNTRIES, LANGUAGES, AccountDetailsForm
+from portal.accounts.forms import (
+    COUNTRIES,
+    LANGUAGES,
+    AccountDetailsForm,
+    EmailPreferencesForm,
+    split_addresses,
+)
 from portal.auth.devices import device_label
 from portal.auth.models import UserSession
 from portal.auth.sessions import current_account, end_current_session, sign_out, signed_in_user
 from portal.errors import NotAllowed
 from portal.extensions import db
+from portal.notifications import preferences
 from portal.web import render_page, see_other
 
 bp = Blueprint("accounts", __name__)
@@ -36,13 +43,30 @@ def _devices() -> list[UserSession]:
     )
 
 
-def _render(form: AccountDetailsForm, can_edit: bool, status: int = 200) -> Response:
+def _preferences_form(account_id: int) -> EmailPreferencesForm:
+    prefs = preferences.for_account(db.session, account_id)
+    return EmailPreferencesForm(
+        formdata=None,
+        extra_recipients="\n".join(preferences.extra_recipients(prefs)),
+        remind_before_due=not (prefs and prefs.opt_out_reminders),
+        card_expiry=not (prefs and prefs.opt_out_card_expiry),
+    )
+
+
+def _render(
+    form: AccountDetailsForm,
+    can_edit: bool,
+    status: int = 200,
+    prefs_form: EmailPreferencesForm | None = None,
+) -> Response:
     account = current_account()
     this_browser = _this_browser()
     response = render_page(
         "accounts/details.html",
         account=account,
         form=form,
+        prefs_form=prefs_form or _preferences_form(account.id),
+        max_extra_recipients=preferences.MAX_EXTRA_RECIPIENTS,
         can_edit=can_edit,
         countries=dict(COUNTRIES),
         languages=dict(LANGUAGES),
@@ -73,6 +97,31 @@ def details() -> Response:
     )
     flash(_("Your billing details are saved.") if changes else _("Nothing changed."), "success")
     return see_other(url_for("accounts.details"))
+
+
+@bp.post("/account/email-preferences")
+@login_required
+def email_preferences() -> Response:
+    account = current_account()
+    user = signed_in_user()
+    assert user is not None
+    can_edit = services.can_edit_details(db.session, user, account)
+    if not can_edit:
+        raise NotAllowed(_("Only the account's owner or billing contact can change these details."))
+    form = EmailPreferencesForm()
+    if not form.validate():
+        return _render(AccountDetailsForm(obj=account), can_edit, status=422, prefs_form=form)
+    changes = preferences.update_preferences(
+        db.session,
+        account,
+        user,
+        extra=split_addresses(form.extra_recipients.data),
+        opt_out_reminders=not form.remind_before_due.data,
+        opt_out_card_expiry=not form.card_expiry.data,
+        ip=request.remote_addr,
+    )
+    flash(_("Your email preferences are saved.") if changes else _("Nothing changed."), "success")
+    return see_other(url_for("accounts.details") + "#email-preferences")
 
 
 @bp.post("/account/sessions/<session_id>/sign-out")

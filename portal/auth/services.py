@@ -155,7 +155,8 @@ def find_login_token(session: Session, signer: TokenSigner, token: str) -> Login
     """The stored token behind a link, if it can still be used; raises a named error otherwise."""
     raw = signer.unsign(token)
     stored = session.scalar(select(LoginToken).where(LoginToken.token_hash == hash_value(raw)))
-    if stored is None or stored.purpose != signer.purpose:
+    # NOTE: a deep link's row (target_kind set) never signs in through /login/<token>.
+    if stored is None or stored.purpose != signer.purpose or stored.target_kind is not None:
         raise TokenInvalid()
     if stored.user.is_disabled:
         raise TokenInvalid()
@@ -199,6 +200,8 @@ def consume_login_token(
             LoginToken.id != stored.id,
             LoginToken.consumed_at.is_(None),
             LoginToken.retired_at.is_(None),
+            # NOTE: links in invoice and reminder emails (deep links) stay valid.
+            LoginToken.target_kind.is_(None),
         )
         .values(retired_at=now)
         .execution_options(synchronize_session=False)

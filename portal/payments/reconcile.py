@@ -36,6 +36,7 @@ from portal.db import begin_write
 from portal.notifications.models import SyncCursor
 from portal.payments import services
 from portal.payments.gateway import (
+    CardDeclined,
     Gateway,
     GatewayRejected,
     GatewayUnavailable,
@@ -314,15 +315,23 @@ def _ask_stripe(gw: Gateway, asked: _Asked) -> Intent | None:
     if intent_id is None:
         if not asked.customer or not asked.payment_method:
             return None
-        # NOTE: the same key as the lost call, so Stripe hands back the intent it made.
-        intent_id = gw.create_payment_intent(
-            amount_minor=asked.amount_minor,
-            currency=asked.currency,
-            customer=asked.customer,
-            payment_method=asked.payment_method,
-            metadata={"attempt": asked.public_id},
-            idempotency_key=f"{asked.key}:create",
-        ).id
+        # NOTE: the same key (and parameters) as the lost call, so Stripe hands back the
+        # intent it made.
+        try:
+            intent_id = gw.create_payment_intent(
+                amount_minor=asked.amount_minor,
+                currency=asked.currency,
+                customer=asked.customer,
+                payment_method=asked.payment_method,
+                metadata={"attempt": asked.public_id},
+                idempotency_key=f"{asked.key}:create",
+                off_session=services.is_off_session_key(asked.key),
+            ).id
+        except CardDeclined as declined:
+            # NOTE: an off-session charge that was declined: nothing was charged.
+            if declined.intent_id is None:
+                return None
+            intent_id = declined.intent_id
     intent = gw.retrieve_payment_intent(intent_id)
     if intent.status in ("requires_confirmation", "requires_payment_method") and not (
         intent.failure_code
