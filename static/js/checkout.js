@@ -52,7 +52,8 @@
         var data = new URLSearchParams(new FormData(form));
         data.set("pay_with", "new");
         data.set("card_entry", "1");
-        var response = await fetch(form.action, {
+        // NOTE: getAttribute: the chooser has a button named "action", which shadows form.action.
+        var response = await fetch(form.getAttribute("action"), {
           method: "POST",
           body: data,
           headers: {"X-CSRFToken": csrf ? csrf.content : "", "Accept": "application/json"},

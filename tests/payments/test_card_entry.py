@@ -328,3 +328,40 @@ def test_many_clicks_at_once_make_one_attempt_and_one_intent(
             )
             == 1
         )
+
+
+def test_the_attempt_and_its_key_are_committed_before_the_intent_is_made(
+    pay_app: Flask, proxy: FaultProxy, localstripe: str
+) -> None:
+    """While Stripe makes the intent, another connection already sees the attempt and the key
+    the call carries."""
+    from portal.payments.gateway import Gateway
+
+    seen: list[tuple[str, str] | None] = []
+    original = Gateway.create_payment_intent
+
+    def look(self: Gateway, **kwargs: Any) -> Any:
+        with db.engine.connect() as other:
+            row = other.execute(
+                select(PaymentAttempt.idempotency_key, PaymentAttempt.status).where(
+                    PaymentAttempt.public_id == kwargs["metadata"]["attempt"]
+                )
+            ).first()
+        seen.append(None if row is None else (row[0], row[1]))
+        assert row is not None and kwargs["idempotency_key"] == f"{row[0]}:create"
+        return original(self, **kwargs)
+
+    with pay_app.app_context():
+        _account, user, invoice, _card = seed_payer(db.session, gateway_for(proxy.url), localstripe)
+        db.session.commit()
+        number = invoice.number
+        client = pay_app.test_client()
+        login_as(client, user)
+        db.session.commit()
+    Gateway.create_payment_intent = look  # type: ignore[method-assign]
+    try:
+        status, body = ask_for_intent(client, number)
+    finally:
+        Gateway.create_payment_intent = original  # type: ignore[method-assign]
+    assert status == 200, body
+    assert len(seen) == 1 and seen[0] is not None and seen[0][1] == "created"
