@@ -343,9 +343,9 @@ def _start_card_entry(numbers: list[str]) -> Response:
 def _release_unsaved_card_after_commit(attempt: PaymentAttempt) -> None:
     """After an attempt ends, a card used "for this payment only" is detached at Stripe.
 
-    NOTE: the card went through a SetupIntent like a saved one (real Stripe attaches it to the
-    customer then; the 3-D Secure of the setup is done once), so it is detached only when its
-    payment has ended: a payment waiting for 3-D Secure still needs it. Our row is stored as
+    NOTE: a card may be attached to the customer at Stripe (it came through a SetupIntent, or
+    a client that saved it so), so it is detached only when its payment has ended: a payment
+    waiting for 3-D Secure still needs it. Our row is stored as
     detached from the start, so it is never listed or offered. Stripe is asked after the
     request committed; if it cannot be reached the card stays attached there but unusable
     through the portal, and nothing is charged by it.
