@@ -15,7 +15,7 @@ from portal import create_app
 from portal.billing.models import Invoice, InvoiceStatus, LedgerEntry
 from portal.extensions import db
 from portal.notifications.models import OutboxEmail
-from portal.payments.models import PaymentMethod
+from portal.payments.models import PaymentAttempt, PaymentAttemptItem, PaymentMethod
 from tests.conftest import LiveServer, fresh_database, make_config, migrate_to_head, missing_service
 
 pytestmark = pytest.mark.browser
@@ -348,6 +348,47 @@ def test_a_new_3ds_card_saved_for_next_time_asks_for_3ds_once(paying_server: Liv
         # Next time it is offered as a saved card.
         page.goto(f"{base}/invoices/ALS-0012/pay")
         assert page.get_by_label("ending in 3184", exact=False).count() == 1
+
+        # Another new card, whose 3-D Secure fails: while the bank asks, the payment's own page
+        # says what it waits for; then it is declined with the reason, nothing charged.
+        form = page.get_by_test_id("new-card-form")
+        form.get_by_placeholder("number").fill("4000008260003178")
+        form.get_by_placeholder("exp_month").fill("11")
+        form.get_by_placeholder("exp_year").fill("30")
+        form.get_by_placeholder("cvc").fill("321")
+        form.get_by_placeholder("postal_code").fill("10115")
+        page.get_by_test_id("pay-new").click()
+        page.get_by_role("button", name="Fail authentication").wait_for()
+        with app.app_context():
+            waiting = db.session.scalar(
+                select(PaymentAttempt.public_id)
+                .join(PaymentAttemptItem, PaymentAttemptItem.attempt_id == PaymentAttempt.id)
+                .join(Invoice, Invoice.id == PaymentAttemptItem.invoice_id)
+                .where(Invoice.number == "ALS-0012", PaymentAttemptItem.is_live)
+            )
+            db.session.remove()
+        other = context.new_page()
+        other.goto(f"{base}/pay/attempts/{waiting}")
+        expect(other.get_by_test_id("payment-status")).to_contain_text("waiting for your card")
+        assert Axe().run(other).violations_count == 0
+        _shot(other, "pay-waiting-for-card-iphone13")
+        other.close()
+        page.get_by_role("button", name="Fail authentication").click()
+        page.wait_for_url(f"{base}/pay/attempts/**")
+        expect(page.get_by_test_id("payment-status")).to_have_attribute("data-status", "failed")
+        assert "3-D Secure" in page.get_by_test_id("payment-status").inner_text()
+        assert Axe().run(page).violations_count == 0
+        _shot(page, "pay-3ds-failed-iphone13")
+        with app.app_context():
+            assert (
+                db.session.scalar(select(Invoice.status).where(Invoice.number == "ALS-0012"))
+                == InvoiceStatus.OPEN
+            )
+            assert (
+                db.session.scalar(select(PaymentMethod).where(PaymentMethod.last4 == "3178"))
+                is None
+            )
+            db.session.remove()
         assert errors == [], errors
         context.close()
         browser.close()
