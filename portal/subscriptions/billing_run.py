@@ -295,6 +295,10 @@ def collect(session: Session, invoice_id: int, gateway: Any, actor: Actor = SYST
         return "not_wired"
     try:
         outcome = collect_invoice(session, invoice_id, gateway, actor=actor, reason="billing_run")
+        if outcome.status == "failed":
+            invoice = session.get(Invoice, invoice_id)
+            if invoice is not None:
+                _queue_payment_failed(session, invoice, outcome.message)
         commit(session)
         return str(outcome.status)
     except Exception:
@@ -689,3 +693,29 @@ def _issue(
     return issue_invoice(
         session, draft, seller=seller, actor=actor, when=max(clock.now(), boundary)
     )
+
+
+def _queue_payment_failed(session: Session, invoice: Invoice, reason: str) -> None:
+    """The card was declined: the invoice stays open; dunning (issue 12) retries it and knows
+    the retry dates, so next_retry_on is not said here."""
+    from flask_babel import force_locale
+    from flask_babel import gettext as _
+
+    from portal.mail import queue_email
+
+    account = invoice.account
+    with force_locale(account.locale):
+        queue_email(
+            session,
+            to=account.billing_email,
+            subject=_("Payment for invoice %(number)s did not go through", number=invoice.number),
+            template="payment_failed",
+            context={
+                "account": account,
+                "invoice": invoice,
+                "reason": reason,
+                "next_retry_on": None,
+            },
+            account_id=account.id,
+            dedupe_key=f"payment_failed:billing_run:{invoice.id}",
+        )
