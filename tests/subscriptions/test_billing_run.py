@@ -34,6 +34,12 @@ NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
+@pytest.fixture(autouse=True)
+def _in_order(monkeypatch) -> None:
+    """Runs start at the first due subscription (in production each starts at a random one)."""
+    monkeypatch.setattr(billing_run, "_start_at", lambda n: 0)
+
+
 def ny(*args: int) -> datetime:
     return datetime(*args, tzinfo=NY).astimezone(UTC)
 

@@ -28,6 +28,12 @@ AS_OF = date(2026, 12, 21)
 NOW = datetime(2026, 12, 21, 6, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def _in_order(monkeypatch) -> None:
+    """Runs start at the first due subscription (in production each starts at a random one)."""
+    monkeypatch.setattr(billing_run, "_start_at", lambda n: 0)
+
+
 @pytest.fixture()
 def app(backend: str, tmp_path: Path) -> Iterator[Flask]:
     previous = portal_clock.set_source(lambda: NOW)
