@@ -31,7 +31,16 @@ from portal.payments.models import (
     Refund,
     StripeEvent,
 )
-from portal.subscriptions.models import Plan, Price, PriceTier, Subscription, UsageRecord
+from portal.subscriptions.models import (
+    Plan,
+    PlanTransition,
+    Price,
+    PriceTier,
+    Subscription,
+    SubscriptionChange,
+    TaxRate,
+    UsageRecord,
+)
 
 __all__ = [
     "Account",
@@ -60,6 +69,7 @@ __all__ = [
     "PaymentMethod",
     "PaymentRetry",
     "Plan",
+    "PlanTransition",
     "Price",
     "PriceTier",
     "RecoveryCode",
@@ -67,7 +77,9 @@ __all__ = [
     "ReminderSent",
     "StripeEvent",
     "Subscription",
+    "SubscriptionChange",
     "SyncCursor",
+    "TaxRate",
     "UsageRecord",
     "User",
     "UserSession",

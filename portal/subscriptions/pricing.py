@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from portal.billing import tax
 from portal.billing.money import Money
 from portal.subscriptions.models import Price, PriceTier, PricingModel, TierMode
 
@@ -35,11 +36,19 @@ def _tiered(tiers: list[PriceTier], mode: TierMode, quantity: int) -> int:
         upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
         total += tier.flat_amount_minor + tier.unit_amount_minor * (upper - lower)
         lower = upper if tier.up_to is None else tier.up_to
+    if ordered and ordered[-1].up_to is not None and quantity > ordered[-1].up_to:
+        # NOTE: a bounded last tier would bill the units above it at nothing (catalog.create_price
+        # refuses such a price; this refuses one that got in another way).
+        raise ValueError("the last tier of a price must be unbounded")
     return total
 
 
-def estimate_period_amount(price: Price, quantity: int) -> Money:
+def estimate_period_amount(price: Price, quantity: int, country: str | None = None) -> Money:
     """The next period's charge including tax; metered prices show their fixed part only."""
     units = 0 if price.pricing_model == PricingModel.METERED else quantity
     net = charge_for(price, units)
-    return net + net.basis_points(price.tax_rate_bp)
+    rate = tax.rate_for(price, country)
+    if rate is None:
+        return net
+    split = tax.split(net.minor, net.currency, rate.rate_bp, inclusive=rate.inclusive)
+    return Money(split.gross_minor, net.currency)
