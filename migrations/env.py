@@ -26,16 +26,35 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _sqlite_foreign_keys(connection, on: bool) -> None:
+    """SQLite: batch mode rebuilds a table (copy, DROP, rename), and with foreign keys on the
+    DROP deletes or refuses every row that references it. Alembic's recipe: foreign keys off
+    while migrating (the pragma is a no-op inside a transaction, so it is set on the raw
+    connection before the migration's transaction begins), checked before the commit."""
+    if connection.dialect.name == "sqlite":
+        connection.connection.dbapi_connection.execute(
+            f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}"
+        )
+
+
 def run_migrations_online() -> None:
     with db.engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=True,
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _sqlite_foreign_keys(connection, on=False)
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=True,
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+                if connection.dialect.name == "sqlite":
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"a migration broke foreign keys: {broken[:5]}")
+        finally:
+            _sqlite_foreign_keys(connection, on=True)
 
 
 if context.is_offline_mode():

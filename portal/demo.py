@@ -22,7 +22,7 @@ from portal.billing import services as billing
 from portal.billing.models import Invoice, LineKind
 from portal.billing.money import Money, allocate_minor
 from portal.payments.models import PaymentMethod
-from portal.subscriptions.models import Plan, Price, Subscription, UsageRecord
+from portal.subscriptions.models import Plan, Price, Subscription, TaxRate, UsageRecord
 from portal.subscriptions.pricing import charge_for
 
 
@@ -199,13 +199,24 @@ def _seed_plans(session: Session, created: list[str]) -> dict[tuple[str, str], P
                     unit_label=label,
                     min_quantity=1 if model == "per_unit" else 0,
                     max_quantity=500 if model == "per_unit" else None,
-                    tax_rate_bp=tax_bp,
-                    tax_name=tax_name,
+                    tax_rate=_tax_rate(session, tax_bp, tax_name),
                 )
                 session.add(price)
                 session.flush()
             prices[(code, currency)] = price
     return prices
+
+
+def _tax_rate(session: Session, rate_bp: int, name: str) -> TaxRate | None:
+    """The demo's tax rate row of that name and rate (created once), or None for no tax."""
+    if not rate_bp:
+        return None
+    rate = session.scalar(select(TaxRate).where(TaxRate.name == name, TaxRate.rate_bp == rate_bp))
+    if rate is None:
+        rate = TaxRate(name=name, rate_bp=rate_bp, country="ALL", inclusive=False)
+        session.add(rate)
+        session.flush()
+    return rate
 
 
 def _seed_customer(
@@ -282,8 +293,7 @@ def _seed_customer(
                     unit_amount_minor=price.flat_amount_minor,
                     period_start=start,
                     period_end=end,
-                    tax_rate_bp=price.tax_rate_bp,
-                    tax_name=price.tax_name,
+                    tax_rate=price.tax_rate,
                     price_id=price.id,
                 ),
                 billing.LineInput(
@@ -293,8 +303,7 @@ def _seed_customer(
                     unit_amount_minor=price.unit_amount_minor,
                     period_start=start,
                     period_end=end,
-                    tax_rate_bp=price.tax_rate_bp,
-                    tax_name=price.tax_name,
+                    tax_rate=price.tax_rate,
                     price_id=price.id,
                 ),
             ]
@@ -311,8 +320,7 @@ def _seed_customer(
                     unit_amount_minor=unit,
                     period_start=start,
                     period_end=end,
-                    tax_rate_bp=price.tax_rate_bp,
-                    tax_name=price.tax_name,
+                    tax_rate=price.tax_rate,
                     price_id=price.id,
                 )
             ]
@@ -324,6 +332,7 @@ def _seed_customer(
             issue_date=issue,
             subscription_id=subscription.id,
             billing_key=f"sub:{subscription.id}:{start.isoformat()}",
+            billing_period_start=at(issue, 0, tz),
             period=(start, end),
         )
         billing.finalize_invoice(session, invoice, seller=seller, finalized_at=at(issue, 9, tz))
@@ -348,7 +357,8 @@ def _seed_customer(
 
 def _credit_one_seat(session: Session, invoice: Invoice, price: Price, when: datetime) -> None:
     seat = Money(price.unit_amount_minor, price.currency)
-    seat = seat + seat.basis_points(price.tax_rate_bp)
+    rate = price.tax_rate
+    seat = seat + seat.basis_points(rate.rate_bp if rate is not None else 0)
     billing.issue_credit_note(
         session,
         invoice,

@@ -25,7 +25,16 @@ from portal.payments.models import (
     Refund,
     StripeEvent,
 )
-from portal.subscriptions.models import Plan, Price, PriceTier, Subscription, UsageRecord
+from portal.subscriptions.models import (
+    Plan,
+    PlanTransition,
+    Price,
+    PriceTier,
+    Subscription,
+    SubscriptionChange,
+    TaxRate,
+    UsageRecord,
+)
 
 __all__ = [
     "Account",
@@ -52,12 +61,15 @@ __all__ = [
     "PaymentAttemptItem",
     "PaymentMethod",
     "Plan",
+    "PlanTransition",
     "Price",
     "PriceTier",
     "RecoveryCode",
     "Refund",
     "StripeEvent",
     "Subscription",
+    "SubscriptionChange",
+    "TaxRate",
     "UsageRecord",
     "User",
     "UserSession",

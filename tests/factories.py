@@ -13,7 +13,7 @@ from portal import clock
 from portal.accounts.models import Account, Membership, User
 from portal.billing import services
 from portal.billing.models import Invoice
-from portal.subscriptions.models import Plan, Price, PriceTier
+from portal.subscriptions.models import Plan, Price, PriceTier, TaxRate
 
 SELLER: dict[str, Any] = {
     "name": "Northwind Cloud Ltd.",
@@ -123,8 +123,12 @@ def make_price(
         unit_label="",
         min_quantity=min_quantity,
         max_quantity=max_quantity,
-        tax_rate_bp=tax_rate_bp,
-        tax_name="",
+        version=1,
+        tax_rate=(
+            TaxRate(name="VAT", rate_bp=tax_rate_bp, country="ALL", inclusive=False)
+            if tax_rate_bp
+            else None
+        ),
         is_active=True,
         tiers=[
             PriceTier(

@@ -107,6 +107,9 @@ class Invoice(Base):
         # NOTE: aging reads the invoices paid or voided after a cutoff (0003).
         Index("ix_invoices_account_id_paid_at", "account_id", "paid_at"),
         Index("ix_invoices_account_id_voided_at", "account_id", "voided_at"),
+        # NOTE: one regular invoice per subscription period (0006): a second billing run, a
+        # second worker or a retry after a crash cannot bill the same period twice.
+        UniqueConstraint("subscription_id", "billing_period_start"),
     )
 
     id: Mapped[intpk]
@@ -118,6 +121,9 @@ class Invoice(Base):
     # NOTE: the billing run's idempotency key ("sub:<id>:<period start>"): running it twice can
     # never bill one period twice.
     billing_key: Mapped[str | None] = mapped_column(String(80), unique=True)
+    # The start of the subscription period a regular invoice bills (None on proration and
+    # one-off invoices); unique with subscription_id.
+    billing_period_start: Mapped[datetime | None]
     number: Mapped[str | None] = mapped_column(String(40), unique=True)
     series_key: Mapped[str | None] = mapped_column(String(40))
     sequence: Mapped[int | None]
@@ -219,6 +225,15 @@ class InvoiceLine(Base):
     tax_name: Mapped[str] = mapped_column(String(32), default="")
     tax_minor: Mapped[money_minor] = mapped_column(default=0)
     price_id: Mapped[int | None] = mapped_column(ForeignKey("prices.id", ondelete="SET NULL"))
+    # NOTE: the tax rate the line was taxed with; tax_rate_bp, tax_name and tax_inclusive are
+    # its values frozen at finalization (a later change of the rate never touches an issued
+    # invoice). On an inclusive line amount_minor is the net part of the price paid and
+    # tax_minor the tax it included, so amount + tax is what the customer was quoted.
+    tax_rate_id: Mapped[int | None] = mapped_column(ForeignKey("tax_rates.id", ondelete="SET NULL"))
+    tax_inclusive: Mapped[bool] = mapped_column(default=False)
+    subscription_change_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscription_changes.id", ondelete="SET NULL")
+    )
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
 

@@ -28,7 +28,7 @@ from portal.db import parse_row_id
 from portal.disputes.models import Dispute
 from portal.disputes.queries import OPEN_DISPUTE_STATUSES
 from portal.payments.models import Payment, PaymentAllocation
-from portal.subscriptions.models import Price, Subscription
+from portal.subscriptions.models import Plan, Price, Subscription
 
 # NOTE: lists show an invoice's number, dates, amounts and status; the seller and buyer snapshots
 # (JSON, decoded per row) and the memo are read only on the invoice's own page and PDF.
@@ -115,7 +115,10 @@ def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any], Sele
     subscriptions = (
         subscriptions_of(account_id)
         .where(Subscription.status != "canceled")
-        .options(joinedload(Subscription.price).joinedload(Price.plan))
+        .options(
+            joinedload(Subscription.price).joinedload(Price.plan).joinedload(Plan.tax_rate),
+            joinedload(Subscription.price).joinedload(Price.tax_rate),
+        )
     )
     disputes = select(func.count(Dispute.id)).where(
         Dispute.account_id == account_id,

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from portal import clock
 from portal.accounts.models import Account
 from portal.audit.services import SYSTEM, Actor
-from portal.billing import ledger
+from portal.billing import ledger, tax
 from portal.billing.models import (
     OPEN_STATUSES,
     CreditNote,
@@ -28,6 +28,7 @@ from portal.billing.numbering import next_in_series
 from portal.errors import N_, Conflict, ValidationFailed
 from portal.payments.models import Payment, PaymentAllocation
 from portal.payments.receipts import assign_receipt_number
+from portal.subscriptions.models import TaxRate
 
 # NOTE: the written-down state machine of an invoice. A finalized invoice never goes back to
 # draft; corrections are credit notes or a void.
@@ -60,6 +61,11 @@ class LineInput:
     tax_name: str = ""
     price_id: int | None = None
     amount_minor: int | None = None
+    # NOTE: with a tax rate row, its rate, name and inclusiveness replace the three plain
+    # fields (and are frozen again from the row at finalization).
+    tax_rate: TaxRate | None = None
+    tax_inclusive: bool = False
+    subscription_change_id: int | None = None
 
 
 def transition(
@@ -94,12 +100,14 @@ def create_draft_invoice(
     billing_key: str | None = None,
     period: tuple[date, date] | None = None,
     memo: str = "",
+    billing_period_start: datetime | None = None,
 ) -> Invoice:
     """A draft invoice with its lines and totals; nothing is owed until it is finalized."""
     invoice = Invoice(
         account_id=account.id,
         subscription_id=subscription_id,
         billing_key=billing_key,
+        billing_period_start=billing_period_start,
         currency=account.currency,
         issue_date=issue_date or clock.today(account.timezone),
         period_start=period[0] if period else None,
@@ -139,8 +147,17 @@ def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
     )
     if line.kind == LineKind.DISCOUNT and amount > 0:
         amount = -amount
-    # NOTE: tax is rounded once per line (half up), so the lines always sum to the total.
-    tax = Money(amount, invoice.currency).basis_points(line.tax_rate_bp).minor
+    if line.tax_rate is not None:
+        rate_bp, name, inclusive = (
+            line.tax_rate.rate_bp,
+            line.tax_rate.name,
+            line.tax_rate.inclusive,
+        )
+    else:
+        rate_bp, name, inclusive = line.tax_rate_bp, line.tax_name, line.tax_inclusive
+    # NOTE: tax is computed (and rounded) once per line, in portal.billing.tax; the line keeps
+    # its net amount and its tax, so the lines always sum to the total.
+    split = tax.split(amount, invoice.currency, rate_bp, inclusive=inclusive)
     added = InvoiceLine(
         position=len(invoice.lines) + 1,
         kind=line.kind.value,
@@ -149,14 +166,43 @@ def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
         period_end=line.period_end,
         quantity=line.quantity,
         unit_amount_minor=line.unit_amount_minor,
-        amount_minor=amount,
-        tax_rate_bp=line.tax_rate_bp,
-        tax_name=line.tax_name,
-        tax_minor=tax,
+        amount_minor=split.net_minor,
+        tax_rate_bp=rate_bp,
+        tax_name=name[:32],
+        tax_minor=split.tax_minor,
+        tax_inclusive=inclusive,
+        tax_rate_id=line.tax_rate.id if line.tax_rate is not None else None,
         price_id=line.price_id,
+        subscription_change_id=line.subscription_change_id,
     )
     invoice.lines.append(added)
     return added
+
+
+def _freeze_tax(session: Session, invoice: Invoice) -> None:
+    """At finalization, each line's tax rate is frozen from its row as it is now (a rate
+    edited while the invoice was a draft is billed as edited; after this, never again)."""
+    for line in invoice.lines:
+        if line.tax_rate_id is None:
+            continue
+        rate = session.get(TaxRate, line.tax_rate_id)
+        if rate is None:
+            continue
+        if (line.tax_rate_bp, line.tax_name, line.tax_inclusive) == (
+            rate.rate_bp,
+            rate.name[:32],
+            rate.inclusive,
+        ):
+            continue
+        gross_or_net = line.amount_minor + (line.tax_minor if line.tax_inclusive else 0)
+        split = tax.split(gross_or_net, invoice.currency, rate.rate_bp, inclusive=rate.inclusive)
+        line.tax_rate_bp, line.tax_name, line.tax_inclusive = (
+            rate.rate_bp,
+            rate.name[:32],
+            rate.inclusive,
+        )
+        line.amount_minor, line.tax_minor = split.net_minor, split.tax_minor
+    _recompute_totals(invoice)
 
 
 def _recompute_totals(invoice: Invoice) -> None:
@@ -187,6 +233,7 @@ def finalize_invoice(
     _require_draft(invoice)
     if not invoice.lines:
         raise ValidationFailed(N_("An invoice needs at least one line before it can be issued."))
+    _freeze_tax(session, invoice)
     account = invoice.account
     when = finalized_at or clock.now()
     sequence = next_in_series(session, invoice_series_key(account))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from portal.billing import tax
 from portal.billing.money import Money
 from portal.subscriptions.models import Price, PriceTier, PricingModel, TierMode
 
@@ -38,8 +39,12 @@ def _tiered(tiers: list[PriceTier], mode: TierMode, quantity: int) -> int:
     return total
 
 
-def estimate_period_amount(price: Price, quantity: int) -> Money:
+def estimate_period_amount(price: Price, quantity: int, country: str | None = None) -> Money:
     """The next period's charge including tax; metered prices show their fixed part only."""
     units = 0 if price.pricing_model == PricingModel.METERED else quantity
     net = charge_for(price, units)
-    return net + net.basis_points(price.tax_rate_bp)
+    rate = tax.rate_for(price, country)
+    if rate is None:
+        return net
+    split = tax.split(net.minor, net.currency, rate.rate_bp, inclusive=rate.inclusive)
+    return Money(split.gross_minor, net.currency)
