@@ -17,7 +17,9 @@ from portal.subscriptions.models import Plan, Subscription
 
 _ALWAYS = frozenset({"csrf_token"})
 
-CHANGE_FIELDS = frozenset({"plan", "interval", "quantity", "timing", "version", "preview", "confirm"})
+CHANGE_FIELDS = frozenset(
+    {"plan", "interval", "quantity", "timing", "version", "preview", "confirm"}
+)
 CANCEL_FIELDS = frozenset({"when", "reason", "reason_text", "version"})
 PAUSE_FIELDS = frozenset({"resume_on", "version", "from"})
 VERSION_ONLY = frozenset({"version", "from"})

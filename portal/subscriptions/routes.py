@@ -44,7 +44,9 @@ def _actor() -> Actor:
 
 
 def _grace_days() -> int:
-    return int(current_app.config.get("SUBSCRIPTION_CHANGE_GRACE_DAYS", services.DEFAULT_GRACE_DAYS))
+    return int(
+        current_app.config.get("SUBSCRIPTION_CHANGE_GRACE_DAYS", services.DEFAULT_GRACE_DAYS)
+    )
 
 
 def _subscription(account_id: int, public_id: str) -> Subscription:
@@ -62,7 +64,7 @@ def _detail_url(subscription_or_id: Any) -> str:
     return url_for("subscriptions.detail", public_id=public_id)
 
 
-# -- reading ---------------------------------------------------------------------------------------
+# -- reading --------------------------------------------------------------------------------------
 
 
 @bp.get("/subscriptions")
@@ -98,7 +100,9 @@ def _usage(subscription: Subscription, today: Any) -> dict[str, Any] | None:
     # NOTE: a straight-line projection of the usage so far over the whole period, in whole units
     # (integer arithmetic on seconds: no float near money).
     seconds, total_seconds = int(elapsed.total_seconds()), int(length.total_seconds())
-    projected_units = to_date if seconds <= 0 else (to_date * total_seconds + seconds - 1) // seconds
+    projected_units = (
+        to_date if seconds <= 0 else (to_date * total_seconds + seconds - 1) // seconds
+    )
     projected = services.period_charge(price, 0) + Money(
         price.unit_amount_minor * projected_units, price.currency
     )
@@ -126,17 +130,22 @@ def detail(public_id: str) -> Response:
     return _detail_page(account, subscription)
 
 
-def _detail_page(account: Any, subscription: Subscription, *, error: str = "", status: int = 200) -> Response:
+def _detail_page(
+    account: Any, subscription: Subscription, *, error: str = "", status: int = 200
+) -> Response:
     today = clock.today(account.timezone)
     history = queries.history(db.session, subscription.id)
-    prices = {p.id: p for p in db.session.scalars(
-        select(Price).where(
-            Price.id.in_(
-                {c.from_price_id for c in history if c.from_price_id}
-                | {c.to_price_id for c in history if c.to_price_id}
+    prices = {
+        p.id: p
+        for p in db.session.scalars(
+            select(Price).where(
+                Price.id.in_(
+                    {c.from_price_id for c in history if c.from_price_id}
+                    | {c.to_price_id for c in history if c.to_price_id}
+                )
             )
         )
-    )}
+    }
     invoice_ids = {c.invoice_id for c in history if c.invoice_id}
     change_invoices = (
         {i.id: i for i in db.session.scalars(select(Invoice).where(Invoice.id.in_(invoice_ids)))}
@@ -170,7 +179,7 @@ def _detail_page(account: Any, subscription: Subscription, *, error: str = "", s
     return response
 
 
-# -- change ----------------------------------------------------------------------------------------
+# -- change ---------------------------------------------------------------------------------------
 
 
 def _change_page(
@@ -211,7 +220,9 @@ def _change_page(
         plans=list(plans.values()),
         any_seated=any(p.pricing_model in ("per_unit", "tiered") for p in prices),
         chosen_plan=(choice.plan if choice and choice.plan else chosen_price.plan.code),
-        chosen_interval=(choice.interval if choice and choice.interval else chosen_price.billing_interval),
+        chosen_interval=(
+            choice.interval if choice and choice.interval else chosen_price.billing_interval
+        ),
         chosen_quantity=(preview.quantity if preview else subscription.quantity),
         preview=preview,
         default_card=_default_card(account.id),
@@ -274,7 +285,10 @@ def change_post(public_id: str) -> Response:
         db.session.rollback()
         subscription = _subscription(current_account().id, public_id)
         return _change_page(
-            current_account(), subscription, request.form, error=error_text(refused),
+            current_account(),
+            subscription,
+            request.form,
+            error=error_text(refused),
             status=refused.status,
         )
     change = outcome.change
@@ -283,8 +297,11 @@ def change_post(public_id: str) -> Response:
         flash(_("That change was already made. Here is your subscription."), "info")
     elif change.status == "scheduled":
         flash(
-            _("Done: the change starts at your renewal on %(date)s. You can withdraw it until then.",
-              date=_day(change.effective_at, account)),
+            _(
+                "Done: the change starts at your renewal on %(date)s. You can withdraw it "
+                "until then.",
+                date=_day(change.effective_at, account),
+            ),
             "success",
         )
     else:
@@ -327,13 +344,16 @@ def _collect(invoice: Invoice) -> None:
         flash(_("We are charging invoice %(number)s to your saved card.", number=number), "info")
     else:
         flash(
-            _("Invoice %(number)s could not be charged to your saved card: %(reason)s",
-              number=number, reason=outcome.message),
+            _(
+                "Invoice %(number)s could not be charged to your saved card: %(reason)s",
+                number=number,
+                reason=outcome.message,
+            ),
             "warning",
         )
 
 
-# -- cancel, reactivate, withdraw, pause, resume, offer ---------------------------------------------
+# -- cancel, reactivate, withdraw, pause, resume, offer -------------------------------------------
 
 
 @bp.get("/subscriptions/<public_id>/cancel")
@@ -344,7 +364,14 @@ def cancel(public_id: str) -> Response:
     return _cancel_page(account, subscription)
 
 
-def _cancel_page(account: Any, subscription: Subscription, *, error: str = "", status: int = 200, values: Any = None) -> Response:
+def _cancel_page(
+    account: Any,
+    subscription: Subscription,
+    *,
+    error: str = "",
+    status: int = 200,
+    values: Any = None,
+) -> Response:
     today = clock.today(account.timezone)
     plan = subscription.price.plan
     cheaper = services.cheaper_plans(db.session, subscription)
@@ -368,7 +395,9 @@ def _cancel_page(account: Any, subscription: Subscription, *, error: str = "", s
 def _refused(account: Any, public_id: str, refused: DomainError) -> Response:
     db.session.rollback()
     subscription = _subscription(current_account().id, public_id)
-    return _detail_page(current_account(), subscription, error=error_text(refused), status=refused.status)
+    return _detail_page(
+        current_account(), subscription, error=error_text(refused), status=refused.status
+    )
 
 
 @bp.post("/subscriptions/<public_id>/cancel")
@@ -393,16 +422,21 @@ def cancel_post(public_id: str) -> Response:
         db.session.rollback()
         subscription = _subscription(current_account().id, public_id)
         return _cancel_page(
-            current_account(), subscription, error=error_text(refused),
-            status=refused.status, values=request.form,
+            current_account(),
+            subscription,
+            error=error_text(refused),
+            status=refused.status,
+            values=request.form,
         )
     change = outcome.change
     if change is not None and change.timing == "now":
         flash(_("Your subscription has ended."), "success")
     elif change is not None:
         flash(
-            _("Your subscription will end on %(date)s. You can keep it until then.",
-              date=_day(change.effective_at, account)),
+            _(
+                "Your subscription will end on %(date)s. You can keep it until then.",
+                date=_day(change.effective_at, account),
+            ),
             "success",
         )
     return see_other(_detail_url(public_id))
@@ -418,7 +452,9 @@ def _simple(public_id: str, fields: frozenset[str], call: Any, message: str) -> 
         if request.form.get("from") == "cancel":
             db.session.rollback()
             subscription = _subscription(current_account().id, public_id)
-            return _cancel_page(current_account(), subscription, error=error_text(refused), status=refused.status)
+            return _cancel_page(
+                current_account(), subscription, error=error_text(refused), status=refused.status
+            )
         return _refused(account, public_id, refused)
     flash(message, "success")
     return see_other(_detail_url(public_id))

@@ -82,7 +82,7 @@ class ChangeRefused(ValidationFailed):
     title = N_("That change is not possible")
 
 
-# -- reading what a form asks for -------------------------------------------------------------------
+# -- reading what a form asks for -----------------------------------------------------------------
 
 
 def parse_quantity(raw: str | None, *, default: int) -> int:
@@ -115,7 +115,7 @@ def parse_version(raw: str | None) -> int:
     return int(text)
 
 
-# -- the change: targets, direction, preview ---------------------------------------------------------
+# -- the change: targets, direction, preview ------------------------------------------------------
 
 
 def months_in(price: Price) -> int:
@@ -139,7 +139,7 @@ def split_tax(amount: Money, price: Price, country: str | None) -> tuple[Money, 
 
 
 def direction_of(old: Price, old_quantity: int, new: Price, new_quantity: int) -> str:
-    """"upgrade" when the new choice costs more per month, "downgrade" when less, else "same"."""
+    """ "upgrade" when the new choice costs more per month, "downgrade" when less, else "same"."""
     if old.id == new.id and old_quantity == new_quantity:
         return "same"
     old_minor = period_charge(old, old_quantity).minor * months_in(new)
@@ -315,7 +315,10 @@ def _describe(price: Price, quantity: int) -> str:
 def _proration_lines(
     subscription: Subscription, new: Price, new_quantity: int, at: datetime
 ) -> list[PreviewLine]:
-    from portal.subscriptions.proration import prorate
+    try:
+        from portal.subscriptions.proration import prorate
+    except ImportError:  # TEMPORARY: until sub-engine's proration lands in this branch
+        prorate = _interim_prorate
 
     old = subscription.price
     lines = prorate(
@@ -348,6 +351,41 @@ def _proration_lines(
             )
         )
     return result
+
+
+@dataclass(frozen=True)
+class _InterimLine:
+    description: str
+    amount_minor: int
+
+
+def _interim_prorate(
+    *,
+    old_price: Price,
+    old_quantity: int,
+    new_price: Price,
+    new_quantity: int,
+    period_start: datetime,
+    period_end: datetime,
+    at: datetime,
+) -> list[_InterimLine]:
+    from decimal import Decimal
+
+    from portal.billing.money import round_minor
+
+    total = int((period_end - period_start).total_seconds())
+    left = max(int((period_end - at).total_seconds()), 0)
+    share = Decimal(left) / Decimal(total)
+    old = period_charge(old_price, old_quantity).minor
+    new = period_charge(new_price, new_quantity).minor
+    return [
+        _InterimLine(
+            f"Unused time on {_describe(old_price, old_quantity)}", -round_minor(old * share)
+        ),
+        _InterimLine(
+            f"Remaining time on {_describe(new_price, new_quantity)}", round_minor(new * share)
+        ),
+    ]
 
 
 def _period_after(subscription: Subscription, price: Price) -> datetime:
@@ -549,8 +587,8 @@ def _confirm_by_email(
             template=template,
             context={"account": account, "subscription": subscription, "change": change},
             account_id=account.id,
-            dedupe_key=f"{template}:{change.id if change else subscription.version}"
-            f":{subscription.public_id}",
+            # NOTE: the version is bumped by every change: one email per change, never two.
+            dedupe_key=f"{template}:{subscription.public_id}:v{subscription.version}",
         )
 
 
@@ -630,7 +668,7 @@ def _guarded(
     return subscription, None
 
 
-# -- change of plan, seats or interval -------------------------------------------------------------
+# -- change of plan, seats or interval ------------------------------------------------------------
 
 
 def change_subscription(
@@ -656,7 +694,10 @@ def change_subscription(
         # latest change is exactly what this form asked for, moments ago, it is that change.
         try:
             price = resolve_target(session, subscription, plan_code=plan_code, interval=interval)
-            wanted = {"to_price_id": price.id, "to_quantity": _quantity_for(price, subscription, quantity)}
+            wanted = {
+                "to_price_id": price.id,
+                "to_quantity": _quantity_for(price, subscription, quantity),
+            }
         except ValidationFailed:
             wanted = None
         repeat = _recent_duplicate(session, subscription, **wanted) if wanted else None
@@ -749,7 +790,9 @@ def _invoice_proration(
                 amount_minor=line.charged_minor,
                 quantity=1,
                 kind=LineKind.PRORATION,
-                period_start=start.astimezone(zone).date() if isinstance(start, datetime) else start,
+                period_start=start.astimezone(zone).date()
+                if isinstance(start, datetime)
+                else start,
                 period_end=end.astimezone(zone).date() if isinstance(end, datetime) else end,
                 tax_rate=tax.rate_for(price, account.country),
                 price_id=price.id,
@@ -793,7 +836,7 @@ def withdraw_scheduled_change(
     return Outcome(change)
 
 
-# -- cancel and reactivate -------------------------------------------------------------------------
+# -- cancel and reactivate ------------------------------------------------------------------------
 
 
 def cancel_subscription(
@@ -911,7 +954,7 @@ def reactivate(
     return Outcome(change)
 
 
-# -- pause and resume ------------------------------------------------------------------------------
+# -- pause and resume -----------------------------------------------------------------------------
 
 
 def pause_limit_days(plan: Plan) -> int:
@@ -924,9 +967,7 @@ def parse_resume_on(raw: str | None, *, today: date, plan: Plan) -> date:
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        raise ValidationFailed(
-            N_("Choose the day your subscription should start again.")
-        ) from None
+        raise ValidationFailed(N_("Choose the day your subscription should start again.")) from None
     if day <= today:
         raise ValidationFailed(N_("The day to start again must be after today."))
     if day > today + timedelta(days=pause_limit_days(plan)):
@@ -1016,7 +1057,13 @@ def resume(
     before = _state(subscription)
     now = clock.now()
     change = _new_change(
-        session, subscription, actor, kind="resume", status="applied", timing="now", effective_at=now
+        session,
+        subscription,
+        actor,
+        kind="resume",
+        status="applied",
+        timing="now",
+        effective_at=now,
     )
     resume_paused(subscription, now)
     _bump(subscription)
@@ -1026,7 +1073,7 @@ def resume(
     return Outcome(change)
 
 
-# -- the retention offer ---------------------------------------------------------------------------
+# -- the retention offer --------------------------------------------------------------------------
 
 
 def retention_offer(subscription: Subscription) -> tuple[int, int] | None:

@@ -109,8 +109,12 @@ def test_preview_without_javascript_changes_nothing(
 ) -> None:
     response = client.post(
         f"{_base(ada)}/change",
-        data={"plan": ada.ladder.plans["business"].code, "quantity": "5", "version": "1",
-              "preview": "1"},
+        data={
+            "plan": ada.ladder.plans["business"].code,
+            "quantity": "5",
+            "version": "1",
+            "preview": "1",
+        },
     )
     assert response.status_code == 200 and "Total due today" in response.get_data(as_text=True)
     assert _changes(session) == 0
@@ -119,8 +123,13 @@ def test_preview_without_javascript_changes_nothing(
 def test_confirm_an_upgrade(client: FlaskClient, session: Session, ada: Any) -> None:
     response = client.post(
         f"{_base(ada)}/change",
-        data={"plan": ada.ladder.plans["business"].code, "quantity": "5", "timing": "now",
-              "version": "1", "confirm": "1"},
+        data={
+            "plan": ada.ladder.plans["business"].code,
+            "quantity": "5",
+            "timing": "now",
+            "version": "1",
+            "confirm": "1",
+        },
     )
     assert response.status_code == 303
     page = client.get(response.headers["Location"]).get_data(as_text=True)
@@ -155,9 +164,7 @@ def test_a_stale_form_is_shown_again_with_the_current_state(
     assert _changes(session) == 0
 
 
-@pytest.mark.parametrize(
-    "quantity", ["-1", "0", str(10**12), "abc", "5.5", "", "٣", "1" * 40]
-)
+@pytest.mark.parametrize("quantity", ["-1", "0", str(10**12), "abc", "5.5", "", "٣", "1" * 40])
 def test_bad_seat_counts_are_clear_and_change_nothing(
     client: FlaskClient, session: Session, ada: Any, quantity: str
 ) -> None:
@@ -183,9 +190,7 @@ def test_unknown_plans_are_refused(
     assert _changes(session) == 0
 
 
-def test_forms_take_only_their_own_fields(
-    client: FlaskClient, session: Session, ada: Any
-) -> None:
+def test_forms_take_only_their_own_fields(client: FlaskClient, session: Session, ada: Any) -> None:
     response = client.post(
         f"{_base(ada)}/change",
         data={"plan": ada.ladder.plans["business"].code, "version": "1", "price_id": "1"},
@@ -244,11 +249,14 @@ def test_cancel_shows_the_alternatives_then_reactivate(
 
 @pytest.mark.parametrize(
     "data",
-    [{"reason": "", "version": "1"}, {"reason": "boredom", "version": "1"},
-     {"reason": "other", "reason_text": "a\u202eb", "version": "1"},
-     {"reason": "other", "reason_text": "x" * 501, "version": "1"},
-     {"reason": "other", "when": "yesterday", "version": "1"},
-     {"reason": "other", "when": "now", "version": "1"}],
+    [
+        {"reason": "", "version": "1"},
+        {"reason": "boredom", "version": "1"},
+        {"reason": "other", "reason_text": "a\u202eb", "version": "1"},
+        {"reason": "other", "reason_text": "x" * 501, "version": "1"},
+        {"reason": "other", "when": "yesterday", "version": "1"},
+        {"reason": "other", "when": "now", "version": "1"},
+    ],
 )
 def test_bad_cancel_forms(
     client: FlaskClient, session: Session, ada: Any, data: dict[str, str]
@@ -259,9 +267,7 @@ def test_bad_cancel_forms(
 
 
 def test_pause_and_resume(client: FlaskClient, session: Session, ada: Any) -> None:
-    response = client.post(
-        f"{_base(ada)}/pause", data={"resume_on": "2026-12-20", "version": "1"}
-    )
+    response = client.post(f"{_base(ada)}/pause", data={"resume_on": "2026-12-20", "version": "1"})
     assert response.status_code == 303
     page = client.get(_base(ada)).get_data(as_text=True)
     assert 'data-testid="paused"' in page
@@ -270,9 +276,7 @@ def test_pause_and_resume(client: FlaskClient, session: Session, ada: Any) -> No
 
 
 @pytest.mark.parametrize("resume_on", ["", "2026-13-01", "2020-01-01", "2030-01-01", "soon"])
-def test_bad_pause_dates(
-    client: FlaskClient, session: Session, ada: Any, resume_on: str
-) -> None:
+def test_bad_pause_dates(client: FlaskClient, session: Session, ada: Any, resume_on: str) -> None:
     response = client.post(f"{_base(ada)}/pause", data={"resume_on": resume_on, "version": "1"})
     assert response.status_code == 422
     assert _changes(session) == 0
@@ -284,7 +288,10 @@ def test_a_metered_plan_shows_usage_a_chart_and_a_projection(
     account = make_account(session, currency="EUR")
     user = make_user(session, account=account)
     price = make_price(
-        session, currency="EUR", pricing_model="metered", unit_amount_minor=250,
+        session,
+        currency="EUR",
+        pricing_model="metered",
+        unit_amount_minor=250,
         flat_amount_minor=4900,
     )
     price.unit_label = "GB"
@@ -292,8 +299,10 @@ def test_a_metered_plan_shows_usage_a_chart_and_a_projection(
     for day in range(1, 15):
         session.add(
             UsageRecord(
-                subscription_id=subscription.id, quantity=day,
-                occurred_at=HALFWAY.replace(day=day), idempotency_key=f"k{day}",
+                subscription_id=subscription.id,
+                quantity=day,
+                occurred_at=HALFWAY.replace(day=day),
+                idempotency_key=f"k{day}",
             )
         )
     session.commit()

@@ -87,9 +87,7 @@ def test_an_upgrade_applies_now_and_its_proration_is_invoiced(
     assert c.subscription.price_id == c.ladder.prices[("business", "month")].id
     assert c.subscription.version == 2
     assert _count(session, AuditEvent) > before
-    event = session.scalar(
-        select(AuditEvent).where(AuditEvent.action == "subscription.changed")
-    )
+    event = session.scalar(select(AuditEvent).where(AuditEvent.action == "subscription.changed"))
     assert event is not None and event.before["plan"] != event.after["plan"]
     email = session.scalar(
         select(OutboxEmail).where(
@@ -188,8 +186,14 @@ def test_seat_limits(session: Session, halfway: Any, seats: int) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [("-3", "negative"), ("0", "at least one"), ("abc", "not a number"), ("1e3", "not a number"),
-     (str(10**12), "not a number"), ("20000", "more than we can")],
+    [
+        ("-3", "negative"),
+        ("0", "at least one"),
+        ("abc", "not a number"),
+        ("1e3", "not a number"),
+        (str(10**12), "not a number"),
+        ("20000", "more than we can"),
+    ],
 )
 def test_typed_seat_counts_get_clear_messages(raw: str, message: str) -> None:
     with pytest.raises(services.ChangeRefused, match=message):
@@ -200,7 +204,9 @@ def test_no_change_while_an_invoice_is_overdue_beyond_the_grace_period(
     session: Session, halfway: Any
 ) -> None:
     c = customer_on_team(session)
-    late = make_invoice(session, c.account, (1000,), issue_date=(HALFWAY - timedelta(days=60)).date())
+    late = make_invoice(
+        session, c.account, (1000,), issue_date=(HALFWAY - timedelta(days=60)).date()
+    )
     late.subscription_id = c.subscription.id
     session.commit()
     with pytest.raises(services.ChangeRefused, match="overdue"):
@@ -236,8 +242,15 @@ def test_another_accounts_subscription_is_not_found(session: Session, halfway: A
     session.commit()
     with pytest.raises(NotFound):
         services.change_subscription(
-            session, other, c.subscription.public_id, plan_code=None, interval=None,
-            quantity=None, timing=None, expected_version=1, seller=SELLER,
+            session,
+            other,
+            c.subscription.public_id,
+            plan_code=None,
+            interval=None,
+            quantity=None,
+            timing=None,
+            expected_version=1,
+            seller=SELLER,
         )
 
 
@@ -245,8 +258,13 @@ def test_cancel_at_the_period_end_then_reactivate(session: Session, halfway: Any
     c = customer_on_team(session)
     session.commit()
     outcome = services.cancel_subscription(
-        session, c.account, c.subscription.public_id, reason="too_expensive",
-        reason_text="Budget cut", expected_version=1, actor=ACTOR,
+        session,
+        c.account,
+        c.subscription.public_id,
+        reason="too_expensive",
+        reason_text="Budget cut",
+        expected_version=1,
+        actor=ACTOR,
     )
     assert outcome.change is not None and outcome.change.status == "scheduled"
     assert outcome.change.reason == "too_expensive" and outcome.change.reason_text == "Budget cut"
@@ -266,13 +284,21 @@ def test_cancel_now_only_where_the_plan_allows_it(session: Session, halfway: Any
     session.commit()
     with pytest.raises(NotAllowed):
         services.cancel_subscription(
-            session, c.account, c.subscription.public_id, when="now", reason="other",
+            session,
+            c.account,
+            c.subscription.public_id,
+            when="now",
+            reason="other",
             expected_version=1,
         )
     c.ladder.plans["team"].allows_cancel_now = True
     session.commit()
     services.cancel_subscription(
-        session, c.account, c.subscription.public_id, when="now", reason="other",
+        session,
+        c.account,
+        c.subscription.public_id,
+        when="now",
+        reason="other",
         expected_version=1,
     )
     assert c.subscription.status == "canceled" and c.subscription.canceled_at == HALFWAY
