@@ -472,6 +472,16 @@ def _seed_current_usage(session: Session, created: list[str]) -> None:
     )
     if subscription is None or subscription.price.pricing_model != "metered":
         return
+    seeded = session.scalar(
+        select(UsageRecord.id)
+        .where(
+            UsageRecord.subscription_id == subscription.id,
+            UsageRecord.idempotency_key.like("demo:current:%"),
+        )
+        .limit(1)
+    )
+    if seeded is not None:
+        return  # NOTE: seeded once; a later run must not top the period up
     tz = account.timezone
     zone = ZoneInfo(tz)
     start = subscription.current_period_start.astimezone(zone).date()
