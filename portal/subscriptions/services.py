@@ -38,7 +38,9 @@ from portal.subscriptions.models import (
     SubscriptionChange,
     SubscriptionStatus,
 )
+from portal.subscriptions.periods import period_end
 from portal.subscriptions.pricing import charge_for
+from portal.subscriptions.proration import prorate
 
 # NOTE: a change is refused while an invoice of the subscription is overdue by more than this
 # many days (config SUBSCRIPTION_CHANGE_GRACE_DAYS): the customer settles first, then changes.
@@ -178,6 +180,9 @@ class PreviewLine:
     # What the invoice line is given (before an inclusive rate takes its tax out) and its price.
     charged_minor: int = 0
     price_id: int | None = None
+    # A proration line's plan and side (a credit for the old price, a charge for the new one).
+    plan: str = ""
+    is_credit: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,11 +320,6 @@ def _describe(price: Price, quantity: int) -> str:
 def _proration_lines(
     subscription: Subscription, new: Price, new_quantity: int, at: datetime
 ) -> list[PreviewLine]:
-    try:
-        from portal.subscriptions.proration import prorate
-    except ImportError:  # TEMPORARY: until sub-engine's proration lands in this branch
-        prorate = _interim_prorate
-
     old = subscription.price
     lines = prorate(
         old_price=old,
@@ -333,66 +333,41 @@ def _proration_lines(
     country = subscription.account.country
     result = []
     for line in lines:
-        charged = Money(line.amount_minor, old.currency)
         # NOTE: the credit is taxed at the old price's rate, the charge at the new one's.
-        price = new if line.amount_minor >= 0 else old
-        net, line_tax = split_tax(charged, price, country)
+        net, line_tax = split_tax(line.amount, line.price, country)
+        words = "Unused time on" if line.is_credit else "Remaining time on"
         result.append(
             PreviewLine(
-                description=line.description,
+                # The invoice line's own description (stored with the invoice, like every line).
+                description=f"{words} {_describe(line.price, line.quantity)}",
                 amount=net,
                 tax=line_tax,
                 kind=LineKind.PRORATION.value,
-                quantity=1,
-                period_start=at,
-                period_end=subscription.current_period_end,
-                charged_minor=charged.minor,
-                price_id=price.id,
+                quantity=line.quantity,
+                period_start=line.start,
+                period_end=line.end,
+                seated=_seated(line.price),
+                charged_minor=line.amount.minor,
+                price_id=line.price.id,
+                plan=line.price.plan.name,
+                is_credit=line.is_credit,
             )
         )
     return result
 
 
-@dataclass(frozen=True)
-class _InterimLine:
-    description: str
-    amount_minor: int
-
-
-def _interim_prorate(
-    *,
-    old_price: Price,
-    old_quantity: int,
-    new_price: Price,
-    new_quantity: int,
-    period_start: datetime,
-    period_end: datetime,
-    at: datetime,
-) -> list[_InterimLine]:
-    from decimal import Decimal
-
-    from portal.billing.money import round_minor
-
-    total = int((period_end - period_start).total_seconds())
-    left = max(int((period_end - at).total_seconds()), 0)
-    share = Decimal(left) / Decimal(total)
-    old = period_charge(old_price, old_quantity).minor
-    new = period_charge(new_price, new_quantity).minor
-    return [
-        _InterimLine(
-            f"Unused time on {_describe(old_price, old_quantity)}", -round_minor(old * share)
-        ),
-        _InterimLine(
-            f"Remaining time on {_describe(new_price, new_quantity)}", round_minor(new * share)
-        ),
-    ]
+def _seated(price: Price) -> bool:
+    return price.pricing_model in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value)
 
 
 def _period_after(subscription: Subscription, price: Price) -> datetime:
     """The end of the period that starts at the subscription's renewal, for this price."""
-    from portal.subscriptions.periods import add_months
-
-    return add_months(subscription.current_period_end, months_in(price))
+    return period_end(
+        subscription.current_period_end,
+        price.billing_interval,
+        price.interval_count,
+        subscription.account.timezone,
+    )
 
 
 def next_regular_invoice(
