@@ -437,6 +437,27 @@ def _charge_outcome(session: Session) -> None:
     services.record_charge(session, started.attempt, services.ChargeOutcome("unknown"))
 
 
+# pay-collect: off-session collection with the saved card (Stripe does not answer here).
+class _SilentGateway:
+    def create_payment_intent(self, **_kwargs: Any) -> Any:
+        from portal.payments.gateway import GatewayUnavailable
+
+        raise GatewayUnavailable()
+
+
+def _collect(session: Session) -> None:
+    from portal.audit.services import SYSTEM
+    from portal.payments.collection import collect_invoice
+
+    account, _row = _card(session)
+    invoice = make_invoice(session, account, (1200,))
+    outcome = collect_invoice(session, invoice.id, _SilentGateway(), actor=SYSTEM, reason="retry")  # type: ignore[arg-type]
+    assert outcome.status == "processing"
+
+
+SERVICE_CHANGES["collect_invoice"] = _collect
+
+
 @pytest.mark.parametrize("service", sorted(SERVICE_CHANGES))
 def test_a_state_changing_payment_service_writes_an_audit_event(
     session: Session, service: str

@@ -67,6 +67,17 @@ class GatewayUnavailable(ServiceUnavailable):
         )
 
 
+class CardDeclined(PaymentFailed):
+    """A card decline, with Stripe's code and (when Stripe names it) the PaymentIntent it left in
+    `requires_payment_method`: a confirmed create that declines answers with an error, not the
+    intent."""
+
+    def __init__(self, message: str, *, code: str = "", intent_id: str | None = None) -> None:
+        super().__init__(message, retryable=False)
+        self.code = code
+        self.intent_id = intent_id
+
+
 class GatewayRejected(DomainError):
     """Stripe understood the request and refused it (not a card decline)."""
 
@@ -299,7 +310,12 @@ class Gateway:
             return fn(*args, **kwargs)
         except stripe.CardError as error:
             code = getattr(error, "code", None) or ""
-            raise PaymentFailed(decline_words(code, error.user_message), retryable=False) from error
+            intent = _get(getattr(error, "error", None), "payment_intent")
+            raise CardDeclined(
+                decline_words(code, error.user_message),
+                code=code,
+                intent_id=_get(intent, "id") if intent is not None else None,
+            ) from error
         except (stripe.APIConnectionError, stripe.RateLimitError) as error:
             log.warning("stripe %s: no answer (%s)", what, type(error).__name__)
             raise GatewayUnavailable() from error
@@ -343,7 +359,12 @@ class Gateway:
         payment_method: str | None,
         metadata: dict[str, str],
         idempotency_key: str,
+        off_session: bool = False,
+        setup_future_usage: str | None = None,
     ) -> Intent:
+        """Create a PaymentIntent. With `off_session` it is confirmed in the same call, with the
+        customer away (a saved card charged by the portal): a decline raises CardDeclined.
+        `setup_future_usage="off_session"` saves the card the browser confirms it with."""
         params: dict[str, Any] = {
             "amount": amount_minor,
             "currency": currency.lower(),
@@ -353,6 +374,11 @@ class Gateway:
         }
         if payment_method:
             params["payment_method"] = payment_method
+        if off_session:
+            params["confirm"] = True
+            params["off_session"] = True
+        if setup_future_usage:
+            params["setup_future_usage"] = setup_future_usage
         obj = self._call(
             "payment_intent.create",
             self.client.v1.payment_intents.create,

@@ -25,7 +25,13 @@ from portal import db as unit_of_work
 from portal.accounts.models import Account
 from portal.db import begin_write
 from portal.payments import services
-from portal.payments.gateway import Gateway, GatewayRejected, GatewayUnavailable, Intent
+from portal.payments.gateway import (
+    CardDeclined,
+    Gateway,
+    GatewayRejected,
+    GatewayUnavailable,
+    Intent,
+)
 from portal.payments.models import (
     LIVE_ATTEMPT_STATUSES,
     AttemptStatus,
@@ -143,15 +149,23 @@ def _ask_stripe(gw: Gateway, asked: _Asked) -> Intent | None:
     if intent_id is None:
         if not asked.customer or not asked.payment_method:
             return None
-        # NOTE: the same key as the lost call, so Stripe hands back the intent it made.
-        intent_id = gw.create_payment_intent(
-            amount_minor=asked.amount_minor,
-            currency=asked.currency,
-            customer=asked.customer,
-            payment_method=asked.payment_method,
-            metadata={"attempt": asked.public_id},
-            idempotency_key=f"{asked.key}:create",
-        ).id
+        # NOTE: the same key (and parameters) as the lost call, so Stripe hands back the
+        # intent it made.
+        try:
+            intent_id = gw.create_payment_intent(
+                amount_minor=asked.amount_minor,
+                currency=asked.currency,
+                customer=asked.customer,
+                payment_method=asked.payment_method,
+                metadata={"attempt": asked.public_id},
+                idempotency_key=f"{asked.key}:create",
+                off_session=services.is_off_session_key(asked.key),
+            ).id
+        except CardDeclined as declined:
+            # NOTE: an off-session charge that was declined: nothing was charged.
+            if declined.intent_id is None:
+                return None
+            intent_id = declined.intent_id
     intent = gw.retrieve_payment_intent(intent_id)
     if intent.status in ("requires_confirmation", "requires_payment_method") and not (
         intent.failure_code

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flask_babel import gettext as _
@@ -35,6 +35,7 @@ from portal.mail import queue_email
 from portal.payments.gateway import (
     BudgetSpent,
     Card,
+    CardDeclined,
     Gateway,
     GatewayRejected,
     GatewayUnavailable,
@@ -105,6 +106,15 @@ def live_attempt_for(session: Session, invoice_ids: Sequence[int]) -> PaymentAtt
     )
 
 
+# NOTE: an off-session charge is created and confirmed in one call; whoever repeats that call
+# with the attempt's key (reconcile) must send the same parameters, and the key says which.
+OFF_SESSION_KEY_PREFIX = "collect"
+
+
+def is_off_session_key(key: str) -> bool:
+    return key.startswith(f"{OFF_SESSION_KEY_PREFIX}_")
+
+
 @dataclass(frozen=True)
 class Started:
     attempt: PaymentAttempt
@@ -117,11 +127,16 @@ def start_payment(
     invoices: Sequence[Invoice],
     *,
     payment_method: PaymentMethod | None = None,
+    amounts: Mapping[int, int] | None = None,
+    off_session: bool = False,
 ) -> Started:
     """Reuse the live attempt of these invoices, or save a new one with its idempotency key.
 
     The invoices must already be locked (`lock_invoices` inside `begin_locked_write`). The
-    amount is what is left to pay, computed here; the browser never sends one.
+    amount is what is left to pay, computed here; the browser never sends one. `amounts` (by
+    invoice id) asks for less than that (collection leaves out what open disputes hold).
+    `off_session`: the portal charges a saved card with the customer away (see
+    `is_off_session_key`).
     """
     ids = [invoice.id for invoice in invoices]
     live = live_attempt_for(session, ids)
@@ -146,15 +161,24 @@ def start_payment(
     currencies = {invoice.currency for invoice in invoices}
     if currencies != {account.currency}:
         raise ValidationFailed(_("Invoices in different currencies are paid separately."))
+    asked = {
+        invoice.id: min(
+            invoice.amount_due_minor, (amounts or {}).get(invoice.id, invoice.amount_due_minor)
+        )
+        for invoice in invoices
+    }
+    if any(amount <= 0 for amount in asked.values()):
+        raise Conflict(_("There is nothing to pay."))
     attempt = PaymentAttempt(
         account_id=account.id,
         payment_method_id=payment_method.id if payment_method else None,
         currency=account.currency,
-        amount_minor=sum(invoice.amount_due_minor for invoice in invoices),
+        amount_minor=sum(asked.values()),
         status=AttemptStatus.CREATED.value,
-        idempotency_key=f"pay_{secrets.token_urlsafe(24)}",
+        idempotency_key=f"{OFF_SESSION_KEY_PREFIX if off_session else 'pay'}_"
+        f"{secrets.token_urlsafe(24)}",
         items=[
-            PaymentAttemptItem(invoice_id=invoice.id, amount_minor=invoice.amount_due_minor)
+            PaymentAttemptItem(invoice_id=invoice.id, amount_minor=asked[invoice.id])
             for invoice in invoices
         ],
     )
@@ -236,9 +260,13 @@ class ChargePlan:
     customer: str
     payment_method: str
     intent_id: str | None
+    off_session: bool = False
 
 
-def plan_charge(attempt: PaymentAttempt, *, customer: str, payment_method: str) -> ChargePlan:
+def plan_charge(
+    attempt: PaymentAttempt, *, customer: str, payment_method: str, off_session: bool = False
+) -> ChargePlan:
+    """`off_session`: the customer is not there (the portal collects with a saved card)."""
     return ChargePlan(
         attempt_id=attempt.id,
         public_id=attempt.public_id,
@@ -248,6 +276,7 @@ def plan_charge(attempt: PaymentAttempt, *, customer: str, payment_method: str) 
         customer=customer,
         payment_method=payment_method,
         intent_id=attempt.stripe_payment_intent_id,
+        off_session=off_session,
     )
 
 
@@ -256,6 +285,7 @@ class ChargeOutcome:
     """What Stripe said (or did not say) about a charge.
 
     kind: "answered" (the intent's status decides), "declined" (the card was declined),
+    "action" (an off-session charge the bank wants the customer to confirm: it waits for them),
     "refused" (Stripe refused to create the intent: nothing can be charged) or "unknown" (no
     answer: the charge may have happened; reconcile settles it).
     """
@@ -271,6 +301,8 @@ def charge_at_stripe(gw: Gateway, plan: ChargePlan) -> ChargeOutcome:
     """Create (once, with the saved key) and confirm the PaymentIntent. Network only: it takes
     no session, so it cannot touch the database while it waits for Stripe."""
     intent_id = plan.intent_id
+    if intent_id is None and plan.off_session:
+        return _charge_off_session(gw, plan)
     if intent_id is None:
         try:
             created = _with_retry(
@@ -313,6 +345,40 @@ def charge_at_stripe(gw: Gateway, plan: ChargePlan) -> ChargeOutcome:
     return ChargeOutcome("answered", intent_id=intent_id, intent=intent)
 
 
+def _charge_off_session(gw: Gateway, plan: ChargePlan) -> ChargeOutcome:
+    """Create and confirm in one call (Stripe's off-session charge), with the saved key."""
+    try:
+        intent = _with_retry(
+            lambda: gw.create_payment_intent(
+                amount_minor=plan.amount_minor,
+                currency=plan.currency,
+                customer=plan.customer,
+                payment_method=plan.payment_method,
+                metadata={"attempt": plan.public_id},
+                idempotency_key=f"{plan.key}:create",
+                off_session=True,
+            )
+        )
+    except CardDeclined as declined:
+        if declined.code == "authentication_required" and declined.intent_id:
+            # NOTE: Stripe declines an off-session charge whose bank wants 3-D Secure with
+            # this code; the intent waits for the customer to confirm it on the pay page.
+            return ChargeOutcome("action", intent_id=declined.intent_id, code=declined.code)
+        return ChargeOutcome(
+            "declined",
+            intent_id=declined.intent_id,
+            code=declined.code or "card_declined",
+            message=declined.message,
+        )
+    except GatewayRejected as refused:
+        return ChargeOutcome("refused", code="refused", message=refused.message)
+    except GatewayUnavailable:
+        # NOTE: no answer to a create that confirms: the charge may have happened; "unknown",
+        # and reconcile finds the intent by the attempt in its metadata.
+        return ChargeOutcome("unknown")
+    return ChargeOutcome("answered", intent_id=intent.id, intent=intent)
+
+
 def record_charge(
     session: Session, attempt: PaymentAttempt, outcome: ChargeOutcome, actor: Actor = SYSTEM
 ) -> None:
@@ -321,6 +387,9 @@ def record_charge(
         attempt.stripe_payment_intent_id = outcome.intent_id
     if outcome.kind == "answered" and outcome.intent is not None:
         apply_intent(session, attempt, outcome.intent, actor)
+    elif outcome.kind == "action":
+        attempt.failure_code = outcome.code[:64]
+        _set_status(session, attempt, AttemptStatus.REQUIRES_ACTION, actor)
     elif outcome.kind == "refused":
         end_attempt(
             session,

@@ -244,3 +244,25 @@ def test_a_request_spends_no_more_than_its_stripe_budget(
     assert 'data-status="unknown"' in body and "processing" in body
     attempt = session.scalar(select(PaymentAttempt).where(PaymentAttempt.account_id == _account.id))
     assert attempt.status == "unknown"
+
+
+def test_collect_invoice_calls_stripe_with_no_transaction_open(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str, watched: Watched
+) -> None:
+    """Off-session collection (portal/payments/collection.py): paid, declined and 3-D Secure."""
+    from portal.audit.services import SYSTEM
+    from portal.payments.collection import collect_invoice
+    from tests.payments.conftest import DECLINE
+
+    gw = gateway_for(proxy.url)
+    outcomes = []
+    for number in (None, DECLINE, THREE_DS):
+        extra = {"number": number} if number else {}
+        _account, _user, invoice, _card = seed_payer(session, gw, localstripe, **extra)
+        session.commit()
+        watched.clear()
+        outcomes.append(collect_invoice(session, invoice.id, gw, actor=SYSTEM, reason="retry"))
+        session.commit()
+        assert "payment_intent.create" in watched
+        watched.armed = False
+    assert [o.status for o in outcomes] == ["paid", "failed", "requires_action"]
