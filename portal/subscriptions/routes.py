@@ -24,10 +24,11 @@ from portal.audit.services import Actor
 from portal.auth.sessions import current_account, signed_in_user
 from portal.billing.models import Invoice
 from portal.billing.money import Money
-from portal.db import commit_before_network_call
 from portal.errors import DomainError
 from portal.extensions import db
 from portal.http_errors import error_text
+from portal.payments import collection
+from portal.payments.gateway import gateway
 from portal.payments.models import PaymentMethod
 from portal.subscriptions import charts, forms, queries, services
 from portal.subscriptions.models import Price, Subscription
@@ -233,12 +234,7 @@ def _change_page(
 
 
 def _default_card(account_id: int) -> PaymentMethod | None:
-    return db.session.scalar(
-        select(PaymentMethod).where(
-            PaymentMethod.account_id == account_id,
-            PaymentMethod.is_default.is_(True),
-        )
-    )
+    return collection.default_card(db.session, account_id)
 
 
 @bp.get("/subscriptions/<public_id>/change")
@@ -318,30 +314,30 @@ def _day(value: Any, account: Any) -> str:
 
 
 def _collect(invoice: Invoice) -> None:
-    """Charge the proration invoice to the default card (after the change is committed)."""
-    invoice_id, number, due = invoice.id, invoice.number, invoice.amount_due_minor
-    if due <= 0:
+    """Charge the proration invoice to the default card. collect_invoice commits the change
+    and the payment attempt together before Stripe is called, and no lock is held meanwhile."""
+    invoice_id, number, account_id = invoice.id, invoice.number, invoice.account_id
+    if invoice.amount_due_minor <= 0:
         return
-    try:
-        from portal.payments.collection import collect_invoice
-    except ImportError:  # NOTE: until off-session collection lands, the invoice waits for a tap
+    if collection.default_card(db.session, account_id) is None:
         flash(_("Invoice %(number)s for the change is ready to pay.", number=number), "info")
         return
-    from portal.payments.gateway import gateway
-
-    account = current_account()
-    if _default_card(account.id) is None:
-        flash(_("Invoice %(number)s for the change is ready to pay.", number=number), "info")
-        return
-    actor = _actor()
-    # NOTE: the change and its invoice are committed before Stripe is called (the payment
-    # path's one named exception); collect_invoice saves its attempt and key the same way.
-    commit_before_network_call(db.session)
-    outcome = collect_invoice(db.session, invoice_id, gateway(), actor=actor, reason="upgrade")
-    if outcome.status == "paid":
+    outcome = collection.collect_invoice(
+        db.session, invoice_id, gateway(), actor=_actor(), reason="upgrade"
+    )
+    if outcome.status in ("paid", "nothing_due"):
         flash(_("Invoice %(number)s was paid with your saved card.", number=number), "success")
     elif outcome.status in ("processing", "busy"):
         flash(_("We are charging invoice %(number)s to your saved card.", number=number), "info")
+    elif outcome.status == "requires_action":
+        flash(
+            _(
+                "Your bank wants to confirm the payment of invoice %(number)s. Open the invoice "
+                "to confirm it.",
+                number=number,
+            ),
+            "warning",
+        )
     else:
         flash(
             _(
