@@ -96,5 +96,5 @@ def cancel_choice(values: Mapping[str, str]) -> CancelChoice:
     return CancelChoice(when, reason, text)
 
 
-def resume_on(values: Mapping[str, str], *, today: date, plan: Plan) -> date:
-    return services.parse_resume_on(values.get("resume_on"), today=today, plan=plan)
+def resume_on(values: Mapping[str, str], *, starts_on: date, plan: Plan) -> date:
+    return services.parse_resume_on(values.get("resume_on"), starts_on=starts_on, plan=plan)

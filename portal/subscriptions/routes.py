@@ -26,6 +26,7 @@ from portal.billing.models import Invoice
 from portal.billing.money import Money
 from portal.errors import DomainError
 from portal.extensions import db
+from portal.formatting import day, money
 from portal.http_errors import error_text
 from portal.payments import collection
 from portal.payments.gateway import gateway
@@ -154,25 +155,38 @@ def _detail_page(
         else {}
     )
     plan = subscription.price.plan
+    scheduled = queries.scheduled_change(db.session, subscription.id)
+    waiting_change = scheduled is not None and scheduled.kind in ("plan", "quantity", "interval")
+    if waiting_change and scheduled.to_price_id not in prices:
+        prices[scheduled.to_price_id] = db.session.get(Price, scheduled.to_price_id)
+    usage = _usage(subscription, today)
     response = render_page(
         "subscriptions/detail.html",
         account=account,
         subscription=subscription,
         price=subscription.price,
         plan=plan,
-        scheduled=queries.scheduled_change(db.session, subscription.id),
-        next_invoice=services.next_regular_invoice(subscription),
+        scheduled=scheduled,
+        next_invoice=services.next_regular_invoice(
+            subscription,
+            prices.get(scheduled.to_price_id) if waiting_change else None,
+            scheduled.to_quantity if waiting_change else None,
+            usage_units=usage["to_date"] if usage else None,
+        ),
         history=history,
         prices=prices,
         change_invoices=change_invoices,
         invoices=_invoice_numbers(subscription),
-        usage=_usage(subscription, today),
+        usage=usage,
         can_change=subscription.status in services.LIVE_STATUSES,
         can_pause=bool(plan.allows_pause) and subscription.status in services.LIVE_STATUSES,
         pause_days=services.pause_limit_days(plan),
-        pause_default=today + timedelta(days=min(30, services.pause_limit_days(plan))),
-        pause_min=today + timedelta(days=1),
-        pause_max=today + timedelta(days=services.pause_limit_days(plan)),
+        pause_starts=services.pause_starts_on(subscription),
+        pause_default=services.pause_starts_on(subscription)
+        + timedelta(days=min(30, services.pause_limit_days(plan))),
+        pause_min=services.pause_starts_on(subscription) + timedelta(days=1),
+        pause_max=services.pause_starts_on(subscription)
+        + timedelta(days=services.pause_limit_days(plan)),
         today=today,
         error=error,
     )
@@ -301,36 +315,40 @@ def change_post(public_id: str) -> Response:
             "success",
         )
     else:
-        flash(_("Done: your subscription has changed."), "success")
-        if outcome.invoice is not None and not outcome.duplicate:
-            _collect(outcome.invoice)
+        _done(_("Done: your subscription has changed."), outcome.invoice)
     return see_other(_detail_url(public_id))
 
 
 def _day(value: Any, account: Any) -> str:
-    from portal.formatting import day
-
     return day(value)
 
 
-def _collect(invoice: Invoice) -> None:
-    """Charge the proration invoice to the default card. collect_invoice commits the change
-    and the payment attempt together before Stripe is called, and no lock is held meanwhile."""
+def _collect(invoice: Invoice) -> tuple[str, str]:
+    """Charge a new invoice (a proration, a resumed period) to the default card; what to tell
+    the customer, and how (flash category). collect_invoice commits the change and the payment
+    attempt together before Stripe is called, and no lock is held meanwhile."""
     invoice_id, number, account_id = invoice.id, invoice.number, invoice.account_id
-    if invoice.amount_due_minor <= 0:
-        return
+    amount = invoice.amount_due
+    if amount.minor <= 0:
+        return "", "success"
     if collection.default_card(db.session, account_id) is None:
-        flash(_("Invoice %(number)s for the change is ready to pay.", number=number), "info")
-        return
+        return _("Invoice %(number)s is ready to pay.", number=number), "info"
     outcome = collection.collect_invoice(
         db.session, invoice_id, gateway(), actor=_actor(), reason="upgrade"
     )
     if outcome.status in ("paid", "nothing_due"):
-        flash(_("Invoice %(number)s was paid with your saved card.", number=number), "success")
-    elif outcome.status in ("processing", "busy"):
-        flash(_("We are charging invoice %(number)s to your saved card.", number=number), "info")
-    elif outcome.status == "requires_action":
-        flash(
+        return (
+            _(
+                "Invoice %(number)s (%(amount)s) was paid with your saved card.",
+                number=number,
+                amount=money(amount),
+            ),
+            "success",
+        )
+    if outcome.status in ("processing", "busy"):
+        return _("We are charging invoice %(number)s to your saved card.", number=number), "info"
+    if outcome.status == "requires_action":
+        return (
             _(
                 "Your bank wants to confirm the payment of invoice %(number)s. Open the invoice "
                 "to confirm it.",
@@ -338,15 +356,23 @@ def _collect(invoice: Invoice) -> None:
             ),
             "warning",
         )
-    else:
-        flash(
-            _(
-                "Invoice %(number)s could not be charged to your saved card: %(reason)s",
-                number=number,
-                reason=outcome.message,
-            ),
-            "warning",
-        )
+    return (
+        _(
+            "Invoice %(number)s could not be charged to your saved card: %(reason)s",
+            number=number,
+            reason=outcome.message,
+        ),
+        "warning",
+    )
+
+
+def _done(message: str, invoice: Invoice | None) -> None:
+    """One message for a change and the payment of its invoice."""
+    if invoice is None:
+        flash(message, "success")
+        return
+    more, category = _collect(invoice)
+    flash(f"{message} {more}".strip(), category)
 
 
 # -- cancel, reactivate, withdraw, pause, resume, offer -------------------------------------------
@@ -368,7 +394,6 @@ def _cancel_page(
     status: int = 200,
     values: Any = None,
 ) -> Response:
-    today = clock.today(account.timezone)
     plan = subscription.price.plan
     cheaper = services.cheaper_plans(db.session, subscription)
     response = render_page(
@@ -380,7 +405,9 @@ def _cancel_page(
         offer=services.retention_offer(subscription),
         cheaper=cheaper[-1] if cheaper else None,
         can_pause=bool(plan.allows_pause) and subscription.status in services.LIVE_STATUSES,
-        pause_until=today + timedelta(days=min(30, services.pause_limit_days(plan))),
+        pause_starts=services.pause_starts_on(subscription),
+        pause_until=services.pause_starts_on(subscription)
+        + timedelta(days=min(30, services.pause_limit_days(plan))),
         values=values or {},
         error=error,
     )
@@ -485,14 +512,25 @@ def withdraw(public_id: str) -> Response:
 @bp.post("/subscriptions/<public_id>/resume")
 @login_required
 def resume(public_id: str) -> Response:
-    return _simple(
-        public_id,
-        forms.VERSION_ONLY,
-        lambda account, version: services.resume(
-            db.session, account, public_id, expected_version=version, actor=_actor()
-        ),
-        _("Your subscription is running again."),
-    )
+    account = current_account()
+    _subscription(account.id, public_id)
+    forms.only_fields(request.form, forms.VERSION_ONLY)
+    try:
+        outcome = services.resume(
+            db.session,
+            account,
+            public_id,
+            expected_version=forms.version(request.form),
+            seller=current_app.config["SELLER"],
+            actor=_actor(),
+        )
+    except DomainError as refused:
+        return _refused(account, public_id, refused)
+    if outcome.duplicate:
+        flash(_("Your subscription is running again."), "success")
+    else:
+        _done(_("Your subscription is running again."), outcome.invoice)
+    return see_other(_detail_url(public_id))
 
 
 @bp.post("/subscriptions/<public_id>/offer")
@@ -513,11 +551,11 @@ def accept_offer(public_id: str) -> Response:
 def pause(public_id: str) -> Response:
     account = current_account()
     subscription = _subscription(account.id, public_id)
-    today = clock.today(account.timezone)
+    starts_on = services.pause_starts_on(subscription)
     plan = subscription.price.plan
 
     def call(account: Any, version: int) -> Any:
-        day = forms.resume_on(request.form, today=today, plan=plan)
+        day = forms.resume_on(request.form, starts_on=starts_on, plan=plan)
         return services.pause(
             db.session,
             account,
@@ -532,5 +570,9 @@ def pause(public_id: str) -> Response:
         public_id,
         forms.PAUSE_FIELDS,
         call,
-        _("Your subscription is paused. Nothing is billed until it starts again."),
+        _(
+            "Your subscription pauses on %(start)s. Nothing is billed until it starts again; "
+            "you can withdraw the pause until then.",
+            start=_day(subscription.current_period_end, account),
+        ),
     )

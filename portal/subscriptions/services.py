@@ -371,45 +371,66 @@ def _period_after(subscription: Subscription, price: Price) -> datetime:
 
 
 def next_regular_invoice(
-    subscription: Subscription, price: Price | None = None, quantity: int | None = None
+    subscription: Subscription,
+    price: Price | None = None,
+    quantity: int | None = None,
+    *,
+    usage_units: int | None = None,
 ) -> InvoicePreview:
-    """The next renewal invoice, line by line, for the price and seats it will bill."""
+    """The next renewal invoice, line by line, for the price and seats it will bill. A metered
+    price bills the period now running in arrears: its fee and `usage_units` so far."""
     price = price or subscription.price
     quantity = subscription.quantity if quantity is None else quantity
     country = subscription.account.country
-    amount = period_charge(price, quantity)
-    net, line_tax = split_tax(amount, price, country)
-    start = subscription.current_period_end
-    lines = [
-        PreviewLine(
-            description=price.plan.name,
-            amount=net,
-            tax=line_tax,
-            charged_minor=amount.minor,
-            price_id=price.id,
-            kind=LineKind.SUBSCRIPTION.value,
-            quantity=quantity,
-            period_start=start,
-            period_end=_period_after(subscription, price),
-            seated=price.pricing_model in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value),
-        )
-    ]
-    discount_bp = getattr(subscription, "discount_bp", 0) or 0
-    if discount_bp and (getattr(subscription, "discount_periods_left", 0) or 0) > 0:
-        off = -amount.basis_points(discount_bp)
-        off_net, off_tax = split_tax(off, price, country)
+    lines: list[PreviewLine] = []
+
+    def add(amount: Money, **fields: Any) -> None:
+        net, line_tax = split_tax(amount, price, country)
         lines.append(
             PreviewLine(
-                description="",
-                amount=off_net,
-                tax=off_tax,
-                charged_minor=off.minor,
-                price_id=price.id,
-                kind=LineKind.DISCOUNT.value,
-                discount_bp=discount_bp,
+                amount=net, tax=line_tax, charged_minor=amount.minor, price_id=price.id, **fields
             )
         )
-    return InvoicePreview(on=start, lines=lines, currency=price.currency)
+
+    if price.pricing_model == PricingModel.METERED.value:
+        start, end = subscription.current_period_start, subscription.current_period_end
+        add(
+            Money(price.flat_amount_minor, price.currency),
+            description=price.plan.name,
+            kind=LineKind.SUBSCRIPTION.value,
+            period_start=start,
+            period_end=end,
+        )
+        units = usage_units or 0
+        add(
+            Money(price.unit_amount_minor * units, price.currency),
+            description=price.unit_label,
+            kind=LineKind.USAGE.value,
+            quantity=units,
+            period_start=start,
+            period_end=end,
+        )
+        base = Money(price.flat_amount_minor + price.unit_amount_minor * units, price.currency)
+    else:
+        base = period_charge(price, quantity)
+        add(
+            base,
+            description=price.plan.name,
+            kind=LineKind.SUBSCRIPTION.value,
+            quantity=quantity,
+            period_start=subscription.current_period_end,
+            period_end=_period_after(subscription, price),
+            seated=_seated(price),
+        )
+    discount_bp = subscription.discount_bp or 0
+    if discount_bp and (subscription.discount_periods_left or 0) > 0:
+        add(
+            -base.basis_points(discount_bp),
+            description="",
+            kind=LineKind.DISCOUNT.value,
+            discount_bp=discount_bp,
+        )
+    return InvoicePreview(on=subscription.current_period_end, lines=lines, currency=price.currency)
 
 
 def preview_change(
@@ -936,16 +957,26 @@ def pause_limit_days(plan: Plan) -> int:
     return min(plan.max_pause_days or MAX_PAUSE_DAYS, MAX_PAUSE_DAYS)
 
 
-def parse_resume_on(raw: str | None, *, today: date, plan: Plan) -> date:
-    """The day a paused subscription resumes, as typed (YYYY-MM-DD), within the plan's limit."""
+def pause_starts_on(subscription: Subscription) -> date:
+    """The local day a pause begins: the end of the period already paid for."""
+    zone = ZoneInfo(subscription.account.timezone)
+    return subscription.current_period_end.astimezone(zone).date()
+
+
+def parse_resume_on(raw: str | None, *, starts_on: date, plan: Plan) -> date:
+    """The day a pause ends, as typed (YYYY-MM-DD): after the pause begins, within the plan's
+    longest pause."""
     text = (raw or "").strip()[:20]
     try:
         day = date.fromisoformat(text)
     except ValueError:
         raise ValidationFailed(N_("Choose the day your subscription should start again.")) from None
-    if day <= today:
-        raise ValidationFailed(N_("The day to start again must be after today."))
-    if day > today + timedelta(days=pause_limit_days(plan)):
+    if day <= starts_on:
+        raise ValidationFailed(
+            N_("The pause begins on %(date)s; choose a day to start again after that."),
+            params={"date": starts_on.isoformat()},
+        )
+    if day > starts_on + timedelta(days=pause_limit_days(plan)):
         raise ValidationFailed(
             N_("A pause can last at most %(days)s days."),
             params={"days": pause_limit_days(plan)},
@@ -963,8 +994,9 @@ def pause(
     actor: Actor = SYSTEM,
     grace_days: int = DEFAULT_GRACE_DAYS,
 ) -> Outcome:
-    """Pause now until `resume_on` (no invoices meanwhile). The paid time not yet used is kept:
-    on resuming, the period moves on by as long as the pause lasted."""
+    """Pause from the end of the period already paid for until `resume_on`: a scheduled change
+    (withdrawable until then) that the billing run applies; nothing is billed while paused, and
+    a new period starts, and is billed, on the day it resumes."""
     wanted = {"kind": "pause"}
     subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
     if repeat is not None:
@@ -980,38 +1012,22 @@ def pause(
             N_("A change is scheduled for your next renewal. Withdraw it first, then pause.")
         )
     before = _state(subscription)
-    now = clock.now()
     resume_at = datetime.combine(resume_on, time(0), ZoneInfo(account.timezone))
     change = _new_change(
         session,
         subscription,
         actor,
         kind="pause",
-        status="applied",
-        timing="now",
-        effective_at=now,
+        status="scheduled",
+        timing="period_end",
+        effective_at=subscription.current_period_end,
         resume_at=resume_at,
     )
-    subscription.status = SubscriptionStatus.PAUSED.value
-    subscription.paused_at = now
-    subscription.pause_until = resume_at
     _bump(subscription)
     session.flush()
-    _audit(session, actor, "subscription.paused", subscription, before, change)
+    _audit(session, actor, "subscription.pause_scheduled", subscription, before, change)
     _confirm_by_email(session, "subscription_paused", subscription, change)
     return Outcome(change)
-
-
-def resume_paused(subscription: Subscription, at: datetime) -> None:
-    """Start a paused subscription again at `at`: the period moves on by the pause's length, so
-    the paid time that was left when it paused is still there."""
-    paused_at = subscription.paused_at or at
-    shift = max(at - paused_at, timedelta(0))
-    subscription.current_period_start += shift
-    subscription.current_period_end += shift
-    subscription.status = SubscriptionStatus.ACTIVE.value
-    subscription.paused_at = None
-    subscription.pause_until = None
 
 
 def resume(
@@ -1020,9 +1036,13 @@ def resume(
     public_id: str,
     *,
     expected_version: int | None,
+    seller: dict[str, Any],
     actor: Actor = SYSTEM,
 ) -> Outcome:
-    """Resume a paused subscription now, before its chosen day."""
+    """Resume a paused subscription now, before its chosen day: a new period starts today and
+    is billed as usual (by the billing run's own step, so the invoice is the one it would make)."""
+    from portal.subscriptions.billing_run import bill_due_periods
+
     wanted = {"kind": "resume"}
     subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
     if repeat is not None:
@@ -1036,16 +1056,21 @@ def resume(
         subscription,
         actor,
         kind="resume",
-        status="applied",
+        status="scheduled",
         timing="now",
         effective_at=now,
     )
-    resume_paused(subscription, now)
-    _bump(subscription)
+    subscription.pause_until = now
+    session.flush()
+    # NOTE: "due by tomorrow's local midnight" takes in the resume now and nothing else: the new
+    # period it starts ends a whole interval later.
+    tomorrow = clock.today(account.timezone) + timedelta(days=1)
+    billed = bill_due_periods(session, subscription, tomorrow, seller=seller, actor=actor)
+    invoice = billed.invoices[0] if billed.invoices else None
     session.flush()
     _audit(session, actor, "subscription.resumed", subscription, before, change)
     _confirm_by_email(session, "subscription_resumed", subscription, change)
-    return Outcome(change)
+    return Outcome(change, invoice)
 
 
 # -- the retention offer --------------------------------------------------------------------------
