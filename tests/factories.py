@@ -146,3 +146,43 @@ def make_price(
         session.add(price)
         session.flush()
     return price
+
+
+# --- issue 10: subscriptions engine (sub-engine) ---------------------------------------------
+
+
+def make_subscription(
+    session: Session,
+    account: Account,
+    price: Price,
+    *,
+    quantity: int = 1,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    status: str = "active",
+    trial_end: datetime | None = None,
+) -> Any:
+    """A subscription on `price` whose current period is [period_start, period_end) (default:
+    the month starting at the clock's current day, in UTC)."""
+    from datetime import timedelta
+
+    from portal.subscriptions.models import Subscription
+    from portal.subscriptions.periods import period_end as end_of_period
+
+    start = period_start or clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    end = period_end or end_of_period(
+        start, price.billing_interval, price.interval_count, account.timezone
+    )
+    subscription = Subscription(
+        account_id=account.id,
+        price_id=price.id,
+        quantity=quantity,
+        status=status,
+        started_at=start - timedelta(seconds=0),
+        current_period_start=start,
+        current_period_end=end,
+        trial_end=trial_end,
+    )
+    session.add(subscription)
+    session.flush()
+    return subscription

@@ -36,6 +36,10 @@ def _tiered(tiers: list[PriceTier], mode: TierMode, quantity: int) -> int:
         upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
         total += tier.flat_amount_minor + tier.unit_amount_minor * (upper - lower)
         lower = upper if tier.up_to is None else tier.up_to
+    if ordered and ordered[-1].up_to is not None and quantity > ordered[-1].up_to:
+        # NOTE: a bounded last tier would bill the units above it at nothing (catalog.create_price
+        # refuses such a price; this refuses one that got in another way).
+        raise ValueError("the last tier of a price must be unbounded")
     return total
 
 
