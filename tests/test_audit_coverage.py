@@ -291,6 +291,12 @@ def _subscriber(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> A
     return customer
 
 
+def resume_day(subscription: Any) -> str:
+    from tests.subscriptions.ladder import resume_day as day
+
+    return day(subscription)
+
+
 def _sub_post(path: str, **data: str) -> Scenario:
     def act(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
         session.expire_all()
@@ -322,16 +328,19 @@ SCENARIOS.update(
             _subscriber,
             lambda c, s, ctx: _sub_post(
                 "/pause",
-                resume_on=(ctx["sub"].subscription.current_period_end.date().isoformat()),
+                resume_on=resume_day(ctx["sub"].subscription),
             )(c, s, ctx),
         ),
         "subscriptions.resume": (
             lambda c, s, ctx: (
                 _subscriber(c, s, ctx),
-                _sub_post(
-                    "/pause",
-                    resume_on=ctx["sub"].subscription.current_period_end.date().isoformat(),
-                )(c, s, ctx),
+                setattr(ctx["sub"].subscription, "status", "paused"),
+                setattr(
+                    ctx["sub"].subscription,
+                    "pause_until",
+                    ctx["sub"].subscription.current_period_end,
+                ),
+                s.commit(),
             ),
             _sub_post("/resume"),
         ),

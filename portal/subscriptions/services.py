@@ -78,6 +78,12 @@ class StaleForm(Conflict):
     title = N_("Your subscription changed in the meantime")
 
 
+class RenewalPending(Conflict):
+    """The period has ended and the billing run has not renewed it yet."""
+
+    title = N_("Your renewal is on its way")
+
+
 class ChangeRefused(ValidationFailed):
     """A rule of the subscription said no (a disallowed plan, a seat limit, an overdue bill)."""
 
@@ -296,6 +302,14 @@ def _check_can_change(session: Session, subscription: Subscription, grace_days: 
         raise Conflict(N_("This subscription has ended, so it cannot be changed."))
     if status == SubscriptionStatus.PAUSED.value:
         raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
+    if clock.now() >= subscription.current_period_end:
+        raise RenewalPending(
+            N_(
+                "Your subscription renewed on %(date)s and its new period is being prepared. "
+                "Please try again in a little while."
+            ),
+            params={"date": subscription.current_period_end.date().isoformat()},
+        )
     today = clock.today(subscription.account.timezone)
     late = session.scalar(
         queries.overdue_invoices(session, subscription.id, today - timedelta(days=grace_days))
@@ -446,6 +460,14 @@ def preview_change(
     """What a change would do, before anything changes: the exact proration lines, their tax,
     the total due now, and the next regular invoice."""
     at = at or clock.now()
+    if at >= subscription.current_period_end and subscription.status in LIVE_STATUSES:
+        raise RenewalPending(
+            N_(
+                "Your subscription renewed on %(date)s and its new period is being prepared. "
+                "Please try again in a little while."
+            ),
+            params={"date": subscription.current_period_end.date().isoformat()},
+        )
     price = resolve_target(session, subscription, plan_code=plan_code, interval=interval)
     quantity = _quantity_for(price, subscription, quantity)
     _check_quantity(price, quantity)

@@ -144,3 +144,8 @@ def customer_on_team(
         session, account, ladder.prices[("team", "month")], quantity, **period
     )
     return Customer(account, user, ladder, subscription)
+
+
+def resume_day(subscription: Subscription, days: int = 20) -> str:
+    """A day to end a pause on, `days` after the pause begins (the period's end)."""
+    return (subscription.current_period_end + timedelta(days=days)).date().isoformat()

@@ -266,16 +266,33 @@ def test_bad_cancel_forms(
     assert _changes(session) == 0
 
 
-def test_pause_and_resume(client: FlaskClient, session: Session, ada: Any) -> None:
+def test_pause_then_withdraw_it(client: FlaskClient, session: Session, ada: Any) -> None:
     response = client.post(f"{_base(ada)}/pause", data={"resume_on": "2026-12-20", "version": "1"})
     assert response.status_code == 303
     page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="scheduled"' in page and "Pauses on" in page
+    assert client.post(f"{_base(ada)}/withdraw", data={"version": "2"}).status_code == 303
+    assert 'data-testid="scheduled"' not in client.get(_base(ada)).get_data(as_text=True)
+
+
+def test_start_a_paused_subscription_again(client: FlaskClient, session: Session, ada: Any) -> None:
+    from datetime import timedelta
+
+    ada.subscription.status = "paused"
+    ada.subscription.paused_at = HALFWAY - timedelta(days=3)
+    ada.subscription.pause_until = HALFWAY + timedelta(days=20)
+    session.commit()
+    page = client.get(_base(ada)).get_data(as_text=True)
     assert 'data-testid="paused"' in page
-    assert client.post(f"{_base(ada)}/resume", data={"version": "2"}).status_code == 303
-    assert 'data-testid="paused"' not in client.get(_base(ada)).get_data(as_text=True)
+    response = client.post(f"{_base(ada)}/resume", data={"version": "1"})
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="paused"' not in page and "running again" in page
+    invoice = session.scalar(select(Invoice).where(Invoice.subscription_id == ada.subscription.id))
+    assert invoice is not None and invoice.number in page  # the new period, billed
 
 
-@pytest.mark.parametrize("resume_on", ["", "2026-13-01", "2020-01-01", "2030-01-01", "soon"])
+@pytest.mark.parametrize("resume_on", ["", "2026-13-01", "2026-11-20", "2030-01-01", "soon"])
 def test_bad_pause_dates(client: FlaskClient, session: Session, ada: Any, resume_on: str) -> None:
     response = client.post(f"{_base(ada)}/pause", data={"resume_on": resume_on, "version": "1"})
     assert response.status_code == 422
@@ -311,3 +328,19 @@ def test_a_metered_plan_shows_usage_a_chart_and_a_projection(
     assert 'role="img"' in html and "<title" in html and 'data-testid="usage"' in html
     assert "105 GB" in html  # 1 + 2 + ... + 14
     assert 'data-testid="projected"' in html
+
+
+def test_a_change_after_the_period_ended_waits_for_the_renewal(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    from datetime import timedelta
+
+    # The period ended three hours ago and no billing run has renewed it yet.
+    ada.subscription.current_period_end = HALFWAY - timedelta(hours=3)
+    session.commit()
+    business = ada.ladder.plans["business"].code
+    page = client.get(f"{_base(ada)}/change?plan={business}")
+    assert page.status_code == 409 and "being prepared" in page.get_data(as_text=True)
+    response = client.post(f"{_base(ada)}/change", data={"plan": business, "version": "1"})
+    assert response.status_code == 409
+    assert _changes(session) == 0

@@ -20,7 +20,7 @@ from portal.notifications.models import OutboxEmail
 from portal.subscriptions import services
 from portal.subscriptions.models import PlanTransition, SubscriptionChange
 from tests.factories import SELLER, make_account, make_invoice
-from tests.subscriptions.ladder import HALFWAY, PERIOD_END, PERIOD_START, customer_on_team
+from tests.subscriptions.ladder import HALFWAY, PERIOD_END, customer_on_team
 
 ACTOR = Actor(kind="customer", user_id=None)
 
@@ -313,41 +313,96 @@ def test_a_cancel_needs_a_reason_from_the_list(session: Session, halfway: Any) -
         )
 
 
-def test_pause_then_resume_early_keeps_the_paid_time(
+def test_a_pause_is_scheduled_for_the_period_end_and_can_be_withdrawn(
     session: Session, halfway: portal_clock.FrozenClock
 ) -> None:
     c = customer_on_team(session)
     session.commit()
-    resume_on = (HALFWAY + timedelta(days=30)).date()
-    services.pause(
+    resume_on = (PERIOD_END + timedelta(days=30)).date()
+    outcome = services.pause(
         session, c.account, c.subscription.public_id, resume_on=resume_on, expected_version=1
     )
-    assert c.subscription.status == "paused" and c.subscription.pause_until is not None
+    change = outcome.change
+    assert change is not None and change.kind == "pause" and change.status == "scheduled"
+    assert change.effective_at == PERIOD_END and change.resume_at is not None
+    assert c.subscription.status == "active"  # the paid period runs to its end
+    # One scheduled change at a time: a downgrade waits until the pause is withdrawn.
     with pytest.raises(Conflict):
-        _change(session, c, expected_version=c.subscription.version)
-    halfway.advance(days=10)
-    services.resume(
+        _change(
+            session,
+            c,
+            plan_code=c.ladder.plans["starter"].code,
+            expected_version=c.subscription.version,
+        )
+    services.withdraw_scheduled_change(
         session, c.account, c.subscription.public_id, expected_version=c.subscription.version
     )
+    assert change.status == "withdrawn"
+    assert session.scalar(
+        select(OutboxEmail.id).where(OutboxEmail.template == "subscription_paused")
+    )
+
+
+def test_a_paused_subscription_resumes_early_with_a_new_billed_period(
+    session: Session, halfway: portal_clock.FrozenClock
+) -> None:
+    from portal.subscriptions.billing_run import bill_due_periods
+
+    c = customer_on_team(session)
+    session.commit()
+    services.pause(
+        session,
+        c.account,
+        c.subscription.public_id,
+        resume_on=(PERIOD_END + timedelta(days=30)).date(),
+        expected_version=1,
+    )
+    # The billing run at the period end applies the pause: no invoice while paused.
+    halfway.set(PERIOD_END + timedelta(days=2))
+    bill_due_periods(
+        session, c.subscription, (PERIOD_END + timedelta(days=2)).date(), seller=SELLER
+    )
+    session.commit()
+    assert c.subscription.status == "paused"
+    with pytest.raises(Conflict):
+        _change(session, c, expected_version=c.subscription.version)
+    halfway.advance(days=8)
+    outcome = services.resume(
+        session,
+        c.account,
+        c.subscription.public_id,
+        expected_version=c.subscription.version,
+        seller=SELLER,
+    )
     assert c.subscription.status == "active" and c.subscription.pause_until is None
-    # Paused for ten days: the period moves on by ten days.
-    assert c.subscription.current_period_end == PERIOD_END + timedelta(days=10)
-    assert c.subscription.current_period_start == PERIOD_START + timedelta(days=10)
-    kinds = [ch.kind for ch in session.scalars(select(SubscriptionChange))]
-    assert sorted(kinds) == ["pause", "resume"]
+    assert c.subscription.current_period_start == PERIOD_END + timedelta(days=10)
+    assert outcome.change is not None and outcome.change.status == "applied"
+    assert outcome.invoice is not None and outcome.invoice.total_minor == 5000
+    with pytest.raises(Conflict):
+        services.resume(
+            session,
+            c.account,
+            c.subscription.public_id,
+            expected_version=c.subscription.version,
+            seller=SELLER,
+        )
 
 
 def test_a_pause_is_limited_to_the_plans_maximum(session: Session, halfway: Any) -> None:
     c = customer_on_team(session)
-    today = HALFWAY.date()
+    starts = PERIOD_END.date()
+    plan = c.ladder.plans["team"]
     with pytest.raises(services.ValidationFailed, match="at most"):
         services.parse_resume_on(
-            (today + timedelta(days=91)).isoformat(), today=today, plan=c.ladder.plans["team"]
+            (starts + timedelta(days=91)).isoformat(), starts_on=starts, plan=plan
         )
     with pytest.raises(services.ValidationFailed):
-        services.parse_resume_on("tomorrow", today=today, plan=c.ladder.plans["team"])
-    with pytest.raises(services.ValidationFailed):
-        services.parse_resume_on(today.isoformat(), today=today, plan=c.ladder.plans["team"])
+        services.parse_resume_on("tomorrow", starts_on=starts, plan=plan)
+    with pytest.raises(services.ValidationFailed, match="begins on"):
+        services.parse_resume_on(starts.isoformat(), starts_on=starts, plan=plan)
+    assert services.parse_resume_on(
+        (starts + timedelta(days=90)).isoformat(), starts_on=starts, plan=plan
+    ) == starts + timedelta(days=90)
 
 
 def test_the_retention_offer_once(session: Session, halfway: Any) -> None:
