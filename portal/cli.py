@@ -191,6 +191,118 @@ def reconcile_command(min_age_minutes: int) -> None:
         click.echo(line)
 
 
+# --- issue 10: the billing run and one-off invoices (sub-engine) -----------------------------
+
+
+@billing_cli.command("run")
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Bill what is due on this day (YYYY-MM-DD, in each account's time zone); default today.",
+)
+@click.option("--no-collect", is_flag=True, help="Leave new invoices open; charge no card.")
+def billing_run_command(as_of, no_collect: bool) -> None:  # type: ignore[no-untyped-def]
+    """Bill every subscription whose period ended, trial ended or scheduled change is due.
+    Running it twice for the same date changes nothing."""
+    import time
+
+    from portal import clock
+    from portal.errors import DomainError
+    from portal.subscriptions.billing_run import run_billing
+
+    day = as_of.date() if as_of is not None else clock.today()
+    gw = None
+    if not no_collect:
+        from portal.payments.gateway import gateway
+
+        gw = gateway()
+    state: dict[str, object] = {"bar": None, "started": time.perf_counter()}
+
+    def rate(_item: object) -> str:
+        done = state.get("done", 0)
+        seconds = max(time.perf_counter() - float(state["started"]), 1e-6)  # type: ignore[arg-type]
+        return f"{done}/{state.get('total', 0)}, {float(done) / seconds:.0f}/s"  # type: ignore[arg-type]
+
+    def progress(done: int, total: int) -> None:
+        if state["bar"] is None:
+            bar = click.progressbar(
+                length=total, label=_("Billing"), item_show_func=rate, show_eta=True, file=None
+            )
+            bar.__enter__()
+            state["bar"] = bar
+        state["done"], state["total"] = done, total
+        state["bar"].update(1)  # type: ignore[attr-defined]
+
+    try:
+        summary = run_billing(
+            db.session, day, gateway=gw, progress=progress, seller=current_app.config["SELLER"]
+        )
+    except DomainError as error:
+        raise click.ClickException(error.message) from error
+    finally:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)  # type: ignore[attr-defined]
+    for line in summary.lines():
+        click.echo(line)
+    if summary.failed:
+        raise SystemExit(1)
+
+
+@billing_cli.command("invoice-once")
+@click.argument("account_ref", metavar="ACCOUNT")
+@click.option("--description", required=True, help="What is billed (one line).")
+@click.option("--amount", required=True, help="Amount before tax in major units, e.g. 1250.00.")
+@click.option("--currency", default=None, help="Must be the account's currency (a check).")
+@click.option("--quantity", default=1, show_default=True, type=int)
+@click.option("--tax-rate", "tax_rate_ref", default=None, help="A tax rate's id or exact name.")
+@click.option("--memo", default="", help="A note printed on the invoice.")
+def invoice_once_command(
+    account_ref: str,
+    description: str,
+    amount: str,
+    currency: str | None,
+    quantity: int,
+    tax_rate_ref: str | None,
+    memo: str,
+) -> None:
+    """Bill a one-off line or a project milestone to ACCOUNT (public id, invoice prefix or
+    billing email) through the normal finalization."""
+    from portal.billing import one_off
+    from portal.db import begin_write, commit
+    from portal.errors import DomainError
+
+    try:
+        begin_write(db.session)
+        account = one_off.find_account(db.session, account_ref)
+        if currency is not None and currency.strip().upper() != account.currency:
+            raise click.ClickException(
+                f"{account.name} is billed in {account.currency}, not {currency.strip().upper()}"
+            )
+        money = one_off.parse_amount(amount, account.currency)
+        rate = one_off.find_tax_rate(db.session, tax_rate_ref, account) if tax_rate_ref else None
+        invoice = one_off.invoice_once(
+            db.session,
+            account,
+            description=description,
+            amount=money,
+            quantity=quantity,
+            tax_rate=rate,
+            memo=memo,
+            seller=current_app.config["SELLER"],
+        )
+        number, total, code = invoice.number, invoice.total, invoice.currency
+        commit(db.session)
+    except DomainError as error:
+        db.session.rollback()
+        raise click.ClickException(error.message) from error
+    except click.ClickException:
+        db.session.rollback()
+        raise
+    click.echo(f"issued invoice {number} for {total.to_decimal()} {code}")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(portal_cli)
     app.cli.add_command(billing_cli)
