@@ -460,7 +460,11 @@ def preview_change(
     """What a change would do, before anything changes: the exact proration lines, their tax,
     the total due now, and the next regular invoice."""
     at = at or clock.now()
-    if at >= subscription.current_period_end and subscription.status in LIVE_STATUSES:
+    if subscription.status == SubscriptionStatus.CANCELED.value:
+        raise Conflict(N_("This subscription has ended, so it cannot be changed."))
+    if subscription.status == SubscriptionStatus.PAUSED.value:
+        raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
+    if at >= subscription.current_period_end:
         raise RenewalPending(
             N_(
                 "Your subscription renewed on %(date)s and its new period is being prepared. "
