@@ -132,6 +132,10 @@ def detail(public_id: str) -> Response:
     return _detail_page(account, subscription)
 
 
+def _seated(price: Price) -> bool:
+    return price.pricing_model in ("per_unit", "tiered")
+
+
 def _detail_page(
     account: Any, subscription: Subscription, *, error: str = "", status: int = 200
 ) -> Response:
@@ -172,6 +176,7 @@ def _detail_page(
             prices.get(scheduled.to_price_id) if waiting_change else None,
             scheduled.to_quantity if waiting_change else None,
             usage_units=usage["to_date"] if usage else None,
+            starts=scheduled.resume_at if scheduled and scheduled.kind == "pause" else None,
         ),
         history=history,
         prices=prices,
@@ -179,6 +184,8 @@ def _detail_page(
         invoices=_invoice_numbers(subscription),
         usage=usage,
         can_change=subscription.status in services.LIVE_STATUSES,
+        has_choices=_seated(subscription.price)
+        or len(services.targets(db.session, subscription)) > 1,
         can_pause=bool(plan.allows_pause) and subscription.status in services.LIVE_STATUSES,
         pause_days=services.pause_limit_days(plan),
         pause_starts=services.pause_starts_on(subscription),

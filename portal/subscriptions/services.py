@@ -374,22 +374,13 @@ def _seated(price: Price) -> bool:
     return price.pricing_model in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value)
 
 
-def _period_after(subscription: Subscription, price: Price) -> datetime:
-    """The end of the period that starts at the subscription's renewal, for this price."""
-    return period_end(
-        subscription.current_period_end,
-        price.billing_interval,
-        price.interval_count,
-        subscription.account.timezone,
-    )
-
-
 def next_regular_invoice(
     subscription: Subscription,
     price: Price | None = None,
     quantity: int | None = None,
     *,
     usage_units: int | None = None,
+    starts: datetime | None = None,
 ) -> InvoicePreview:
     """The next renewal invoice, line by line, for the price and seats it will bill. A metered
     price bills the period now running in arrears: its fee and `usage_units` so far."""
@@ -426,14 +417,18 @@ def next_regular_invoice(
         )
         base = Money(price.flat_amount_minor + price.unit_amount_minor * units, price.currency)
     else:
+        # NOTE: after a scheduled pause, the next period starts on the day it resumes.
+        start = starts or subscription.current_period_end
         base = period_charge(price, quantity)
         add(
             base,
             description=price.plan.name,
             kind=LineKind.SUBSCRIPTION.value,
             quantity=quantity,
-            period_start=subscription.current_period_end,
-            period_end=_period_after(subscription, price),
+            period_start=start,
+            period_end=period_end(
+                start, price.billing_interval, price.interval_count, subscription.account.timezone
+            ),
             seated=_seated(price),
         )
     discount_bp = subscription.discount_bp or 0
@@ -444,7 +439,10 @@ def next_regular_invoice(
             kind=LineKind.DISCOUNT.value,
             discount_bp=discount_bp,
         )
-    return InvoicePreview(on=subscription.current_period_end, lines=lines, currency=price.currency)
+    on = subscription.current_period_end
+    if starts is not None and price.pricing_model != PricingModel.METERED.value:
+        on = starts
+    return InvoicePreview(on=on, lines=lines, currency=price.currency)
 
 
 def preview_change(
@@ -1093,6 +1091,8 @@ def resume(
     tomorrow = clock.today(account.timezone) + timedelta(days=1)
     billed = bill_due_periods(session, subscription, tomorrow, seller=seller, actor=actor)
     invoice = billed.invoices[0] if billed.invoices else None
+    if invoice is not None:
+        change.invoice_id = invoice.id
     session.flush()
     _audit(session, actor, "subscription.resumed", subscription, before, change)
     _confirm_by_email(session, "subscription_resumed", subscription, change)

@@ -6,15 +6,18 @@ and dark go to artifacts/screenshots/."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from portal import clock as portal_clock
 from portal import create_app
 from portal.billing.models import Invoice
 from portal.extensions import db
+from portal.subscriptions.billing_run import run_billing
 from portal.subscriptions.models import Subscription, SubscriptionChange
 from tests.conftest import LiveServer, fresh_database, make_config, migrate_to_head, missing_service
 from tests.payments.conftest import localstripe  # noqa: F401  (the fixture, used by name)
@@ -168,16 +171,16 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
         expect(page.get_by_test_id("scheduled")).to_have_count(0)
         expect(page.get_by_test_id("history")).to_contain_text("Withdrawn")
 
-        # Pause, then resume early.
-        page.get_by_text("Pause instead").click()
+        # A pause starts when the paid period ends; until then it can be withdrawn.
+        page.get_by_text("Pause for a while").click()
         page.get_by_test_id("pause").click()
         page.wait_for_url(detail_url)
-        expect(page.get_by_test_id("paused")).to_be_visible()
+        expect(page.get_by_test_id("scheduled")).to_contain_text("Pauses on")
         _axe(page)
-        _shot(page, "subscription-paused-iphone13")
-        page.get_by_test_id("resume").click()
+        _shot(page, "subscription-pause-scheduled-iphone13")
+        page.get_by_test_id("withdraw").click()
         page.wait_for_url(detail_url)
-        expect(page.get_by_test_id("paused")).to_have_count(0)
+        expect(page.get_by_test_id("scheduled")).to_have_count(0)
 
         # Cancel: the alternatives come first; then keep the subscription.
         page.get_by_test_id("cancel").click()
@@ -198,11 +201,52 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
         page.get_by_test_id("reactivate").click()
         page.wait_for_url(detail_url)
         expect(page.get_by_test_id("ending")).to_have_count(0)
+
+        grace = browser.new_context(**p.devices["iPhone 13"], reduced_motion="reduce")
+        metered = grace.new_page()
+        metered.goto(demo_server.login_link("grace@example.com"))
+        metered.get_by_role("button", name="Sign in as grace@example.com").click()
+        metered.wait_for_url(f"{base}/")
+        metered.goto(f"{base}/subscriptions")
+        metered.locator(".item-card__link").first.click()
+        expect(metered.get_by_test_id("usage")).to_be_visible()
+        _axe(metered)
+        _shot(metered, "subscription-metered-iphone13")
+
+        # Pause for real: the billing run at the renewal applies it; Ada starts again early and
+        # the new period is billed and paid with her saved card.
+        page.get_by_text("Pause for a while").click()
+        page.get_by_test_id("pause").click()
+        page.wait_for_url(detail_url)
+        public_id = detail_url.rsplit("/", 1)[1]
+        with app.app_context():
+            subscription = db.session.scalar(
+                select(Subscription).where(Subscription.public_id == public_id)
+            )
+            assert subscription is not None
+            renewal = subscription.current_period_end
+            db.session.remove()
+        portal_clock.set_source(portal_clock.FrozenClock(renewal + timedelta(days=2)))
+        with app.app_context():
+            summary = run_billing(db.session, (renewal + timedelta(days=2)).date())
+            assert summary.paused == 1, summary
+            db.session.remove()
+        page.goto(demo_server.login_link("ada@example.com"))
+        page.get_by_role("button", name="Sign in as ada@example.com").click()
+        page.wait_for_url(f"{base}/")
+        page.goto(detail_url)
+        expect(page.get_by_test_id("paused")).to_be_visible()
+        _axe(page)
+        _shot(page, "subscription-paused-iphone13")
+        page.get_by_test_id("resume").click()
+        page.wait_for_url(detail_url)
+        expect(page.get_by_test_id("paused")).to_have_count(0)
+        assert "paid with your saved card" in _flash(page), _flash(page)
         _shot(page, "subscription-history-iphone13")
 
         with app.app_context():
             subscription = db.session.scalar(
-                select(Subscription).where(Subscription.public_id == detail_url.rsplit("/", 1)[1])
+                select(Subscription).where(Subscription.public_id == public_id)
             )
             assert subscription is not None
             assert subscription.status == "active" and not subscription.cancel_at_period_end
@@ -213,7 +257,9 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
                     )
                 )
             )
-            assert kinds == ["cancel", "pause", "plan", "plan", "reactivate", "resume"], kinds
+            assert kinds == ["cancel", "pause", "pause", "plan", "plan", "reactivate", "resume"], (
+                kinds
+            )
             db.session.remove()
 
         # Dark mode: the same pages.
@@ -230,15 +276,5 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
             night.goto(detail_url + path)
             _axe(night)
             _shot(night, f"{name}-dark-iphone13")
-        grace = browser.new_context(**p.devices["iPhone 13"], reduced_motion="reduce")
-        metered = grace.new_page()
-        metered.goto(demo_server.login_link("grace@example.com"))
-        metered.get_by_role("button", name="Sign in as grace@example.com").click()
-        metered.wait_for_url(f"{base}/")
-        metered.goto(f"{base}/subscriptions")
-        metered.locator(".item-card__link").first.click()
-        expect(metered.get_by_test_id("usage")).to_be_visible()
-        _axe(metered)
-        _shot(metered, "subscription-metered-iphone13")
         assert errors == [], errors
         browser.close()

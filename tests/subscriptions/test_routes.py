@@ -271,6 +271,8 @@ def test_pause_then_withdraw_it(client: FlaskClient, session: Session, ada: Any)
     assert response.status_code == 303
     page = client.get(_base(ada)).get_data(as_text=True)
     assert 'data-testid="scheduled"' in page and "Pauses on" in page
+    # Nothing is billed at the renewal: the next invoice comes the day it resumes.
+    assert "Your next invoice, on Dec 20, 2026" in page
     assert client.post(f"{_base(ada)}/withdraw", data={"version": "2"}).status_code == 303
     assert 'data-testid="scheduled"' not in client.get(_base(ada)).get_data(as_text=True)
 
