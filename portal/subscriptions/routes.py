@@ -33,7 +33,7 @@ from portal.payments.gateway import gateway
 from portal.payments.models import PaymentMethod
 from portal.subscriptions import charts, forms, queries, services
 from portal.subscriptions.models import Price, Subscription
-from portal.web import render_page, see_other
+from portal.web import render_page, see_other, wants_partial
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,12 @@ def change(public_id: str) -> Response:
     account = current_account()
     subscription = _subscription(account.id, public_id)
     forms.only_fields(request.args, forms.CHANGE_FIELDS)
-    return _change_page(account, subscription, request.args)
+    response = _change_page(account, subscription, request.args)
+    if wants_partial() and response.status_code in (409, 422):
+        # NOTE: the live preview shows what is wrong in its own place, where the person looks
+        # (an error answer would go to the message area at the top, out of sight on a phone).
+        response.status_code = 200
+    return response
 
 
 @bp.post("/subscriptions/<public_id>/change")

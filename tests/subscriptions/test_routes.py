@@ -101,6 +101,12 @@ def test_the_preview_page_and_its_htmx_partial(
     assert partial.status_code == 200 and "<html" not in body
     assert "HX-Request" in partial.headers.get("Vary", "")
     assert "$38.50" in body  # 6 Business seats from half way: +60.00 - 25.00, and 10% tax
+    wrong = client.get(
+        f"{_base(ada)}/change?plan={business}&quantity=abc", headers={"HX-Request": "true"}
+    )
+    assert wrong.status_code == 200 and 'data-testid="preview-error"' in wrong.get_data(
+        as_text=True
+    )
     assert _changes(session) == 0
 
 
