@@ -51,6 +51,10 @@ def parse_amount(text: str, currency: str) -> Money:
         raise ValidationFailed(N_("The amount must be a number, like 1250.00.")) from None
     if not value.is_finite():
         raise ValidationFailed(N_("The amount must be a number, like 1250.00."))
+    if value <= 0:
+        raise ValidationFailed(N_("The amount must be more than zero."))
+    if value > Decimal(MAX_ONE_OFF_MINOR):
+        raise ValidationFailed(N_("That amount is too large for one invoice."))
     digits = exponent(currency)
     if value != value.quantize(Decimal(1).scaleb(-digits)):
         raise ValidationFailed(

@@ -28,6 +28,7 @@ import calendar
 import contextlib
 import logging
 import os
+import random
 import time as timer
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from portal import clock
 from portal.accounts.models import Account
@@ -53,6 +54,7 @@ from portal.errors import N_, Conflict, PendingChanges
 from portal.subscriptions.models import (
     ChangeKind,
     ChangeStatus,
+    Plan,
     Price,
     PricingModel,
     Subscription,
@@ -138,6 +140,8 @@ class _Outcome:
 # NOTE: test seams (monkeypatched by tests only): called with the subscription id once it is
 # claimed, inside its transaction; and the collection function.
 _after_claim: Callable[[int], None] | None = None
+# Where in the list of due subscriptions a run starts (random; tests start at the beginning).
+_start_at: Callable[[int], int] = random.randrange
 
 
 def cutoff(as_of: date, tz: str) -> datetime:
@@ -216,6 +220,11 @@ def run_billing(
     with _one_runner(session):
         ids = due_subscription_ids(session, as_of)
         session.commit()  # the read ends before the first write begins (nothing is pending)
+        if ids:
+            # NOTE: each worker starts at its own place in the list, so several workers at once
+            # mostly work on different subscriptions instead of skipping each other's.
+            start = _start_at(len(ids))
+            ids = ids[start:] + ids[:start]
         summary.total = len(ids)
         for done, sub_id in enumerate(ids, start=1):
             _bill_subscription(session, sub_id, as_of, seller, actor, gateway, summary)
@@ -276,7 +285,17 @@ def _bill_subscription(
 
 def _claim(session: Session, sub_id: int) -> Subscription | None:
     """The subscription, locked for this transaction; None when another worker holds it."""
-    query = select(Subscription).where(Subscription.id == sub_id)
+    query = (
+        select(Subscription)
+        .where(Subscription.id == sub_id)
+        .options(
+            # NOTE: what billing reads, in the claiming query (one statement, not four lazy
+            # loads); FOR UPDATE OF subscriptions locks only the subscription's row.
+            joinedload(Subscription.account),
+            joinedload(Subscription.price).joinedload(Price.plan).joinedload(Plan.tax_rate),
+            joinedload(Subscription.price).joinedload(Price.tax_rate),
+        )
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Subscription)
     return session.scalar(query.execution_options(populate_existing=True))
@@ -295,6 +314,10 @@ def collect(session: Session, invoice_id: int, gateway: Any, actor: Actor = SYST
         return "not_wired"
     try:
         outcome = collect_invoice(session, invoice_id, gateway, actor=actor, reason="billing_run")
+        if outcome.status == "failed":
+            invoice = session.get(Invoice, invoice_id)
+            if invoice is not None:
+                _queue_payment_failed(session, invoice, outcome.message)
         commit(session)
         return str(outcome.status)
     except Exception:
@@ -689,3 +712,29 @@ def _issue(
     return issue_invoice(
         session, draft, seller=seller, actor=actor, when=max(clock.now(), boundary)
     )
+
+
+def _queue_payment_failed(session: Session, invoice: Invoice, reason: str) -> None:
+    """The card was declined: the invoice stays open; dunning (issue 12) retries it and knows
+    the retry dates, so next_retry_on is not said here."""
+    from flask_babel import force_locale
+    from flask_babel import gettext as _
+
+    from portal.mail import queue_email
+
+    account = invoice.account
+    with force_locale(account.locale):
+        queue_email(
+            session,
+            to=account.billing_email,
+            subject=_("Payment for invoice %(number)s did not go through", number=invoice.number),
+            template="payment_failed",
+            context={
+                "account": account,
+                "invoice": invoice,
+                "reason": reason,
+                "next_retry_on": None,
+            },
+            account_id=account.id,
+            dedupe_key=f"payment_failed:billing_run:{invoice.id}",
+        )

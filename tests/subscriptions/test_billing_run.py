@@ -34,6 +34,12 @@ NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
+@pytest.fixture(autouse=True)
+def _in_order(monkeypatch) -> None:
+    """Runs start at the first due subscription (in production each starts at a random one)."""
+    monkeypatch.setattr(billing_run, "_start_at", lambda n: 0)
+
+
 def ny(*args: int) -> datetime:
     return datetime(*args, tzinfo=NY).astimezone(UTC)
 
@@ -467,3 +473,34 @@ def test_the_cli_runs_the_billing_and_prints_a_summary(app, session, clock) -> N
     assert "0 due, 0 invoices" in again.output
     bad = app.test_cli_runner().invoke(args=["billing", "run", "--as-of", "21/12/2026"])
     assert bad.exit_code == 2 and "Invalid value" in bad.output
+
+
+def test_without_a_saved_card_the_invoice_stays_open(session, clock) -> None:
+    clock.set(datetime(2026, 12, 21, 6, tzinfo=UTC))
+    subscription = ada(session)
+    summary = run(session, date(2026, 12, 21), gateway=object())
+    assert summary.collection == {"no_card": 1}
+    (invoice,) = invoices_of(session, subscription)
+    assert invoice.status == "open" and invoice.amount_due_minor == 7500
+
+
+def test_a_declined_card_leaves_the_invoice_open_and_tells_the_customer(
+    session, clock, monkeypatch
+) -> None:
+    clock.set(datetime(2026, 12, 21, 6, tzinfo=UTC))
+    subscription = ada(session)
+    fake = types.ModuleType("portal.payments.collection")
+    fake.collect_invoice = lambda *a, **k: types.SimpleNamespace(  # type: ignore[attr-defined]
+        status="failed", message="Your card was declined.", attempt_id=None
+    )
+    monkeypatch.setitem(sys.modules, "portal.payments.collection", fake)
+    summary = run(session, date(2026, 12, 21), gateway=object())
+    assert summary.collection == {"failed": 1}
+    (invoice,) = invoices_of(session, subscription)
+    assert invoice.status == "open"
+    mail = session.scalar(
+        select(OutboxEmail).where(
+            OutboxEmail.dedupe_key == f"payment_failed:billing_run:{invoice.id}"
+        )
+    )
+    assert mail is not None and "Your card was declined." in mail.text_body
