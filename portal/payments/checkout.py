@@ -1,8 +1,12 @@
 """Paying: the pay page, the attempt's status page and saved cards (Stripe's webhook lives in
 portal/payments/webhooks.py).
 
-Card numbers never reach us: new cards go from the browser to Stripe (Stripe.js card Element
-and a SetupIntent); we get the payment method's id and check it belongs to the account.
+Card numbers never reach us: new cards go from the browser to Stripe (Stripe.js card Element).
+On the pay page a new card pays one PaymentIntent made for it (`_start_card_entry`), which the
+browser confirms with the card (Stripe.js confirmCardPayment), so 3-D Secure is asked once; the
+card is saved from the intent once it paid (services.adopt_card_of_intent). Payment methods
+saves a card without paying through a SetupIntent. Either way we check what Stripe hands back
+belongs to the account.
 
 No transaction is open while Stripe is called: a route reads the plain values it needs, ends
 its reads (`services.end_reads`), calls Stripe, then writes what Stripe said in the rest of the
@@ -32,6 +36,7 @@ from portal.payments import services, webhooks
 from portal.payments.gateway import Card, GatewayRejected, GatewayUnavailable, gateway
 from portal.payments.models import (
     LIVE_ATTEMPT_STATUSES,
+    AttemptStatus,
     PaymentAttempt,
     PaymentAttemptItem,
     PaymentMethod,
@@ -178,7 +183,9 @@ def pay_invoice(number: str | None) -> Response:
     if invoice is None:
         raise NotFound(_("We could not find that invoice."))
     live = services.live_attempt_for(db.session, [invoice.id])
-    if live is not None:
+    # NOTE: a payment still waiting for a new card's details is finished on this page (the
+    # card form takes it up again, with the same key); any other goes to its status.
+    if live is not None and not services.awaits_card_entry(live):
         return see_other(url_for("checkout.attempt_status", public_id=live.public_id))
     payable = [invoice] if invoice.is_payable else []
     return _render_pay(
@@ -221,6 +228,8 @@ def pay_invoice_post(number: str | None) -> Response:
     )
     if owned != set(numbers):
         raise NotFound(_("We could not find that invoice."))
+    if request.form.get("card_entry") == "1" and not request.form.get("setup_intent"):
+        return _start_card_entry(numbers)
     customer = account.stripe_customer_id
     choice = _card_from_form(customer)
     if not customer:
@@ -253,6 +262,82 @@ def pay_invoice_post(number: str | None) -> Response:
     services.record_charge(db.session, attempt, outcome, actor)
     _release_unsaved_card_after_commit(attempt)
     return see_other(status_url)
+
+
+def _json(status: int, **body: Any) -> Response:
+    response = jsonify(**body)
+    response.status_code = status
+    return response
+
+
+def _start_card_entry(numbers: list[str]) -> Response:
+    """A new card typed in on the pay page: the PaymentIntent the browser confirms with it.
+
+    The same guards as every payment (invoices locked, one live attempt, the attempt and its
+    key committed before Stripe hears of them); answers JSON: the intent's client secret, or
+    where the payment already stands.
+    """
+    save = _wants_card_saved()
+    actor = _actor()
+    account = current_account()
+    customer = account.stripe_customer_id
+    if not customer:
+        account_id, public_id = account.id, account.public_id
+        details = {"email": account.billing_email, "name": account.name}
+        services.end_reads(db.session)
+        customer = gateway().create_customer(
+            email=details["email"],
+            name=details["name"],
+            account_ref=public_id,
+            idempotency_key=f"customer_{public_id}",
+        )
+        services.set_customer(db.session, account_id, customer)
+        actor.record(
+            db.session,
+            "account.stripe_customer_created",
+            account_id=account_id,
+            target_type="account",
+            target_id=public_id,
+            after={"stripe_customer_id": customer},
+        )
+        account = current_account()
+    invoices = services.lock_invoices(db.session, account, numbers)
+    started = services.start_payment(db.session, account, invoices)
+    attempt = started.attempt
+    status_url = url_for("checkout.attempt_status", public_id=attempt.public_id)
+    if started.reused and not services.awaits_card_entry(attempt):
+        return jsonify(status_url=status_url)
+    if not started.reused:
+        services.audit_attempt(db.session, attempt, "payment.started", actor)
+    # NOTE: a reused attempt is the same payment asked for again (a second click, a retry
+    # after a typo or a lost answer): its intent is made with the same key, or read again.
+    plan = services.plan_charge(attempt, customer=customer, payment_method="")
+    commit_before_network_call(db.session)
+    try:
+        intent = services.intent_for_card_entry(gateway(), plan, save=save)
+    except GatewayUnavailable as unreachable:
+        # Nothing can be charged without the card: the next click makes it with the same key.
+        return _json(503, message=unreachable.message)
+    except GatewayRejected as refused:
+        if not started.reused:
+            locked = services.lock_attempt(db.session, plan.attempt_id)
+            if locked is not None and locked.stripe_payment_intent_id is None:
+                services.end_attempt(
+                    db.session, locked, AttemptStatus.CANCELED, code="refused", actor=actor
+                )
+        return _json(409, message=refused.message)
+    locked = services.lock_attempt(db.session, plan.attempt_id)
+    if locked is None:
+        abort(404)
+    services.record_card_entry(db.session, locked, intent, actor)
+    if not services.awaits_card_entry(locked):
+        return jsonify(status_url=status_url)
+    # NOTE: the client secret goes to this page's script only; never stored or logged.
+    return jsonify(
+        client_secret=intent.client_secret,
+        status_url=status_url,
+        refresh_url=url_for("checkout.attempt_refresh", public_id=locked.public_id),
+    )
 
 
 def _release_unsaved_card_after_commit(attempt: PaymentAttempt) -> None:
@@ -288,7 +373,17 @@ def _attempt_of_account(public_id: str) -> PaymentAttempt:
 def attempt_status(public_id: str) -> Response:
     attempt = _attempt_of_account(public_id)
     client_secret = ""
-    if attempt.status == "requires_action" and attempt.stripe_payment_intent_id:
+    confirm_with = ""
+    if (
+        attempt.status == "requires_action"
+        and attempt.stripe_payment_intent_id
+        and not services.awaits_card_entry(attempt)
+    ):
+        if attempt.failure_code == "authentication_required" and attempt.payment_method_id:
+            # NOTE: Stripe's off-session "authentication_required" leaves the intent without its
+            # card; the customer confirms it again with the card we charged.
+            method = db.session.get(PaymentMethod, attempt.payment_method_id)
+            confirm_with = method.stripe_payment_method_id if method else ""
         intent_id = attempt.stripe_payment_intent_id
         services.end_reads(db.session)
         # NOTE: fetched for this page only; never stored, logged or posted back.
@@ -311,6 +406,8 @@ def attempt_status(public_id: str) -> Response:
         invoices=invoices,
         payment=payment,
         client_secret=client_secret,
+        confirm_with=confirm_with,
+        awaits_card=services.awaits_card_entry(attempt),
         **_stripe_context(),
     )
 

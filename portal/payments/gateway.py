@@ -100,6 +100,8 @@ class Intent:
     failure_code: str = ""
     failure_message: str = ""
     metadata: dict[str, str] | None = None
+    # The card it is paid with, when Stripe sent it along (retrieve expands it).
+    card: Card | None = None
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,18 @@ def _intent(obj: Any) -> Intent:
     metadata = _get(obj, "metadata")
     if metadata is not None and hasattr(metadata, "to_dict"):
         metadata = metadata.to_dict()
+    method = _get(obj, "payment_method")
+    card = None
+    if method is not None and not isinstance(method, str):
+        card, method = _card(method), _get(method, "id")
     return Intent(
         id=obj.id,
         status=obj.status,
         amount=int(_get(obj, "amount", 0) or 0),
         currency=str(_get(obj, "currency", "") or "").upper(),
         customer=_get(obj, "customer"),
-        payment_method=_get(obj, "payment_method"),
+        payment_method=method,
+        card=card,
         client_secret=_get(obj, "client_secret", "") or "",
         latest_charge=charge if isinstance(charge, str) or charge is None else charge.id,
         failure_code=str(_get(error, "code", "") or ""),
@@ -218,6 +225,9 @@ def _dispute(obj: Any) -> Dispute:
         status=str(_get(obj, "status", "") or ""),
     )
 
+
+# NOTE: a PaymentIntent read with its card: a card entered for one payment is saved from it.
+_WITH_CARD = {"expand": ["payment_method"]}
 
 # The per-call timeout of the call in progress (set by Gateway._call, read by the HTTP client).
 _call_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -399,9 +409,13 @@ class Gateway:
         return _intent(obj)
 
     def retrieve_payment_intent(self, intent_id: str) -> Intent:
+        """The intent, with the card it is paid with (`Intent.card`)."""
         return _intent(
             self._call(
-                "payment_intent.retrieve", self.client.v1.payment_intents.retrieve, intent_id
+                "payment_intent.retrieve",
+                self.client.v1.payment_intents.retrieve,
+                intent_id,
+                params=_WITH_CARD,
             )
         )
 
@@ -500,6 +514,7 @@ class Gateway:
             "payment_intent.retrieve",
             self._missing_is_none(self.client.v1.payment_intents.retrieve),
             intent_id,
+            params=_WITH_CARD,
         )
         return None if obj is None else _intent(obj)
 

@@ -515,12 +515,20 @@ def apply_intent(
     session: Session, attempt: PaymentAttempt, intent: Intent, actor: Actor = STRIPE
 ) -> Payment | None:
     """Bring the attempt to what Stripe says about its PaymentIntent. Idempotent, any order."""
+    adopt_card_of_intent(session, attempt, intent, actor)
     if intent.status == "succeeded":
         return fulfil_payment(session, attempt, intent, actor)
     if attempt.status in ENDED:
         return None
     if intent.status == "canceled":
         end_attempt(session, attempt, AttemptStatus.CANCELED, actor=actor)
+    elif (
+        intent.status == "requires_payment_method"
+        and intent.failure_code == "authentication_required"
+        and attempt.status == AttemptStatus.REQUIRES_ACTION
+    ):
+        # NOTE: an off-session charge the bank wants confirmed: it waits for the customer.
+        pass
     elif intent.status == "requires_payment_method" and (
         intent.failure_code or attempt.status != AttemptStatus.CREATED
     ):
@@ -649,6 +657,78 @@ def live_attempts_by_invoice(
         .where(PaymentAttemptItem.invoice_id.in_(list(invoice_ids)), PaymentAttemptItem.is_live)
     ).all()
     return {invoice_id: attempt for invoice_id, attempt in rows}
+
+
+# -- a new card typed in on the pay page: one PaymentIntent, confirmed in the browser ------------
+# NOTE: Stripe.js confirmCardPayment sends the card with the intent and asks for 3-D Secure once,
+# for the payment; a SetupIntent first would ask once more, for saving the card (issue 9, 16).
+
+SAVE_CARD_METADATA = "save_card"
+
+
+def awaits_card_entry(attempt: PaymentAttempt) -> bool:
+    """A pay-page attempt whose intent waits for the card the customer types in."""
+    return (
+        attempt.payment_method_id is None
+        and attempt.status in (AttemptStatus.CREATED.value, AttemptStatus.REQUIRES_ACTION.value)
+        and not is_off_session_key(attempt.idempotency_key)
+    )
+
+
+def intent_for_card_entry(gw: Gateway, plan: ChargePlan, *, save: bool) -> Intent:
+    """The attempt's PaymentIntent, with no card yet: created once, with the saved key (or read
+    again when it exists). With `save`, Stripe keeps the card the browser pays with for later
+    off-session charges (`setup_future_usage`). Network only."""
+    if plan.intent_id:
+        return gw.retrieve_payment_intent(plan.intent_id)
+    return _with_retry(
+        lambda: gw.create_payment_intent(
+            amount_minor=plan.amount_minor,
+            currency=plan.currency,
+            customer=plan.customer,
+            payment_method=None,
+            metadata={"attempt": plan.public_id, SAVE_CARD_METADATA: "1" if save else "0"},
+            idempotency_key=f"{plan.key}:create",
+            setup_future_usage="off_session" if save else None,
+        )
+    )
+
+
+def record_card_entry(
+    session: Session, attempt: PaymentAttempt, intent: Intent, actor: Actor = SYSTEM
+) -> None:
+    """Write the intent the browser is to confirm; the attempt must be locked (`lock_attempt`)."""
+    if attempt.stripe_payment_intent_id is None:
+        attempt.stripe_payment_intent_id = intent.id
+    if intent.status == "requires_payment_method" and not intent.failure_code:
+        _set_status(session, attempt, AttemptStatus.REQUIRES_ACTION, actor)
+    else:
+        apply_intent(session, attempt, intent, actor)
+    session.flush()
+
+
+def adopt_card_of_intent(
+    session: Session, attempt: PaymentAttempt, intent: Intent, actor: Actor = SYSTEM
+) -> None:
+    """Once Stripe took a payment with a card typed in for it, our copy of the card: saved, or
+    kept for this payment only, as the customer chose when the intent was made."""
+    choice = (intent.metadata or {}).get(SAVE_CARD_METADATA)
+    card = intent.card
+    if attempt.payment_method_id is not None or card is None or choice not in ("0", "1"):
+        return
+    if intent.status not in ("succeeded", "processing"):
+        return
+    account = session.get(Account, attempt.account_id)
+    if account is None or not account.stripe_customer_id:
+        return
+    if intent.customer != account.stripe_customer_id:
+        return
+    # NOTE: only a card Stripe attached to the customer can be charged later; one that is not
+    # (it cannot be, for a card used without setup_future_usage) is kept for this payment only.
+    keep = choice == "1" and card.customer == account.stripe_customer_id
+    row = save_card(session, account, card, keep=keep, actor=actor)
+    attempt.payment_method_id = row.id
+    session.flush()
 
 
 # -- saved cards ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-// Card payments with Stripe.js (the subset localstripe serves too): the card Element and a
-// SetupIntent save a new card at Stripe (3-D Secure for the card happens inside confirmCardSetup);
-// the form then posts only the SetupIntent's id. A payment that needs 3-D Secure is confirmed with
-// confirmCardPayment, then the page asks the server.
+// Card payments with Stripe.js (the subset localstripe serves too). On the pay page a new card
+// pays one PaymentIntent the server makes for it: confirmCardPayment sends the card with it and
+// asks for 3-D Secure once, then the page asks the server how the payment stands (it saves the
+// card from the intent when asked to). On Payment methods the card Element and a SetupIntent
+// save a card without paying (confirmCardSetup); the form then posts only the SetupIntent's id.
+// A saved card's payment that needs 3-D Secure is confirmed with confirmCardPayment too.
 (function () {
   "use strict";
   var csrf = document.querySelector('meta[name="csrf-token"]');
@@ -30,8 +32,49 @@
       var button = newCardButton();
       if (button && !button.disabled) { form.requestSubmit(button); }
     });
+    var secret = null;
+    var refreshUrl = null;
+    // Success or failure, the server asks Stripe how the payment stands.
+    function askServer(url) {
+      var ask = document.createElement("form");
+      ask.method = "post";
+      ask.action = url;
+      var token = document.createElement("input");
+      token.type = "hidden";
+      token.name = "csrf_token";
+      token.value = csrf ? csrf.content : "";
+      ask.appendChild(token);
+      document.body.appendChild(ask);
+      ask.submit();
+    }
+    async function payWithNewCard() {
+      if (!secret) {
+        var data = new URLSearchParams(new FormData(form));
+        data.set("pay_with", "new");
+        data.set("card_entry", "1");
+        // NOTE: getAttribute: the chooser has a button named "action", which shadows form.action.
+        var response = await fetch(form.getAttribute("action"), {
+          method: "POST",
+          body: data,
+          headers: {"X-CSRFToken": csrf ? csrf.content : "", "Accept": "application/json"},
+          credentials: "same-origin"
+        });
+        var body = await response.json();
+        if (body.status_url && !body.client_secret) { window.location.assign(body.status_url); return; }
+        if (!response.ok || !body.client_secret) { throw new Error(body.message || "We could not reach the payment provider."); }
+        secret = body.client_secret;
+        refreshUrl = body.refresh_url;
+        // The choice to save the card is part of this payment now.
+        form.querySelectorAll('input[name="save_card"]').forEach(function (box) { box.disabled = true; });
+      }
+      var result = await stripe.confirmCardPayment(secret, {payment_method: {card: card}});
+      if (result.error && result.error.type === "validation_error") {
+        throw new Error(result.error.message || "Please check the card details.");
+      }
+      askServer(refreshUrl);
+    }
     form.addEventListener("submit", async function (event) {
-      if (form.elements.setup_intent.value) { return; }
+      if (form.elements.setup_intent && form.elements.setup_intent.value) { return; }
       var submitter = event.submitter;
       if (submitter && submitter.name && !(submitter.name === "pay_with" && submitter.value === "new")) {
         return;
@@ -42,6 +85,7 @@
       var button = newCardButton() || form.querySelector("button[type=submit]");
       button.disabled = true;
       try {
+        if ("payIntent" in form.dataset) { await payWithNewCard(); return; }
         var response = await fetch(form.dataset.setupUrl, {
           method: "POST",
           headers: {"X-CSRFToken": csrf ? csrf.content : "", "Accept": "application/json"},
@@ -112,7 +156,8 @@
       event.preventDefault();
       form.querySelector("button[type=submit]").disabled = true;
       // Success or failure, the server asks Stripe how the payment stands.
-      await stripe.confirmCardPayment(secret);
+      var method = form.dataset.paymentMethod;
+      await stripe.confirmCardPayment(secret, method ? {payment_method: method} : undefined);
       form.submit();
     });
   });

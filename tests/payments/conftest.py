@@ -41,13 +41,19 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def localstripe() -> Iterator[str]:
-    """A localstripe process for the whole session (it keeps state in one fixed file)."""
+    """The demo's Stripe simulator (localstripe, in memory, with the pay page's one-intent flow
+    for a new card: scripts/stripe_simulator.py) for the whole session."""
     binary = ROOT / ".venv" / "bin" / "localstripe"
     if not binary.exists():
         missing_service(f"localstripe is not installed at {binary}")
     port = _free_port()
     process = subprocess.Popen(
-        [str(binary), "--port", str(port), "--from-scratch"],
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            str(ROOT / "scripts" / "stripe_simulator.py"),
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -39,6 +39,7 @@ class Forwarded:
     key: str | None
     status: int
     body: bytes = b""
+    sent: bytes = b""  # the request's body
 
 
 @dataclass
@@ -131,7 +132,7 @@ class FaultProxy:
                     answer = _Cached(error.code, list(error.headers.items()), error.read())
                 with state.lock:
                     state.forwarded.append(
-                        Forwarded(self.command, self.path, key, answer.status, answer.body)
+                        Forwarded(self.command, self.path, key, answer.status, answer.body, body)
                     )
                 if cache_key is not None and answer.status < 500:
                     state.cache[cache_key] = answer

@@ -266,3 +266,37 @@ def test_collect_invoice_calls_stripe_with_no_transaction_open(
         assert "payment_intent.create" in watched
         watched.armed = False
     assert [o.status for o in outcomes] == ["paid", "failed", "requires_action"]
+
+
+def test_paying_with_a_new_card_calls_stripe_with_no_transaction_open(
+    stripe_app: Flask, session: Session, proxy: FaultProxy, localstripe: str, watched: Watched
+) -> None:
+    """The pay page's one PaymentIntent for a new card: made (with the customer, for an account
+    that has none yet), then asked about once the browser confirmed it with the card."""
+    from tests.payments.test_card_entry import ask_for_intent, confirm_card_payment
+
+    account = make_account(session)
+    user = make_user(session, account=account)
+    from tests.factories import make_invoice
+
+    invoice = make_invoice(session, account, (2500,))
+    session.commit()
+    client = stripe_app.test_client()
+    login_as(client, user)
+    watched.clear()
+    status, body = ask_for_intent(client, invoice.number)
+    assert status == 200, body
+    assert {"customer.create", "payment_intent.create"} <= set(watched)
+    confirm_card_payment(localstripe, body["client_secret"], THREE_DS)
+    assert client.post(body["refresh_url"]).status_code == 303
+    assert "payment_intent.retrieve" in watched
+    session.expire_all()
+    assert (
+        session.get(
+            PaymentAttempt,
+            session.scalar(
+                select(PaymentAttempt.id).where(PaymentAttempt.account_id == account.id)
+            ),
+        ).status
+        == "succeeded"
+    )
