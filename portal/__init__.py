@@ -44,6 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from portal.payments.checkout import bp as checkout_bp
     from portal.payments.routes import bp as payments_bp
     from portal.staff.routes import bp as staff_bp
+    from portal.subscriptions.routes import bp as subscriptions_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(auth_bp)
@@ -53,6 +54,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(payments_bp)
     app.register_blueprint(checkout_bp)
     app.register_blueprint(links_bp)
+    app.register_blueprint(subscriptions_bp)
 
     from portal import auth, formatting, http_errors, i18n, web
 

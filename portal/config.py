@@ -114,6 +114,8 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "STAFF_SESSION_IDLE_MINUTES": int(env("STAFF_SESSION_IDLE_MINUTES", "15")),
         "STAFF_SESSION_ABSOLUTE_HOURS": int(env("STAFF_SESSION_ABSOLUTE_HOURS", "8")),
         "BRAND_NAME": env("BRAND_NAME", "Northwind Cloud"),
+        # Days an invoice of a subscription may be overdue before plan changes wait for payment.
+        "SUBSCRIPTION_CHANGE_GRACE_DAYS": _int("SUBSCRIPTION_CHANGE_GRACE_DAYS", 14),
         "BRAND_COLOR": env("BRAND_COLOR", "#4338ca"),
         "BRAND_LOGO": env("BRAND_LOGO", "img/logo.svg"),
         # Emails: an absolute https URL of a square logo (PNG); empty shows the brand's initial.

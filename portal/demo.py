@@ -165,6 +165,7 @@ def seed_demo(session: Session, seller: dict[str, Any]) -> list[str]:
             created.append(f"staff user {email} ({role})")
     for customer in CUSTOMERS:
         _seed_customer(session, customer, prices, seller, created)
+    _seed_plan_ladder(session, created)
     session.flush()
     return created
 
@@ -383,3 +384,171 @@ def _seed_usage(
                     idempotency_key=f"demo:{(start + timedelta(days=offset)).isoformat()}",
                 )
             )
+
+
+# -- the plan ladder of issue 10: Starter, Team, Business, monthly and yearly, with the rules of
+# each plan and the ways between them; Grace's usage this period; a trial for Kenji. ------------
+
+# plan code -> (rank, allows pause, allows cancel now, retention discount bp, discount periods)
+PLAN_RULES: dict[str, tuple[int, bool, bool, int, int]] = {
+    "starter": (1, True, True, 0, 0),
+    "team": (2, True, False, 2000, 3),
+    "business": (3, True, False, 2000, 3),
+    "usage": (1, True, False, 0, 0),
+}
+LADDER = ("starter", "team", "business")
+# NOTE: a year costs ten months (two months free), the usual yearly offer.
+YEARLY_MONTHS = 10
+TRIAL_DAYS = 14
+
+
+def _seed_plan_ladder(session: Session, created: list[str]) -> None:
+    from portal.subscriptions.models import PlanTransition
+
+    plans = {plan.code: plan for plan in session.scalars(select(Plan))}
+    for code, (rank, pause, cancel_now, discount_bp, periods) in PLAN_RULES.items():
+        plan = plans.get(code)
+        if plan is None:
+            continue
+        plan.rank, plan.allows_pause, plan.allows_cancel_now = rank, pause, cancel_now
+        plan.retention_discount_bp, plan.retention_discount_periods = discount_bp, periods
+        plan.max_pause_days = 90
+        if code == "team":
+            plan.trial_days = TRIAL_DAYS
+    for code in LADDER:
+        plan = plans.get(code)
+        if plan is None:
+            continue
+        monthly = session.scalars(
+            select(Price).where(Price.plan_id == plan.id, Price.billing_interval == "month")
+        ).all()
+        for price in monthly:
+            exists = session.scalar(
+                select(Price.id).where(
+                    Price.plan_id == plan.id,
+                    Price.currency == price.currency,
+                    Price.billing_interval == "year",
+                )
+            )
+            if exists is None:
+                session.add(
+                    Price(
+                        plan_id=plan.id,
+                        currency=price.currency,
+                        billing_interval="year",
+                        interval_count=1,
+                        pricing_model=price.pricing_model,
+                        unit_amount_minor=price.unit_amount_minor * YEARLY_MONTHS,
+                        flat_amount_minor=price.flat_amount_minor * YEARLY_MONTHS,
+                        unit_label=price.unit_label,
+                        min_quantity=price.min_quantity,
+                        max_quantity=price.max_quantity,
+                        tax_rate_id=price.tax_rate_id,
+                        version=1,
+                    )
+                )
+                created.append(f"yearly price of {plan.name} in {price.currency}")
+    existing = set(session.execute(select(PlanTransition.from_plan_id, PlanTransition.to_plan_id)))
+    for a in LADDER:
+        for b in LADDER:
+            if a == b or a not in plans or b not in plans:
+                continue
+            pair = (plans[a].id, plans[b].id)
+            if pair not in existing:
+                session.add(PlanTransition(from_plan_id=pair[0], to_plan_id=pair[1]))
+                created.append(f"plan change {plans[a].name} -> {plans[b].name}")
+    session.flush()
+    _seed_current_usage(session, created)
+    _seed_trial(session, plans, created)
+
+
+def _seed_current_usage(session: Session, created: list[str]) -> None:
+    """Grace's usage so far this period, one record a day up to yesterday (keys make it once)."""
+    account = session.scalar(select(Account).where(Account.invoice_prefix == "HCG"))
+    if account is None:
+        return
+    subscription = session.scalar(
+        select(Subscription).where(Subscription.account_id == account.id).limit(1)
+    )
+    if subscription is None or subscription.price.pricing_model != "metered":
+        return
+    seeded = session.scalar(
+        select(UsageRecord.id)
+        .where(
+            UsageRecord.subscription_id == subscription.id,
+            UsageRecord.idempotency_key.like("demo:current:%"),
+        )
+        .limit(1)
+    )
+    if seeded is not None:
+        return  # NOTE: seeded once; a later run must not top the period up
+    tz = account.timezone
+    zone = ZoneInfo(tz)
+    start = subscription.current_period_start.astimezone(zone).date()
+    today = clock.today(tz)
+    added = 0
+    day = start
+    while day < today:
+        key = f"demo:current:{day.isoformat()}"
+        found = session.scalar(
+            select(UsageRecord.id).where(
+                UsageRecord.subscription_id == subscription.id,
+                UsageRecord.idempotency_key == key,
+            )
+        )
+        if found is None:
+            # NOTE: a weekly rhythm (quieter weekends), so the chart shows something real.
+            quantity = 2 + (day.toordinal() * 7) % 5 + (0 if day.weekday() >= 5 else 3)
+            session.add(
+                UsageRecord(
+                    subscription_id=subscription.id,
+                    quantity=quantity,
+                    occurred_at=at(day, 12, tz),
+                    idempotency_key=key,
+                )
+            )
+            added += 1
+        day += timedelta(days=1)
+    if added:
+        created.append(f"{added} days of usage this period for {account.name}")
+
+
+def _seed_trial(session: Session, plans: dict[str, Plan], created: list[str]) -> None:
+    """Kenji tries the Team plan (three seats) on a free trial that ends in ten days."""
+    account = session.scalar(select(Account).where(Account.invoice_prefix == "KF"))
+    team = plans.get("team")
+    if account is None or team is None:
+        return
+    price = session.scalar(
+        select(Price).where(
+            Price.plan_id == team.id,
+            Price.currency == account.currency,
+            Price.billing_interval == "month",
+            Price.is_active.is_(True),
+        )
+    )
+    if price is None:
+        return
+    exists = session.scalar(
+        select(Subscription.id).where(
+            Subscription.account_id == account.id, Subscription.price_id == price.id
+        )
+    )
+    if exists is not None:
+        return
+    now = clock.now()
+    started = now - timedelta(days=TRIAL_DAYS - 10)
+    trial_end = started + timedelta(days=TRIAL_DAYS)
+    session.add(
+        Subscription(
+            account_id=account.id,
+            price_id=price.id,
+            quantity=3,
+            status="trialing",
+            started_at=started,
+            current_period_start=started,
+            current_period_end=trial_end,
+            trial_end=trial_end,
+        )
+    )
+    created.append(f"a Team trial for {account.name}")

@@ -287,6 +287,84 @@ SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
     ),
 }
 
+# -- subscriptions (issue 10) ----------------------------------------------------------------------
+
+
+def _subscriber(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+    from tests.subscriptions.ladder import customer_on_team
+
+    customer = customer_on_team(session, around_now=True)
+    session.commit()
+    login_as(client, customer.user)
+    ctx.update(sub=customer, base=f"/subscriptions/{customer.subscription.public_id}")
+    return customer
+
+
+def resume_day(subscription: Any) -> str:
+    from tests.subscriptions.ladder import resume_day as day
+
+    return day(subscription)
+
+
+def _sub_post(path: str, **data: str) -> Scenario:
+    def act(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+        session.expire_all()
+        version = str(ctx["sub"].subscription.version)
+        values = {"version": version, **data}
+        if values.get("plan") == "business":
+            values["plan"] = ctx["sub"].ladder.plans["business"].code
+        if values.get("plan") == "starter":
+            values["plan"] = ctx["sub"].ladder.plans["starter"].code
+        return client.post(ctx["base"] + path, data=values)
+
+    return act
+
+
+def _subscriber_then(path: str, **data: str) -> Scenario:
+    def setup(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+        _subscriber(client, session, ctx)
+        response = _sub_post(path, **data)(client, session, ctx)
+        assert response.status_code == 303, response.get_data(as_text=True)
+
+    return setup
+
+
+SCENARIOS.update(
+    {
+        "subscriptions.change_post": (_subscriber, _sub_post("/change", plan="business")),
+        "subscriptions.cancel_post": (_subscriber, _sub_post("/cancel", reason="other")),
+        "subscriptions.pause": (
+            _subscriber,
+            lambda c, s, ctx: _sub_post(
+                "/pause",
+                resume_on=resume_day(ctx["sub"].subscription),
+            )(c, s, ctx),
+        ),
+        "subscriptions.resume": (
+            lambda c, s, ctx: (
+                _subscriber(c, s, ctx),
+                setattr(ctx["sub"].subscription, "status", "paused"),
+                setattr(
+                    ctx["sub"].subscription,
+                    "pause_until",
+                    ctx["sub"].subscription.current_period_end,
+                ),
+                s.commit(),
+            ),
+            _sub_post("/resume"),
+        ),
+        "subscriptions.reactivate": (
+            _subscriber_then("/cancel", reason="other"),
+            _sub_post("/reactivate"),
+        ),
+        "subscriptions.withdraw": (
+            _subscriber_then("/change", plan="starter"),
+            _sub_post("/withdraw"),
+        ),
+        "subscriptions.accept_offer": (_subscriber, _sub_post("/offer")),
+    }
+)
+
 SKIPPED: dict[str, str] = {
     "staff.recovery_codes_file": (
         "hands back, as a file, the unused recovery codes the staff member sent; it changes "

@@ -26,6 +26,7 @@ from tests.conftest import login_as
 from tests.notifications.auth_objects import dead_letter
 from tests.notifications.deep_link_objects import owner_deep_link
 from tests.payments.auth_objects import owner_attempt, owner_card
+from tests.subscriptions.auth_objects import owner_subscription
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
 SELLER = {"name": "Seller Ltd.", "address": "1 Street", "tax_id": "X1", "email": "s@example.com"}
@@ -160,6 +161,39 @@ RULES: dict[tuple[str, str], Rule] = {
     ("staff.outbox", "GET"): Rule("GET", lambda w: "/staff/outbox", staff_only()),
     ("staff.outbox_retry", "POST"): Rule(
         "POST", lambda w: f"/staff/outbox/{dead_letter(w)}/retry", staff_only(303)
+    ),
+    # Subscriptions (issue 10). A POST without its form's fields changes nothing: the owner is
+    # told what is missing (422); another account's subscription is 404, like a missing one.
+    ("subscriptions.index", "GET"): Rule("GET", lambda w: "/subscriptions", signed_in_only()),
+    ("subscriptions.detail", "GET"): Rule(
+        "GET", lambda w: f"/subscriptions/{owner_subscription(w)}", own_object()
+    ),
+    ("subscriptions.change", "GET"): Rule(
+        "GET", lambda w: f"/subscriptions/{owner_subscription(w)}/change", own_object()
+    ),
+    ("subscriptions.change_post", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/change", own_object(422)
+    ),
+    ("subscriptions.cancel", "GET"): Rule(
+        "GET", lambda w: f"/subscriptions/{owner_subscription(w)}/cancel", own_object()
+    ),
+    ("subscriptions.cancel_post", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/cancel", own_object(422)
+    ),
+    ("subscriptions.pause", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/pause", own_object(422)
+    ),
+    ("subscriptions.resume", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/resume", own_object(422)
+    ),
+    ("subscriptions.reactivate", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/reactivate", own_object(422)
+    ),
+    ("subscriptions.withdraw", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/withdraw", own_object(422)
+    ),
+    ("subscriptions.accept_offer", "POST"): Rule(
+        "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/offer", own_object(422)
     ),
 }
 

@@ -27,6 +27,7 @@ from babel.messages.pofile import write_po
 from flask import Flask, g, render_template, render_template_string
 from flask.testing import FlaskClient
 from flask_babel import force_locale, gettext
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import i18n
@@ -306,6 +307,11 @@ SIGNED_IN_PAGES = [
     # NOTE: the error page's own words are ours (test_error_page_template_is_marked); its
     # title and message come from portal/http_errors.py.
     pytest.param("error 404", "/no-such-page", id="error-404"),
+    # Subscriptions (issue 10): "subscription:<page>" is the world's subscription's page.
+    pytest.param("subscriptions", "/subscriptions", id="subscriptions"),
+    pytest.param("subscription", "subscription:", id="subscription"),
+    pytest.param("subscription change", "subscription:/change", id="subscription-change"),
+    pytest.param("subscription cancel", "subscription:/cancel", id="subscription-cancel"),
 ]
 
 
@@ -317,6 +323,11 @@ def test_every_word_on_the_page_is_marked(
     _signed_in(client, world)
     if path == "invoice":
         path = f"/invoices/{world.overdue.number}"
+    if path.startswith("subscription:"):
+        public_id = session.scalar(
+            select(Subscription.public_id).where(Subscription.account_id == world.account.id)
+        )
+        path = f"/subscriptions/{public_id}{path.removeprefix('subscription:')}"
     html = _page(client, world, path)
     assert 'lang="de"' in html, "the page should be written in the pseudo language"
     assert unmarked_text(html, world.data(pseudo_app)) == [], f"unmarked text on {name}"

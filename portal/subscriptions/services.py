@@ -1,0 +1,1151 @@
+"""What a customer may do with a subscription: preview and make a change of plan, seats or
+interval, cancel, reactivate, pause, resume, withdraw a scheduled change, take a retention offer.
+
+Every change locks the subscription row (FOR UPDATE on PostgreSQL; on SQLite the request's
+transaction began IMMEDIATE), refuses a stale form (the form carries `Subscription.version`),
+writes a SubscriptionChange row (the history), an audit event (before/after) and queues a
+confirmation email. Flushes, never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal import clock
+from portal.accounts.models import Account
+from portal.audit.services import SYSTEM, Actor
+from portal.billing import services as billing
+from portal.billing import tax
+from portal.billing.models import Invoice, LineKind
+from portal.billing.money import Money
+from portal.errors import N_, Conflict, NotAllowed, NotFound, ValidationFailed
+from portal.mail import queue_email
+from portal.subscriptions import queries
+from portal.subscriptions.models import (
+    Plan,
+    Price,
+    PricingModel,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
+)
+from portal.subscriptions.periods import period_end
+from portal.subscriptions.pricing import charge_for
+from portal.subscriptions.proration import prorate
+
+# NOTE: a change is refused while an invoice of the subscription is overdue by more than this
+# many days (config SUBSCRIPTION_CHANGE_GRACE_DAYS): the customer settles first, then changes.
+DEFAULT_GRACE_DAYS = 14
+# NOTE: no plan sells ten thousand seats through a phone form; a larger number is a typo (or an
+# attack on the arithmetic) and gets a clear message long before any price's own limit.
+MAX_QUANTITY = 10_000
+MAX_PAUSE_DAYS = 90
+# A double submit arrives within seconds; a change asked for again later is a new wish.
+DUPLICATE_WINDOW = timedelta(minutes=10)
+
+CANCEL_REASONS = (
+    ("too_expensive", N_("It costs too much")),
+    ("not_using", N_("We are not using it enough")),
+    ("missing_features", N_("It is missing something we need")),
+    ("switching", N_("We are moving to another service")),
+    ("temporary", N_("We only need a break")),
+    ("other", N_("Something else")),
+)
+CANCEL_REASON_CODES = tuple(code for code, _label in CANCEL_REASONS)
+
+LIVE_STATUSES = (
+    SubscriptionStatus.ACTIVE.value,
+    SubscriptionStatus.TRIALING.value,
+    SubscriptionStatus.PAST_DUE.value,
+)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class StaleForm(Conflict):
+    """The subscription changed after the form was shown."""
+
+    title = N_("Your subscription changed in the meantime")
+
+
+class RenewalPending(Conflict):
+    """The period has ended and the billing run has not renewed it yet."""
+
+    title = N_("Your renewal is on its way")
+
+
+class ChangeRefused(ValidationFailed):
+    """A rule of the subscription said no (a disallowed plan, a seat limit, an overdue bill)."""
+
+    title = N_("That change is not possible")
+
+
+# -- reading what a form asks for -----------------------------------------------------------------
+
+
+def parse_quantity(raw: str | None, *, default: int) -> int:
+    """A seat count as typed: digits only, 1 to MAX_QUANTITY, else a clear message."""
+    text = (raw or "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or len(text) > 7:
+        if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+            raise ChangeRefused(N_("The number of seats cannot be negative."))
+        raise ChangeRefused(
+            N_("“%(text)s” is not a number of seats. Please type a whole number, like 5."),
+            params={"text": text[:12]},
+        )
+    value = int(text)
+    if value < 1:
+        raise ChangeRefused(N_("You need at least one seat."))
+    if value > MAX_QUANTITY:
+        raise ChangeRefused(
+            N_("%(count)s seats is more than we can set up here. Please contact us."),
+            params={"count": f"{value:,}"},
+        )
+    return value
+
+
+def parse_version(raw: str | None) -> int:
+    text = (raw or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ValidationFailed(N_("This form is incomplete. Please reload the page and try again."))
+    return int(text)
+
+
+# -- the change: targets, direction, preview ------------------------------------------------------
+
+
+def months_in(price: Price) -> int:
+    return price.interval_count * (12 if price.billing_interval == "year" else 1)
+
+
+def period_charge(price: Price, quantity: int) -> Money:
+    """One period's charge before tax (metered prices: the fixed part only)."""
+    units = 0 if price.pricing_model == PricingModel.METERED.value else quantity
+    return charge_for(price, units)
+
+
+def split_tax(amount: Money, price: Price, country: str | None) -> tuple[Money, Money]:
+    """(net, tax) of an amount charged at this price's tax rate, rounded once, as billing's
+    finalization splits it (portal.billing.tax)."""
+    rate = tax.rate_for(price, country)
+    if rate is None:
+        return amount, Money.zero(amount.currency)
+    parts = tax.split(amount.minor, amount.currency, rate.rate_bp, inclusive=rate.inclusive)
+    return Money(parts.net_minor, amount.currency), Money(parts.tax_minor, amount.currency)
+
+
+def direction_of(old: Price, old_quantity: int, new: Price, new_quantity: int) -> str:
+    """ "upgrade" when the new choice costs more per month, "downgrade" when less, else "same"."""
+    if old.id == new.id and old_quantity == new_quantity:
+        return "same"
+    old_minor = period_charge(old, old_quantity).minor * months_in(new)
+    new_minor = period_charge(new, new_quantity).minor * months_in(old)
+    if new_minor > old_minor:
+        return "upgrade"
+    if new_minor < old_minor:
+        return "downgrade"
+    rank_old, rank_new = old.plan.rank or 0, new.plan.rank or 0
+    if rank_new != rank_old:
+        return "upgrade" if rank_new > rank_old else "downgrade"
+    return "upgrade" if new_quantity > old_quantity else "downgrade"
+
+
+def change_kind(old: Price, new: Price, old_quantity: int, new_quantity: int) -> str:
+    if old.plan_id != new.plan_id:
+        return "plan"
+    if old.billing_interval != new.billing_interval or old.interval_count != new.interval_count:
+        return "interval"
+    return "quantity"
+
+
+@dataclass(frozen=True)
+class PreviewLine:
+    description: str
+    amount: Money
+    tax: Money
+    kind: str = LineKind.PRORATION.value
+    quantity: int = 1
+    period_start: datetime | date | None = None
+    period_end: datetime | date | None = None
+    # For the page's own words: a subscription line names its plan (description) and whether
+    # it counts seats; a discount line its rate.
+    seated: bool = False
+    discount_bp: int = 0
+    # What the invoice line is given (before an inclusive rate takes its tax out) and its price.
+    charged_minor: int = 0
+    price_id: int | None = None
+    # A proration line's plan and side (a credit for the old price, a charge for the new one).
+    plan: str = ""
+    is_credit: bool = False
+
+
+@dataclass(frozen=True)
+class InvoicePreview:
+    """An invoice not made yet: what it will say, line by line."""
+
+    on: datetime | None
+    lines: list[PreviewLine]
+    currency: str
+
+    @property
+    def subtotal(self) -> Money:
+        return sum((line.amount for line in self.lines), Money.zero(self.currency))
+
+    @property
+    def tax(self) -> Money:
+        return sum((line.tax for line in self.lines), Money.zero(self.currency))
+
+    @property
+    def total(self) -> Money:
+        return self.subtotal + self.tax
+
+
+@dataclass(frozen=True)
+class ChangePreview:
+    subscription: Subscription
+    price: Price
+    quantity: int
+    kind: str
+    direction: str
+    timing: str
+    timing_choices: tuple[str, ...]
+    effective_at: datetime
+    due_now: InvoicePreview
+    next_invoice: InvoicePreview
+    notes: list[str] = field(default_factory=list)
+
+
+def targets(session: Session, subscription: Subscription) -> list[Price]:
+    """Every price the subscription may move to, in its currency (its own plan included)."""
+    allowed = queries.allowed_target_plan_ids(session, subscription.price.plan_id)
+    return queries.current_prices(session, sorted(allowed), subscription.price.currency)
+
+
+def resolve_target(
+    session: Session,
+    subscription: Subscription,
+    *,
+    plan_code: str | None,
+    interval: str | None,
+) -> Price:
+    """The price a form's (plan, interval) names; unknown or disallowed plans are refused."""
+    current = subscription.price
+    code = (plan_code or current.plan.code).strip()[:64]
+    wanted_interval = (interval or current.billing_interval).strip()[:8]
+    if wanted_interval not in ("month", "year"):
+        raise ChangeRefused(N_("Choose monthly or yearly billing."))
+    plan = session.scalar(select(Plan).where(Plan.code == code, Plan.is_active.is_(True)))
+    if plan is None:
+        raise ChangeRefused(
+            N_("We do not offer a plan called “%(plan)s”. Choose one of the plans listed."),
+            params={"plan": code[:40]},
+        )
+    if plan.id not in queries.allowed_target_plan_ids(session, current.plan_id):
+        raise ChangeRefused(
+            N_("%(current)s cannot be changed to %(plan)s here. Choose one of the plans listed."),
+            params={"current": current.plan.name, "plan": plan.name},
+        )
+    if plan.id == current.plan_id and wanted_interval == current.billing_interval:
+        # NOTE: staying on the same plan keeps the price version the customer is on.
+        return current
+    for price in queries.current_prices(session, [plan.id], current.currency):
+        if price.billing_interval == wanted_interval:
+            return price
+    raise ChangeRefused(
+        N_("%(plan)s is not offered with that billing interval in %(currency)s."),
+        params={"plan": plan.name, "currency": current.currency},
+    )
+
+
+def _quantity_for(price: Price, subscription: Subscription, quantity: int | None) -> int:
+    """The seats a change asks for: as given, else the current count (one for unseated plans)."""
+    if price.pricing_model not in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value):
+        return 1  # NOTE: a plan not priced by seat is one subscription, whatever the form says
+    return subscription.quantity if quantity is None else quantity
+
+
+def _check_quantity(price: Price, quantity: int) -> None:
+    if price.pricing_model in (PricingModel.FLAT.value, PricingModel.METERED.value):
+        if quantity != 1:
+            raise ChangeRefused(
+                N_("%(plan)s is not priced by seat: it is always one subscription."),
+                params={"plan": price.plan.name},
+            )
+        return
+    if quantity < max(price.min_quantity, 1):
+        raise ChangeRefused(
+            N_("%(plan)s needs at least %(count)s seats."),
+            params={"plan": price.plan.name, "count": price.min_quantity},
+        )
+    if price.max_quantity is not None and quantity > price.max_quantity:
+        raise ChangeRefused(
+            N_("%(plan)s allows at most %(count)s seats. For more, choose a larger plan."),
+            params={"plan": price.plan.name, "count": price.max_quantity},
+        )
+
+
+def _check_can_change(session: Session, subscription: Subscription, grace_days: int) -> None:
+    status = subscription.status
+    if status == SubscriptionStatus.CANCELED.value:
+        raise Conflict(N_("This subscription has ended, so it cannot be changed."))
+    if status == SubscriptionStatus.PAUSED.value:
+        raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
+    if clock.now() >= subscription.current_period_end:
+        raise RenewalPending(
+            N_(
+                "Your subscription renewed on %(date)s and its new period is being prepared. "
+                "Please try again in a little while."
+            ),
+            params={"date": subscription.current_period_end.date().isoformat()},
+        )
+    today = clock.today(subscription.account.timezone)
+    late = session.scalar(
+        queries.overdue_invoices(session, subscription.id, today - timedelta(days=grace_days))
+    )
+    if late is not None:
+        raise ChangeRefused(
+            N_(
+                "Invoice %(number)s for this subscription is overdue. Please pay it first; "
+                "then you can change your plan."
+            ),
+            params={"number": late.number},
+        )
+
+
+def _describe(price: Price, quantity: int) -> str:
+    if price.pricing_model in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value):
+        label = price.unit_label or "unit"
+        return f"{price.plan.name} ({quantity} {label}{'' if quantity == 1 else 's'})"
+    return price.plan.name
+
+
+def _proration_lines(
+    subscription: Subscription, new: Price, new_quantity: int, at: datetime
+) -> list[PreviewLine]:
+    old = subscription.price
+    lines = prorate(
+        old_price=old,
+        old_quantity=subscription.quantity,
+        new_price=new,
+        new_quantity=new_quantity,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+        at=at,
+    )
+    country = subscription.account.country
+    result = []
+    for line in lines:
+        # NOTE: the credit is taxed at the old price's rate, the charge at the new one's.
+        net, line_tax = split_tax(line.amount, line.price, country)
+        words = "Unused time on" if line.is_credit else "Remaining time on"
+        result.append(
+            PreviewLine(
+                # The invoice line's own description (stored with the invoice, like every line).
+                description=f"{words} {_describe(line.price, line.quantity)}",
+                amount=net,
+                tax=line_tax,
+                kind=LineKind.PRORATION.value,
+                quantity=line.quantity,
+                period_start=line.start,
+                period_end=line.end,
+                seated=_seated(line.price),
+                charged_minor=line.amount.minor,
+                price_id=line.price.id,
+                plan=line.price.plan.name,
+                is_credit=line.is_credit,
+            )
+        )
+    return result
+
+
+def _seated(price: Price) -> bool:
+    return price.pricing_model in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value)
+
+
+def next_regular_invoice(
+    subscription: Subscription,
+    price: Price | None = None,
+    quantity: int | None = None,
+    *,
+    usage_units: int | None = None,
+    starts: datetime | None = None,
+) -> InvoicePreview:
+    """The next renewal invoice, line by line, for the price and seats it will bill. A metered
+    price bills the period now running in arrears: its fee and `usage_units` so far."""
+    price = price or subscription.price
+    quantity = subscription.quantity if quantity is None else quantity
+    country = subscription.account.country
+    lines: list[PreviewLine] = []
+
+    def add(amount: Money, **fields: Any) -> None:
+        net, line_tax = split_tax(amount, price, country)
+        lines.append(
+            PreviewLine(
+                amount=net, tax=line_tax, charged_minor=amount.minor, price_id=price.id, **fields
+            )
+        )
+
+    if price.pricing_model == PricingModel.METERED.value:
+        start, end = subscription.current_period_start, subscription.current_period_end
+        add(
+            Money(price.flat_amount_minor, price.currency),
+            description=price.plan.name,
+            kind=LineKind.SUBSCRIPTION.value,
+            period_start=start,
+            period_end=end,
+        )
+        units = usage_units or 0
+        add(
+            Money(price.unit_amount_minor * units, price.currency),
+            description=price.unit_label,
+            kind=LineKind.USAGE.value,
+            quantity=units,
+            period_start=start,
+            period_end=end,
+        )
+        base = Money(price.flat_amount_minor + price.unit_amount_minor * units, price.currency)
+    else:
+        # NOTE: after a scheduled pause, the next period starts on the day it resumes.
+        start = starts or subscription.current_period_end
+        base = period_charge(price, quantity)
+        add(
+            base,
+            description=price.plan.name,
+            kind=LineKind.SUBSCRIPTION.value,
+            quantity=quantity,
+            period_start=start,
+            period_end=period_end(
+                start, price.billing_interval, price.interval_count, subscription.account.timezone
+            ),
+            seated=_seated(price),
+        )
+    discount_bp = subscription.discount_bp or 0
+    if discount_bp and (subscription.discount_periods_left or 0) > 0:
+        add(
+            -base.basis_points(discount_bp),
+            description="",
+            kind=LineKind.DISCOUNT.value,
+            discount_bp=discount_bp,
+        )
+    on = subscription.current_period_end
+    if starts is not None and price.pricing_model != PricingModel.METERED.value:
+        on = starts
+    return InvoicePreview(on=on, lines=lines, currency=price.currency)
+
+
+def preview_change(
+    session: Session,
+    subscription: Subscription,
+    *,
+    plan_code: str | None = None,
+    interval: str | None = None,
+    quantity: int | None = None,
+    timing: str | None = None,
+    at: datetime | None = None,
+) -> ChangePreview:
+    """What a change would do, before anything changes: the exact proration lines, their tax,
+    the total due now, and the next regular invoice."""
+    at = at or clock.now()
+    if subscription.status == SubscriptionStatus.CANCELED.value:
+        raise Conflict(N_("This subscription has ended, so it cannot be changed."))
+    if subscription.status == SubscriptionStatus.PAUSED.value:
+        raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
+    if at >= subscription.current_period_end:
+        raise RenewalPending(
+            N_(
+                "Your subscription renewed on %(date)s and its new period is being prepared. "
+                "Please try again in a little while."
+            ),
+            params={"date": subscription.current_period_end.date().isoformat()},
+        )
+    price = resolve_target(session, subscription, plan_code=plan_code, interval=interval)
+    quantity = _quantity_for(price, subscription, quantity)
+    _check_quantity(price, quantity)
+    old = subscription.price
+    direction = direction_of(old, subscription.quantity, price, quantity)
+    kind = change_kind(old, price, subscription.quantity, quantity)
+    notes: list[str] = []
+    if direction == "same":
+        choices: tuple[str, ...] = ()
+    elif kind == "interval" or months_in(old) != months_in(price):
+        # NOTE: a new billing interval starts a new kind of period: it begins at the renewal.
+        choices = ("period_end",)
+        notes.append(N_("A new billing interval starts at your next renewal."))
+    elif subscription.status == SubscriptionStatus.TRIALING.value:
+        choices = ("now",)
+        notes.append(N_("You are in your free trial: the change applies now at no charge."))
+    elif direction == "upgrade":
+        choices = ("now", "period_end")
+    else:
+        choices = ("period_end",)
+        notes.append(N_("Downgrades and fewer seats start at your next renewal."))
+    chosen = timing if timing in choices else (choices[0] if choices else "period_end")
+    currency = old.currency
+    if chosen == "now" and subscription.status != SubscriptionStatus.TRIALING.value:
+        due_lines = _proration_lines(subscription, price, quantity, at)
+        effective_at = at
+    else:
+        due_lines = []
+        effective_at = at if chosen == "now" else subscription.current_period_end
+    return ChangePreview(
+        subscription=subscription,
+        price=price,
+        quantity=quantity,
+        kind=kind,
+        direction=direction,
+        timing=chosen,
+        timing_choices=choices,
+        effective_at=effective_at,
+        due_now=InvoicePreview(on=at if due_lines else None, lines=due_lines, currency=currency),
+        next_invoice=next_regular_invoice(subscription, price, quantity),
+        notes=notes,
+    )
+
+
+# -- locking and the common bookkeeping -----------------------------------------------------------
+
+
+def lock_subscription(session: Session, account_id: int, public_id: str) -> Subscription:
+    """The account's subscription, locked for this transaction (FOR UPDATE on PostgreSQL) and
+    read afresh; another account's answers NotFound, like a missing one."""
+    if not queries.is_public_id(public_id):
+        raise NotFound(N_("We could not find that subscription."))
+    found = session.scalar(
+        select(Subscription)
+        .where(Subscription.account_id == account_id, Subscription.public_id == public_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if found is None:
+        raise NotFound(N_("We could not find that subscription."))
+    return found
+
+
+def _check_version(subscription: Subscription, expected_version: int | None) -> None:
+    if expected_version is not None and expected_version != subscription.version:
+        raise StaleForm(
+            N_(
+                "Your subscription changed after this page was shown (perhaps in another tab). "
+                "Here is how it stands now; please check and choose again."
+            )
+        )
+
+
+def _state(subscription: Subscription) -> dict[str, Any]:
+    return {
+        "price_id": subscription.price_id,
+        "plan": subscription.price.plan.code,
+        "quantity": subscription.quantity,
+        "status": subscription.status,
+        "cancel_at_period_end": subscription.cancel_at_period_end,
+        "pause_until": subscription.pause_until.isoformat() if subscription.pause_until else None,
+        "version": subscription.version,
+    }
+
+
+def _bump(subscription: Subscription) -> None:
+    subscription.bump_version()
+
+
+def _audit(
+    session: Session,
+    actor: Actor,
+    action: str,
+    subscription: Subscription,
+    before: dict[str, Any],
+    change: SubscriptionChange | None = None,
+) -> None:
+    after = _state(subscription)
+    if change is not None:
+        after["change_id"] = change.id
+        after["change_status"] = change.status
+    actor.record(
+        session,
+        action,
+        account_id=subscription.account_id,
+        target_type="subscription",
+        target_id=subscription.public_id,
+        before=before,
+        after=after,
+    )
+
+
+_SUBJECTS = {
+    "subscription_changed": N_("Your subscription has changed"),
+    "subscription_canceled": N_("Your subscription is canceled"),
+    "subscription_paused": N_("Your subscription is paused"),
+    "subscription_resumed": N_("Your subscription is running again"),
+}
+
+
+def _confirm_by_email(
+    session: Session,
+    template: str,
+    subscription: Subscription,
+    change: SubscriptionChange | None,
+) -> None:
+    account = subscription.account
+    from portal.i18n import language_for
+
+    with force_locale(language_for(account.locale)):
+        queue_email(
+            session,
+            to=account.billing_email,
+            subject=_(_SUBJECTS[template]),
+            template=template,
+            context={"account": account, "subscription": subscription, "change": change},
+            account_id=account.id,
+            # NOTE: the version is bumped by every change: one email per change, never two.
+            dedupe_key=f"{template}:{subscription.public_id}:v{subscription.version}",
+        )
+
+
+def _new_change(
+    session: Session,
+    subscription: Subscription,
+    actor: Actor,
+    *,
+    kind: str,
+    status: str,
+    timing: str,
+    effective_at: datetime,
+    **fields: Any,
+) -> SubscriptionChange:
+    now = clock.now()
+    change = SubscriptionChange(
+        subscription_id=subscription.id,
+        kind=kind,
+        status=status,
+        timing=timing,
+        actor_kind=actor.kind,
+        actor_user_id=actor.user_id,
+        requested_at=now,
+        effective_at=effective_at,
+        applied_at=now if status == "applied" else None,
+        from_price_id=fields.pop("from_price_id", subscription.price_id),
+        from_quantity=fields.pop("from_quantity", subscription.quantity),
+        **fields,
+    )
+    session.add(change)
+    session.flush()
+    return change
+
+
+def _recent_duplicate(
+    session: Session, subscription: Subscription, **wanted: Any
+) -> SubscriptionChange | None:
+    """The change this form already made a moment ago (a double tap), if it is one."""
+    latest = session.scalar(
+        select(SubscriptionChange)
+        .where(SubscriptionChange.subscription_id == subscription.id)
+        .order_by(SubscriptionChange.id.desc())
+        .limit(1)
+    )
+    if latest is None or latest.requested_at < clock.now() - DUPLICATE_WINDOW:
+        return None
+    if all(getattr(latest, name) == value for name, value in wanted.items()):
+        return latest
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a change did: the history row, the proration invoice (if any), and whether this
+    was a repeat of a change already made (a double submit)."""
+
+    change: SubscriptionChange | None
+    invoice: Invoice | None = None
+    duplicate: bool = False
+
+
+def _guarded(
+    session: Session,
+    account: Account,
+    public_id: str,
+    expected_version: int | None,
+    duplicate_of: dict[str, Any] | None = None,
+) -> tuple[Subscription, Outcome | None]:
+    subscription = lock_subscription(session, account.id, public_id)
+    if expected_version is not None and expected_version != subscription.version:
+        if duplicate_of is not None:
+            repeat = _recent_duplicate(session, subscription, **duplicate_of)
+            if repeat is not None:
+                invoice = session.get(Invoice, repeat.invoice_id) if repeat.invoice_id else None
+                return subscription, Outcome(repeat, invoice, duplicate=True)
+        _check_version(subscription, expected_version)
+    return subscription, None
+
+
+# -- change of plan, seats or interval ------------------------------------------------------------
+
+
+def change_subscription(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    plan_code: str | None,
+    interval: str | None,
+    quantity: int | None,
+    timing: str | None,
+    expected_version: int | None,
+    seller: dict[str, Any],
+    actor: Actor = SYSTEM,
+    grace_days: int = DEFAULT_GRACE_DAYS,
+) -> Outcome:
+    """Make the change the preview showed. An upgrade applies now and its proration is invoiced
+    at once (finalized through billing's one path); a downgrade or fewer seats is scheduled for
+    the period end, where the billing run applies it (the customer may withdraw it before)."""
+    subscription = lock_subscription(session, account.id, public_id)
+    if expected_version is not None and expected_version != subscription.version:
+        # NOTE: a double tap arrives with the version the first tap already moved on: when the
+        # latest change is exactly what this form asked for, moments ago, it is that change.
+        try:
+            price = resolve_target(session, subscription, plan_code=plan_code, interval=interval)
+            wanted = {
+                "to_price_id": price.id,
+                "to_quantity": _quantity_for(price, subscription, quantity),
+            }
+        except ValidationFailed:
+            wanted = None
+        repeat = _recent_duplicate(session, subscription, **wanted) if wanted else None
+        if repeat is not None:
+            invoice = session.get(Invoice, repeat.invoice_id) if repeat.invoice_id else None
+            return Outcome(repeat, invoice, duplicate=True)
+        _check_version(subscription, expected_version)
+    preview = preview_change(
+        session,
+        subscription,
+        plan_code=plan_code,
+        interval=interval,
+        quantity=quantity,
+        timing=timing,
+    )
+    if preview.direction == "same":
+        raise ChangeRefused(N_("That is the plan you are on already. Nothing was changed."))
+    _check_can_change(session, subscription, grace_days)
+    if queries.scheduled_change(session, subscription.id) is not None:
+        raise Conflict(
+            N_(
+                "A change is already scheduled for your next renewal. Withdraw it first if you "
+                "want a different one."
+            )
+        )
+    before = _state(subscription)
+    if preview.timing == "period_end":
+        change = _new_change(
+            session,
+            subscription,
+            actor,
+            kind=preview.kind,
+            status="scheduled",
+            timing="period_end",
+            effective_at=subscription.current_period_end,
+            to_price_id=preview.price.id,
+            to_quantity=preview.quantity,
+        )
+        _bump(subscription)
+        session.flush()
+        _audit(session, actor, "subscription.change_scheduled", subscription, before, change)
+        _confirm_by_email(session, "subscription_changed", subscription, change)
+        return Outcome(change)
+
+    now = preview.effective_at
+    change = _new_change(
+        session,
+        subscription,
+        actor,
+        kind=preview.kind,
+        status="applied",
+        timing="now",
+        effective_at=now,
+        to_price_id=preview.price.id,
+        to_quantity=preview.quantity,
+    )
+    invoice = None
+    if preview.due_now.lines:
+        invoice = _invoice_proration(session, subscription, change, preview, seller, actor)
+        change.invoice_id = invoice.id
+    subscription.price_id = preview.price.id
+    subscription.price = preview.price
+    subscription.quantity = preview.quantity
+    _bump(subscription)
+    session.flush()
+    _audit(session, actor, "subscription.changed", subscription, before, change)
+    _confirm_by_email(session, "subscription_changed", subscription, change)
+    return Outcome(change, invoice)
+
+
+def _invoice_proration(
+    session: Session,
+    subscription: Subscription,
+    change: SubscriptionChange,
+    preview: ChangePreview,
+    seller: dict[str, Any],
+    actor: Actor,
+) -> Invoice:
+    account = subscription.account
+    zone = ZoneInfo(account.timezone)
+    lines = []
+    for line in preview.due_now.lines:
+        price = session.get(Price, line.price_id) if line.price_id else preview.price
+        assert price is not None
+        start, end = line.period_start, line.period_end
+        lines.append(
+            billing.LineInput(
+                description=line.description,
+                unit_amount_minor=line.charged_minor,
+                amount_minor=line.charged_minor,
+                quantity=1,
+                kind=LineKind.PRORATION,
+                period_start=start.astimezone(zone).date()
+                if isinstance(start, datetime)
+                else start,
+                period_end=end.astimezone(zone).date() if isinstance(end, datetime) else end,
+                tax_rate=tax.rate_for(price, account.country),
+                price_id=price.id,
+                subscription_change_id=change.id,
+            )
+        )
+    invoice = billing.create_draft_invoice(
+        session,
+        account,
+        lines,
+        subscription_id=subscription.id,
+        billing_key=f"change:{change.id}",
+        memo="Proration for a change of subscription",
+    )
+    billing.finalize_invoice(session, invoice, seller=seller, actor=actor)
+    return invoice
+
+
+def withdraw_scheduled_change(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    expected_version: int | None,
+    actor: Actor = SYSTEM,
+) -> Outcome:
+    """Take back the change waiting for the period end (a downgrade, fewer seats, a cancel)."""
+    subscription, _repeat = _guarded(session, account, public_id, expected_version)
+    change = queries.scheduled_change(session, subscription.id)
+    if change is None:
+        raise Conflict(N_("There is no scheduled change to withdraw."))
+    before = _state(subscription)
+    change.status = "withdrawn"
+    change.withdrawn_at = clock.now()
+    if change.kind == "cancel":
+        subscription.cancel_at_period_end = False
+    _bump(subscription)
+    session.flush()
+    _audit(session, actor, "subscription.change_withdrawn", subscription, before, change)
+    _confirm_by_email(session, "subscription_changed", subscription, change)
+    return Outcome(change)
+
+
+# -- cancel and reactivate ------------------------------------------------------------------------
+
+
+def cancel_subscription(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    when: str = "period_end",
+    reason: str,
+    reason_text: str = "",
+    expected_version: int | None,
+    actor: Actor = SYSTEM,
+) -> Outcome:
+    """End the subscription at the period end (the default) or now where the plan allows it."""
+    if reason not in CANCEL_REASON_CODES:
+        raise ValidationFailed(N_("Please choose a reason from the list."))
+    if when not in ("period_end", "now"):
+        raise ValidationFailed(N_("Choose when the subscription should end."))
+    wanted = {"kind": "cancel", "timing": when}
+    subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
+    if repeat is not None:
+        return repeat
+    if subscription.status == SubscriptionStatus.CANCELED.value:
+        raise Conflict(N_("This subscription has already ended."))
+    if when == "now" and not subscription.price.plan.allows_cancel_now:
+        raise NotAllowed(
+            N_("%(plan)s ends at the end of a paid period; it cannot be ended today."),
+            params={"plan": subscription.price.plan.name},
+        )
+    scheduled = queries.scheduled_change(session, subscription.id)
+    if scheduled is not None and scheduled.kind == "cancel":
+        raise Conflict(N_("This subscription is already set to end at the period end."))
+    before = _state(subscription)
+    now = clock.now()
+    if scheduled is not None:
+        # NOTE: a downgrade waiting for a renewal that will not come is moot: it is withdrawn.
+        scheduled.status = "withdrawn"
+        scheduled.withdrawn_at = now
+    text = reason_text.strip()[:500]
+    if when == "now":
+        change = _new_change(
+            session,
+            subscription,
+            actor,
+            kind="cancel",
+            status="applied",
+            timing="now",
+            effective_at=now,
+            reason=reason,
+            reason_text=text,
+        )
+        subscription.status = SubscriptionStatus.CANCELED.value
+        subscription.canceled_at = now
+        subscription.cancel_at_period_end = False
+    else:
+        change = _new_change(
+            session,
+            subscription,
+            actor,
+            kind="cancel",
+            status="scheduled",
+            timing="period_end",
+            effective_at=subscription.current_period_end,
+            reason=reason,
+            reason_text=text,
+        )
+        subscription.cancel_at_period_end = True
+    subscription.cancellation_reason = (reason + (": " + text if text else ""))[:500]
+    _bump(subscription)
+    session.flush()
+    _audit(session, actor, "subscription.canceled", subscription, before, change)
+    _confirm_by_email(session, "subscription_canceled", subscription, change)
+    return Outcome(change)
+
+
+def reactivate(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    expected_version: int | None,
+    actor: Actor = SYSTEM,
+) -> Outcome:
+    """Keep a subscription that was set to end at the period end (before that end)."""
+    wanted = {"kind": "reactivate"}
+    subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
+    if repeat is not None:
+        return repeat
+    scheduled = queries.scheduled_change(session, subscription.id)
+    if (
+        subscription.status == SubscriptionStatus.CANCELED.value
+        or scheduled is None
+        or scheduled.kind != "cancel"
+    ):
+        raise Conflict(N_("Only a subscription set to end at the period end can be kept."))
+    before = _state(subscription)
+    now = clock.now()
+    scheduled.status = "withdrawn"
+    scheduled.withdrawn_at = now
+    subscription.cancel_at_period_end = False
+    subscription.cancellation_reason = ""
+    change = _new_change(
+        session,
+        subscription,
+        actor,
+        kind="reactivate",
+        status="applied",
+        timing="now",
+        effective_at=now,
+    )
+    _bump(subscription)
+    session.flush()
+    _audit(session, actor, "subscription.reactivated", subscription, before, change)
+    _confirm_by_email(session, "subscription_resumed", subscription, change)
+    return Outcome(change)
+
+
+# -- pause and resume -----------------------------------------------------------------------------
+
+
+def pause_limit_days(plan: Plan) -> int:
+    return min(plan.max_pause_days or MAX_PAUSE_DAYS, MAX_PAUSE_DAYS)
+
+
+def pause_starts_on(subscription: Subscription) -> date:
+    """The local day a pause begins: the end of the period already paid for."""
+    zone = ZoneInfo(subscription.account.timezone)
+    return subscription.current_period_end.astimezone(zone).date()
+
+
+def parse_resume_on(raw: str | None, *, starts_on: date, plan: Plan) -> date:
+    """The day a pause ends, as typed (YYYY-MM-DD): after the pause begins, within the plan's
+    longest pause."""
+    text = (raw or "").strip()[:20]
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ValidationFailed(N_("Choose the day your subscription should start again.")) from None
+    if day <= starts_on:
+        raise ValidationFailed(
+            N_("The pause begins on %(date)s; choose a day to start again after that."),
+            params={"date": starts_on.isoformat()},
+        )
+    if day > starts_on + timedelta(days=pause_limit_days(plan)):
+        raise ValidationFailed(
+            N_("A pause can last at most %(days)s days."),
+            params={"days": pause_limit_days(plan)},
+        )
+    return day
+
+
+def pause(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    resume_on: date,
+    expected_version: int | None,
+    actor: Actor = SYSTEM,
+    grace_days: int = DEFAULT_GRACE_DAYS,
+) -> Outcome:
+    """Pause from the end of the period already paid for until `resume_on`: a scheduled change
+    (withdrawable until then) that the billing run applies; nothing is billed while paused, and
+    a new period starts, and is billed, on the day it resumes."""
+    wanted = {"kind": "pause"}
+    subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
+    if repeat is not None:
+        return repeat
+    plan = subscription.price.plan
+    if not plan.allows_pause:
+        raise NotAllowed(N_("%(plan)s cannot be paused."), params={"plan": plan.name})
+    if subscription.status not in LIVE_STATUSES:
+        raise Conflict(N_("Only a running subscription can be paused."))
+    _check_can_change(session, subscription, grace_days)
+    if queries.scheduled_change(session, subscription.id) is not None:
+        raise Conflict(
+            N_("A change is scheduled for your next renewal. Withdraw it first, then pause.")
+        )
+    before = _state(subscription)
+    resume_at = datetime.combine(resume_on, time(0), ZoneInfo(account.timezone))
+    change = _new_change(
+        session,
+        subscription,
+        actor,
+        kind="pause",
+        status="scheduled",
+        timing="period_end",
+        effective_at=subscription.current_period_end,
+        resume_at=resume_at,
+    )
+    _bump(subscription)
+    session.flush()
+    _audit(session, actor, "subscription.pause_scheduled", subscription, before, change)
+    _confirm_by_email(session, "subscription_paused", subscription, change)
+    return Outcome(change)
+
+
+def resume(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    expected_version: int | None,
+    seller: dict[str, Any],
+    actor: Actor = SYSTEM,
+) -> Outcome:
+    """Resume a paused subscription now, before its chosen day: a new period starts today and
+    is billed as usual (by the billing run's own step, so the invoice is the one it would make)."""
+    from portal.subscriptions.billing_run import bill_due_periods
+
+    wanted = {"kind": "resume"}
+    subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
+    if repeat is not None:
+        return repeat
+    if subscription.status != SubscriptionStatus.PAUSED.value:
+        raise Conflict(N_("This subscription is not paused."))
+    before = _state(subscription)
+    now = clock.now()
+    change = _new_change(
+        session,
+        subscription,
+        actor,
+        kind="resume",
+        status="scheduled",
+        timing="now",
+        effective_at=now,
+    )
+    subscription.pause_until = now
+    session.flush()
+    # NOTE: "due by tomorrow's local midnight" takes in the resume now and nothing else: the new
+    # period it starts ends a whole interval later.
+    tomorrow = clock.today(account.timezone) + timedelta(days=1)
+    billed = bill_due_periods(session, subscription, tomorrow, seller=seller, actor=actor)
+    invoice = billed.invoices[0] if billed.invoices else None
+    if invoice is not None:
+        change.invoice_id = invoice.id
+    session.flush()
+    _audit(session, actor, "subscription.resumed", subscription, before, change)
+    _confirm_by_email(session, "subscription_resumed", subscription, change)
+    return Outcome(change, invoice)
+
+
+# -- the retention offer --------------------------------------------------------------------------
+
+
+def retention_offer(subscription: Subscription) -> tuple[int, int] | None:
+    """(discount in basis points, periods) the plan offers someone about to cancel, once."""
+    plan = subscription.price.plan
+    if not plan.retention_discount_bp or not plan.retention_discount_periods:
+        return None
+    if subscription.discount_bp or subscription.status not in LIVE_STATUSES:
+        return None
+    return plan.retention_discount_bp, plan.retention_discount_periods
+
+
+def accept_retention_offer(
+    session: Session,
+    account: Account,
+    public_id: str,
+    *,
+    expected_version: int | None,
+    actor: Actor = SYSTEM,
+) -> Subscription:
+    """Stay with the one-time discount instead of canceling (the billing run applies it)."""
+    subscription, _repeat = _guarded(session, account, public_id, expected_version)
+    offer = retention_offer(subscription)
+    if offer is None:
+        raise Conflict(N_("That offer is not available for this subscription."))
+    before = _state(subscription)
+    subscription.discount_bp, subscription.discount_periods_left = offer
+    _bump(subscription)
+    session.flush()
+    _audit(session, actor, "subscription.discount_accepted", subscription, before)
+    _confirm_by_email(session, "subscription_changed", subscription, None)
+    return subscription
+
+
+def cheaper_plans(session: Session, subscription: Subscription) -> Sequence[Price]:
+    """Allowed plans on the same interval that cost less per period than the current one."""
+    current = subscription.price
+    own = period_charge(current, subscription.quantity)
+    found = []
+    for price in targets(session, subscription):
+        if price.plan_id == current.plan_id or price.billing_interval != current.billing_interval:
+            continue
+        quantity = subscription.quantity if price.pricing_model in ("per_unit", "tiered") else 1
+        if price.max_quantity is not None and quantity > price.max_quantity:
+            continue
+        quantity = max(quantity, price.min_quantity or 1)
+        if period_charge(price, quantity) < own:
+            found.append(price)
+    return found

@@ -1,0 +1,354 @@
+"""The subscription pages: what they show, the HTMX preview, the change, cancel, pause and
+resume forms, and every kind of bad input (a clear 4xx, nothing changed, never a 500)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal import clock as portal_clock
+from portal.billing.models import Invoice
+from portal.subscriptions.models import SubscriptionChange, UsageRecord
+from tests.conftest import login_as
+from tests.factories import make_account, make_price, make_user
+from tests.subscriptions.ladder import HALFWAY, customer_on_team, make_subscription
+
+
+@pytest.fixture()
+def halfway(clock: portal_clock.FrozenClock) -> portal_clock.FrozenClock:
+    clock.set(HALFWAY)
+    return clock
+
+
+@pytest.fixture()
+def ada(client: FlaskClient, session: Session, halfway: Any) -> Any:
+    c = customer_on_team(session, tax_bp=1000)
+    session.commit()
+    login_as(client, c.user)
+    return c
+
+
+def _changes(session: Session) -> int:
+    session.expire_all()
+    return int(session.scalar(select(func.count()).select_from(SubscriptionChange)) or 0)
+
+
+def _base(c: Any) -> str:
+    return f"/subscriptions/{c.subscription.public_id}"
+
+
+def test_the_list_and_the_page(client: FlaskClient, session: Session, ada: Any) -> None:
+    listing = client.get("/subscriptions")
+    assert listing.status_code == 200
+    assert _base(ada) in listing.get_data(as_text=True)
+    page = client.get(_base(ada))
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert 'data-testid="next-invoice"' in html
+    assert "$55.00" in html  # 5 seats at 10.00 plus 10% tax
+    assert 'data-testid="history"' not in html  # nothing changed yet
+
+
+def test_the_dashboard_links_to_the_subscription(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    assert _base(ada) in client.get("/").get_data(as_text=True)
+
+
+def test_another_accounts_subscription_is_404(
+    client: FlaskClient, session: Session, halfway: Any
+) -> None:
+    owner = customer_on_team(session)
+    stranger = make_user(session, account=make_account(session))
+    session.commit()
+    login_as(client, stranger)
+    base = _base(owner)
+    for method, path in [
+        ("GET", base),
+        ("GET", base + "/change"),
+        ("GET", base + "/cancel"),
+        ("POST", base + "/change"),
+        ("POST", base + "/cancel"),
+        ("POST", base + "/pause"),
+        ("POST", base + "/resume"),
+        ("POST", base + "/reactivate"),
+        ("POST", base + "/withdraw"),
+        ("POST", base + "/offer"),
+        ("GET", "/subscriptions/" + "x" * 300),
+        ("GET", "/subscriptions/%00abc"),
+    ]:
+        response = client.open(path, method=method, data={"version": "1"})
+        assert response.status_code == 404, (method, path)
+    assert _changes(session) == 0
+
+
+def test_the_preview_page_and_its_htmx_partial(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    business = ada.ladder.plans["business"].code
+    page = client.get(f"{_base(ada)}/change?plan={business}&quantity=5")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "<html" in html
+    assert "Total due today" in html and "$27.50" in html  # +25.00 and 10% tax
+    partial = client.get(
+        f"{_base(ada)}/change?plan={business}&quantity=6", headers={"HX-Request": "true"}
+    )
+    body = partial.get_data(as_text=True)
+    assert partial.status_code == 200 and "<html" not in body
+    assert "HX-Request" in partial.headers.get("Vary", "")
+    assert "$38.50" in body  # 6 Business seats from half way: +60.00 - 25.00, and 10% tax
+    wrong = client.get(
+        f"{_base(ada)}/change?plan={business}&quantity=abc", headers={"HX-Request": "true"}
+    )
+    assert wrong.status_code == 200 and 'data-testid="preview-error"' in wrong.get_data(
+        as_text=True
+    )
+    assert _changes(session) == 0
+
+
+def test_preview_without_javascript_changes_nothing(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    response = client.post(
+        f"{_base(ada)}/change",
+        data={
+            "plan": ada.ladder.plans["business"].code,
+            "quantity": "5",
+            "version": "1",
+            "preview": "1",
+        },
+    )
+    assert response.status_code == 200 and "Total due today" in response.get_data(as_text=True)
+    assert _changes(session) == 0
+
+
+def test_confirm_an_upgrade(client: FlaskClient, session: Session, ada: Any) -> None:
+    response = client.post(
+        f"{_base(ada)}/change",
+        data={
+            "plan": ada.ladder.plans["business"].code,
+            "quantity": "5",
+            "timing": "now",
+            "version": "1",
+            "confirm": "1",
+        },
+    )
+    assert response.status_code == 303
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Done: your subscription has changed." in page
+    invoice = session.scalar(select(Invoice).where(Invoice.subscription_id == ada.subscription.id))
+    assert invoice is not None and invoice.number in page
+    assert _changes(session) == 1
+
+
+def test_a_double_submit_makes_one_change(client: FlaskClient, session: Session, ada: Any) -> None:
+    data = {"plan": ada.ladder.plans["business"].code, "quantity": "5", "version": "1"}
+    first = client.post(f"{_base(ada)}/change", data=data)
+    second = client.post(f"{_base(ada)}/change", data=data)
+    assert first.status_code == second.status_code == 303
+    assert _changes(session) == 1
+    assert "already made" in client.get(second.headers["Location"]).get_data(as_text=True)
+
+
+def test_a_stale_form_is_shown_again_with_the_current_state(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    ada.subscription.version = 3
+    session.commit()
+    response = client.post(
+        f"{_base(ada)}/change",
+        data={"plan": ada.ladder.plans["starter"].code, "version": "2"},
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 409
+    assert "changed after this page was shown" in html
+    assert 'name="version" value="3"' in html
+    assert _changes(session) == 0
+
+
+@pytest.mark.parametrize("quantity", ["-1", "0", str(10**12), "abc", "5.5", "", "٣", "1" * 40])
+def test_bad_seat_counts_are_clear_and_change_nothing(
+    client: FlaskClient, session: Session, ada: Any, quantity: str
+) -> None:
+    data = {"plan": ada.ladder.plans["business"].code, "quantity": quantity, "version": "1"}
+    response = client.post(f"{_base(ada)}/change", data=data)
+    preview = client.get(f"{_base(ada)}/change", query_string=data)
+    if quantity == "":
+        assert response.status_code == 303  # no number typed: the seats stay as they are
+        return
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert preview.status_code == 422
+    assert _changes(session) == 0
+
+
+@pytest.mark.parametrize("plan", ["no-such-plan", "", "x" * 500, "\x00", "team'--"])
+def test_unknown_plans_are_refused(
+    client: FlaskClient, session: Session, ada: Any, plan: str
+) -> None:
+    response = client.post(
+        f"{_base(ada)}/change", data={"plan": plan, "interval": "month", "version": "1"}
+    )
+    assert response.status_code in (400, 409, 422)
+    assert _changes(session) == 0
+
+
+def test_forms_take_only_their_own_fields(client: FlaskClient, session: Session, ada: Any) -> None:
+    response = client.post(
+        f"{_base(ada)}/change",
+        data={"plan": ada.ladder.plans["business"].code, "version": "1", "price_id": "1"},
+    )
+    assert response.status_code == 422
+    assert "price_id" in response.get_data(as_text=True)
+    response = client.post(f"{_base(ada)}/resume", data={"version": "1", "status": "active"})
+    assert response.status_code == 422
+    assert _changes(session) == 0
+
+
+@pytest.mark.parametrize("version", ["", "abc", "-1", "9" * 30])
+def test_a_missing_or_broken_version_is_refused(
+    client: FlaskClient, session: Session, ada: Any, version: str
+) -> None:
+    response = client.post(
+        f"{_base(ada)}/change",
+        data={"plan": ada.ladder.plans["business"].code, "version": version},
+    )
+    assert response.status_code in (409, 422)
+    assert _changes(session) == 0
+
+
+def test_schedule_then_withdraw_a_downgrade(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    response = client.post(
+        f"{_base(ada)}/change", data={"plan": ada.ladder.plans["starter"].code, "version": "1"}
+    )
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="scheduled"' in page
+    response = client.post(f"{_base(ada)}/withdraw", data={"version": "2"})
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="scheduled"' not in page and "Withdrawn" in page
+
+
+def test_cancel_shows_the_alternatives_then_reactivate(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    page = client.get(f"{_base(ada)}/cancel").get_data(as_text=True)
+    assert 'data-testid="alternatives"' in page
+    assert 'data-testid="take-offer"' in page and 'data-testid="pause-instead"' in page
+    assert 'data-testid="cheaper-plan"' in page
+    response = client.post(
+        f"{_base(ada)}/cancel",
+        data={"reason": "not_using", "reason_text": "Seasonal", "version": "1"},
+    )
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="ending"' in page
+    assert client.post(f"{_base(ada)}/reactivate", data={"version": "2"}).status_code == 303
+    assert 'data-testid="ending"' not in client.get(_base(ada)).get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"reason": "", "version": "1"},
+        {"reason": "boredom", "version": "1"},
+        {"reason": "other", "reason_text": "a\u202eb", "version": "1"},
+        {"reason": "other", "reason_text": "x" * 501, "version": "1"},
+        {"reason": "other", "when": "yesterday", "version": "1"},
+        {"reason": "other", "when": "now", "version": "1"},
+    ],
+)
+def test_bad_cancel_forms(
+    client: FlaskClient, session: Session, ada: Any, data: dict[str, str]
+) -> None:
+    response = client.post(f"{_base(ada)}/cancel", data=data)
+    assert 400 <= response.status_code < 500
+    assert _changes(session) == 0
+
+
+def test_pause_then_withdraw_it(client: FlaskClient, session: Session, ada: Any) -> None:
+    response = client.post(f"{_base(ada)}/pause", data={"resume_on": "2026-12-20", "version": "1"})
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="scheduled"' in page and "Pauses on" in page
+    # Nothing is billed at the renewal: the next invoice comes the day it resumes.
+    assert "Your next invoice, on Dec 20, 2026" in page
+    assert client.post(f"{_base(ada)}/withdraw", data={"version": "2"}).status_code == 303
+    assert 'data-testid="scheduled"' not in client.get(_base(ada)).get_data(as_text=True)
+
+
+def test_start_a_paused_subscription_again(client: FlaskClient, session: Session, ada: Any) -> None:
+    from datetime import timedelta
+
+    ada.subscription.status = "paused"
+    ada.subscription.paused_at = HALFWAY - timedelta(days=3)
+    ada.subscription.pause_until = HALFWAY + timedelta(days=20)
+    session.commit()
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="paused"' in page
+    response = client.post(f"{_base(ada)}/resume", data={"version": "1"})
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="paused"' not in page and "running again" in page
+    invoice = session.scalar(select(Invoice).where(Invoice.subscription_id == ada.subscription.id))
+    assert invoice is not None and invoice.number in page  # the new period, billed
+
+
+@pytest.mark.parametrize("resume_on", ["", "2026-13-01", "2026-11-20", "2030-01-01", "soon"])
+def test_bad_pause_dates(client: FlaskClient, session: Session, ada: Any, resume_on: str) -> None:
+    response = client.post(f"{_base(ada)}/pause", data={"resume_on": resume_on, "version": "1"})
+    assert response.status_code == 422
+    assert _changes(session) == 0
+
+
+def test_a_metered_plan_shows_usage_a_chart_and_a_projection(
+    client: FlaskClient, session: Session, halfway: Any
+) -> None:
+    account = make_account(session, currency="EUR")
+    user = make_user(session, account=account)
+    price = make_price(
+        session,
+        currency="EUR",
+        pricing_model="metered",
+        unit_amount_minor=250,
+        flat_amount_minor=4900,
+    )
+    price.unit_label = "GB"
+    subscription = make_subscription(session, account, price, 1)
+    for day in range(1, 15):
+        session.add(
+            UsageRecord(
+                subscription_id=subscription.id,
+                quantity=day,
+                occurred_at=HALFWAY.replace(day=day),
+                idempotency_key=f"k{day}",
+            )
+        )
+    session.commit()
+    login_as(client, user)
+    html = client.get(f"/subscriptions/{subscription.public_id}").get_data(as_text=True)
+    assert 'role="img"' in html and "<title" in html and 'data-testid="usage"' in html
+    assert "105 GB" in html  # 1 + 2 + ... + 14
+    assert 'data-testid="projected"' in html
+
+
+def test_a_change_after_the_period_ended_waits_for_the_renewal(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    from datetime import timedelta
+
+    # The period ended three hours ago and no billing run has renewed it yet.
+    ada.subscription.current_period_end = HALFWAY - timedelta(hours=3)
+    session.commit()
+    business = ada.ladder.plans["business"].code
+    page = client.get(f"{_base(ada)}/change?plan={business}")
+    assert page.status_code == 409 and "being prepared" in page.get_data(as_text=True)
+    response = client.post(f"{_base(ada)}/change", data={"plan": business, "version": "1"})
+    assert response.status_code == 409
+    assert _changes(session) == 0
