@@ -23,6 +23,7 @@ from portal.billing.models import Invoice
 from portal.billing.money import Money
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
+from tests.disputes.auth_objects import owner_attachment, owner_dispute
 from tests.payments.auth_objects import owner_attempt, owner_card
 
 ROLES = ("anonymous", "owner", "other", "support", "admin")
@@ -154,6 +155,26 @@ RULES: dict[tuple[str, str], Rule] = {
         "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(200)
     ),
     ("checkout.stripe_webhook", "POST"): Rule("POST", lambda w: "/webhooks/stripe", public(400)),
+    # Disputes (issue 11): another account's invoice, dispute or file is a 404 like a missing
+    # one; staff work disputes in the console, not on customer pages.
+    ("disputes.index", "GET"): Rule("GET", lambda w: "/disputes", signed_in_only()),
+    ("disputes.new", "GET"): Rule(
+        "GET", lambda w: f"/disputes/new?invoice={w.invoice.number}", own_object()
+    ),
+    # An empty form: the owner gets it back with messages, nothing is opened.
+    ("disputes.new", "POST"): Rule(
+        "POST", lambda w: f"/disputes/new?invoice={w.invoice.number}", own_object(422)
+    ),
+    ("disputes.detail", "GET"): Rule(
+        "GET", lambda w: f"/disputes/{owner_dispute(w)}", own_object()
+    ),
+    ("disputes.message", "POST"): Rule(
+        "POST", lambda w: f"/disputes/{owner_dispute(w)}/messages", own_object(422)
+    ),
+    ("disputes.withdraw", "POST"): Rule(
+        "POST", lambda w: f"/disputes/{owner_dispute(w)}/withdraw", own_object(303)
+    ),
+    ("disputes.attachment", "GET"): Rule("GET", owner_attachment, own_object()),
 }
 
 IGNORED_ENDPOINTS = {"static"}
