@@ -329,6 +329,9 @@ def message(public_id: str) -> Response:
 def withdraw(public_id: str) -> Response:
     dispute = _own_dispute(public_id)
     _require_editor(current_account())
+    if dispute.source != "customer":
+        flash(_("A dispute with your bank can only be withdrawn with your bank."), "info")
+        return see_other(url_for("disputes.detail", public_id=dispute.public_id))
     if dispute.status not in queries.OPEN_DISPUTE_STATUSES:
         flash(_("This question was already closed."), "info")
         return see_other(url_for("disputes.detail", public_id=dispute.public_id))
