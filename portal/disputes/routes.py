@@ -25,7 +25,7 @@ from portal.disputes.evidence import EXTENSIONS, EvidenceStore
 from portal.disputes.forms import REASON_LABELS, MessageForm, NewDisputeForm, WithdrawForm
 from portal.disputes.hours import BusinessHours
 from portal.disputes.models import Attachment, Dispute, DisputeStatus
-from portal.errors import NotAllowed, ValidationFailed
+from portal.errors import Conflict, NotAllowed, ValidationFailed
 from portal.extensions import db
 from portal.formatting import moment
 from portal.web import accepts_files, render_page, see_other
@@ -245,6 +245,11 @@ def new() -> Response:
         if not refused.errors:
             form.evidence.errors = [message]
         return _render_new(account, invoice, form, 422, message)
+    except Conflict as conflict:
+        # NOTE: the lines are already in another open question (a double submit lands here):
+        # the form comes back saying so, nothing is opened twice.
+        message = _(conflict.msgid, **conflict.params) if conflict.params else _(conflict.msgid)
+        return _render_new(account, invoice, form, 409, message)
     flash(
         _("We received your question. We will answer by %(due)s.", due=_due_text(dispute))
         + (" " + _("Your files are attached.") if attached else ""),
