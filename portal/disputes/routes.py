@@ -119,7 +119,11 @@ def _uploads(field: str) -> list[FileStorage]:
 
 
 def _attach_all(
-    dispute: Dispute, files: Iterable[FileStorage], actor: Actor, message: Any = None
+    dispute: Dispute,
+    files: Iterable[FileStorage],
+    actor: Actor,
+    store: EvidenceStore,
+    message: Any = None,
 ) -> int:
     count = 0
     for upload in files:
@@ -132,7 +136,7 @@ def _attach_all(
             data=data,
             filename=upload.filename or "",
             actor=actor,
-            store=evidence_store(),
+            store=store,
             max_bytes=limit,
             message=message,
         )
@@ -220,6 +224,7 @@ def new() -> Response:
     positions = set(form.lines.data or []) if form.scope.data == "lines" else set()
     line_ids = [c.line.id for c in capacities if c.line.position in positions]
     actor = _actor()
+    store = evidence_store()
     try:
         with db.session.begin_nested():
             dispute = services.open_dispute(
@@ -233,8 +238,9 @@ def new() -> Response:
                 target=response_target(),
                 line_ids=line_ids,
             )
-            attached = _attach_all(dispute, _uploads("evidence"), actor)
+            attached = _attach_all(dispute, _uploads("evidence"), actor, store)
     except ValidationFailed as refused:
+        store.discard_saved()
         # NOTE: nothing of the dispute is kept when a file or a value is refused; the form
         # comes back with what was typed and the reason.
         message = _(refused.msgid, **refused.params) if refused.params else _(refused.msgid)
@@ -246,6 +252,7 @@ def new() -> Response:
             form.evidence.errors = [message]
         return _render_new(account, invoice, form, 422, message)
     except Conflict as conflict:
+        store.discard_saved()
         # NOTE: the lines are already in another open question (a double submit lands here):
         # the form comes back saying so, nothing is opened twice.
         message = _(conflict.msgid, **conflict.params) if conflict.params else _(conflict.msgid)
@@ -317,11 +324,13 @@ def message(public_id: str) -> Response:
     if not form.validate():
         return _render_detail(dispute, form, 422, form.first_error())
     actor = _actor()
+    store = evidence_store()
     try:
         with db.session.begin_nested():
             written = services.add_message(db.session, dispute, body=form.body.data, actor=actor)
-            _attach_all(dispute, files, actor, message=written)
+            _attach_all(dispute, files, actor, store, message=written)
     except ValidationFailed as refused:
+        store.discard_saved()
         text = _(refused.msgid, **refused.params) if refused.params else _(refused.msgid)
         form.evidence.errors = [text]
         return _render_detail(dispute, form, 422, text)
