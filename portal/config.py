@@ -159,6 +159,14 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         # The worker's job queue (portal/worker.py): redis://… in production; unset = a SQLite
         # file beside the database. Periodic jobs: WORKER_SCHEDULE_<JOB> cron lines.
         "JOB_QUEUE_URL": env("JOB_QUEUE_URL", ""),
+        # Disputes (issue 11): support answers within this many business hours (16 = two
+        # 9-to-17 days) of the merchant's week in PORTAL_TIMEZONE; evidence files up to
+        # EVIDENCE_MAX_BYTES each, kept in ATTACHMENTS_DIR (outside static/).
+        "DISPUTE_RESPONSE_BUSINESS_HOURS": int(env("DISPUTE_RESPONSE_BUSINESS_HOURS", "16")),
+        "DISPUTE_BUSINESS_DAY_START": int(env("DISPUTE_BUSINESS_DAY_START", "9")),
+        "DISPUTE_BUSINESS_DAY_END": int(env("DISPUTE_BUSINESS_DAY_END", "17")),
+        "EVIDENCE_MAX_BYTES": int(env("EVIDENCE_MAX_BYTES", str(5 * 1024 * 1024))),
+        "ATTACHMENTS_DIR": env("ATTACHMENTS_DIR", str(instance_path / "attachments")),
     }
 
 

@@ -14,13 +14,20 @@ from portal.billing.models import (
     NumberSeries,
 )
 from portal.db import Base
-from portal.disputes.models import Attachment, Dispute, DisputeLine, DisputeMessage
 from portal.notifications.models import (
     EmailPreference,
     OutboxEmail,
     PaymentRetry,
     ReminderSent,
     SyncCursor,
+)
+from portal.disputes.models import (
+    ApprovalRequest,
+    Attachment,
+    Dispute,
+    DisputeEvent,
+    DisputeLine,
+    DisputeMessage,
 )
 from portal.payments.models import (
     Payment,
@@ -45,12 +52,14 @@ from portal.subscriptions.models import (
 __all__ = [
     "Account",
     "AccountBalance",
+    "ApprovalRequest",
     "Attachment",
     "AuditEvent",
     "Base",
     "CreditNote",
     "CreditNoteLine",
     "Dispute",
+    "DisputeEvent",
     "DisputeLine",
     "DisputeMessage",
     "EmailPreference",

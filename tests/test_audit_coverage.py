@@ -328,6 +328,38 @@ def _subscriber_then(path: str, **data: str) -> Scenario:
 
     return setup
 
+# -- disputes (issue 11) ---------------------------------------------------------------------
+
+
+def _disputing_customer(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    account = make_account(session)
+    login_as(client, make_user(session, account=account))
+    ctx["invoice"] = make_invoice(session, account, (1500, 500))
+
+
+def _open_dispute_form(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+    return client.post(
+        f"/disputes/new?invoice={ctx['invoice'].number}",
+        data={
+            "scope": "lines",
+            "lines": ["1"],
+            "amount": "5",
+            "reason": "wrong_amount",
+            "description": "Too much.",
+        },
+    )
+
+
+def _with_dispute(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    from portal.disputes.models import Dispute
+
+    _disputing_customer(client, session, ctx)
+    session.commit()
+    assert _open_dispute_form(client, session, ctx).status_code == 303
+    ctx["dispute"] = session.scalar(
+        select(Dispute.public_id).where(Dispute.invoice_id == ctx["invoice"].id)
+    )
+
 
 SCENARIOS.update(
     {
@@ -362,6 +394,17 @@ SCENARIOS.update(
             _sub_post("/withdraw"),
         ),
         "subscriptions.accept_offer": (_subscriber, _sub_post("/offer")),
+        "disputes.new": (_disputing_customer, _open_dispute_form),
+        "disputes.message": (
+            _with_dispute,
+            lambda c, s, ctx: c.post(
+                f"/disputes/{ctx['dispute']}/messages", data={"body": "Any news?"}
+            ),
+        ),
+        "disputes.withdraw": (
+            _with_dispute,
+            lambda c, s, ctx: c.post(f"/disputes/{ctx['dispute']}/withdraw"),
+        ),
     }
 )
 

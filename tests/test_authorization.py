@@ -25,6 +25,7 @@ from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
 from tests.notifications.auth_objects import dead_letter
 from tests.notifications.deep_link_objects import owner_deep_link
+from tests.disputes.auth_objects import owner_attachment, owner_dispute
 from tests.payments.auth_objects import owner_attempt, owner_card
 from tests.subscriptions.auth_objects import owner_subscription
 
@@ -195,6 +196,26 @@ RULES: dict[tuple[str, str], Rule] = {
     ("subscriptions.accept_offer", "POST"): Rule(
         "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/offer", own_object(422)
     ),
+    # Disputes (issue 11): another account's invoice, dispute or file is a 404 like a missing
+    # one; staff work disputes in the console, not on customer pages.
+    ("disputes.index", "GET"): Rule("GET", lambda w: "/disputes", signed_in_only()),
+    ("disputes.new", "GET"): Rule(
+        "GET", lambda w: f"/disputes/new?invoice={w.invoice.number}", own_object()
+    ),
+    # An empty form: the owner gets it back with messages, nothing is opened.
+    ("disputes.new", "POST"): Rule(
+        "POST", lambda w: f"/disputes/new?invoice={w.invoice.number}", own_object(422)
+    ),
+    ("disputes.detail", "GET"): Rule(
+        "GET", lambda w: f"/disputes/{owner_dispute(w)}", own_object()
+    ),
+    ("disputes.message", "POST"): Rule(
+        "POST", lambda w: f"/disputes/{owner_dispute(w)}/messages", own_object(422)
+    ),
+    ("disputes.withdraw", "POST"): Rule(
+        "POST", lambda w: f"/disputes/{owner_dispute(w)}/withdraw", own_object(303)
+    ),
+    ("disputes.attachment", "GET"): Rule("GET", owner_attachment, own_object()),
 }
 
 # Notifications (issue 12). A deep link from an email: anyone may see its confirm page (a mail

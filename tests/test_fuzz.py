@@ -263,6 +263,8 @@ def test_no_route_answers_500_to_hostile_input(app: Flask, session: Session) -> 
         "token": "not-a-token",
         "session_id": "not-a-session",
         "email_id": "1",  # issue 12: /staff/outbox/<email_id>/retry
+        # Disputes (issue 11): an evidence file of a dispute.
+        "file_id": "not-a-file",
     }
     segment = st.one_of(st.sampled_from(HOSTILE), any_text.filter(bool))
     failures: list[str] = []

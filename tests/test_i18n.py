@@ -312,6 +312,10 @@ SIGNED_IN_PAGES = [
     pytest.param("subscription", "subscription:", id="subscription"),
     pytest.param("subscription change", "subscription:/change", id="subscription-change"),
     pytest.param("subscription cancel", "subscription:/cancel", id="subscription-cancel"),
+    # Disputes (issue 11)
+    pytest.param("disputes", "/disputes", id="disputes"),
+    pytest.param("question a charge", "dispute-new", id="dispute-new"),
+    pytest.param("dispute", "dispute", id="dispute"),
 ]
 
 
@@ -328,6 +332,14 @@ def test_every_word_on_the_page_is_marked(
             select(Subscription.public_id).where(Subscription.account_id == world.account.id)
         )
         path = f"/subscriptions/{public_id}{path.removeprefix('subscription:')}"
+    if path == "dispute-new":
+        path = f"/disputes/new?invoice={world.open.number}"
+    if path == "dispute":
+        from tests.factories import make_dispute
+
+        dispute = make_dispute(session, world.account, world.open, 500, description="Item 1")
+        session.commit()
+        path = f"/disputes/{dispute.public_id}"
     html = _page(client, world, path)
     assert 'lang="de"' in html, "the page should be written in the pseudo language"
     assert unmarked_text(html, world.data(pseudo_app)) == [], f"unmarked text on {name}"
