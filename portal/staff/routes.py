@@ -15,26 +15,27 @@ from flask import (
 from flask_babel import gettext as _
 from flask_limiter.util import get_remote_address
 
-from portal.accounts.models import User
+from portal.accounts.models import Account, User
+from portal.audit.services import Actor
 from portal.auth import limits, safe_next
 from portal.auth.sessions import session_user_id, signed_in_user
 from portal.db import begin_write, has_pending_changes
 from portal.extensions import db, limiter, login_manager
-from portal.staff import services
-from portal.staff.forms import EnrolmentForm, SecondFactorForm
-from portal.web import see_other
+from portal.staff import queries, services, view_as
+from portal.staff.access import MFA_KEY, second_factor_passed
+from portal.staff.forms import (
+    AuditFilterForm,
+    CustomerSearchForm,
+    EnrolmentForm,
+    SecondFactorForm,
+    page_number,
+)
+from portal.web import render_page, see_other
 
 bp = Blueprint("staff", __name__, url_prefix="/staff")
 
-MFA_KEY = "mfa_passed_for"
 STAFF_NEXT_KEY = "staff_next"
 SECOND_FACTOR_PAGES = {"staff.totp_setup", "staff.totp_verify"}
-
-
-def second_factor_passed() -> bool:
-    """True once this session (not just this user) passed TOTP; a new sign-in starts over."""
-    current = session_user_id()
-    return current is not None and session.get(MFA_KEY) == current
 
 
 def _staff_user() -> User:
@@ -58,6 +59,21 @@ def require_staff_and_second_factor() -> Response | None:
     if user.totp_confirmed_at is None:
         return see_other(url_for("staff.totp_setup"))
     return see_other(url_for("staff.totp_verify"))
+
+
+@bp.context_processor
+def staff_globals() -> dict[str, object]:
+    return {
+        "staff_endpoints": frozenset(current_app.view_functions),
+        "pending_approvals": _pending_approvals(),
+    }
+
+
+def _pending_approvals() -> int:
+    user = signed_in_user()
+    if user is None or not user.is_staff or not second_factor_passed():
+        return 0
+    return queries.pending_approval_count(db.session)
 
 
 def _after_second_factor() -> Response:
@@ -169,3 +185,105 @@ def totp_verify() -> Response | tuple[str, int] | str:
                 _("That code did not work. Codes change every 30 seconds: try the current one.")
             ]
     return render_template("staff/totp_verify.html", form=form), 422
+
+
+def _actor() -> Actor:
+    return Actor("staff", _staff_user().id, request.remote_addr)
+
+
+def _account_or_404(public_id: str) -> Account:
+    account = queries.account_by_public_id(db.session, public_id[:24])
+    if account is None:
+        abort(404)
+    return account
+
+
+# -- customer lookup and "view as customer" -------------------------------------------------
+
+
+@bp.get("/customers")
+def customers() -> Response:
+    form = CustomerSearchForm(request.args)
+    page = None
+    error = ""
+    if form.validate() and (form.q.data or "").strip():
+        page = queries.paginate(
+            db.session,
+            queries.customer_search(form.q.data),
+            page_number(request.args.get("page")),
+        )
+    elif form.errors:
+        error = form.first_error()
+    return render_page(
+        "staff/customers.html",
+        "staff/_customer_rows.html",
+        form=form,
+        results=page,
+        error=error,
+        q=(form.q.data or "").strip(),
+    )
+
+
+@bp.get("/customers/<public_id>")
+def customer(public_id: str) -> Response:
+    account = _account_or_404(public_id)
+    context = queries.account_context(db.session, account, recent=10)
+    return render_page("staff/customer.html", context=context, customer=account)
+
+
+@bp.post("/customers/<public_id>/view-as")
+def view_as_start(public_id: str) -> Response:
+    account = _account_or_404(public_id)
+    view_as.start(account)
+    _actor().record(
+        db.session,
+        "staff.view_as_started",
+        account_id=account.id,
+        target_type="account",
+        target_id=account.public_id,
+    )
+    return see_other(url_for("billing.dashboard"))
+
+
+@bp.post("/view-as/end")
+def view_as_end() -> Response:
+    viewed = view_as.viewed_account()
+    view_as.stop()
+    if viewed is None:
+        return see_other(url_for("staff.customers"))
+    _actor().record(
+        db.session,
+        "staff.view_as_ended",
+        account_id=viewed.id,
+        target_type="account",
+        target_id=viewed.public_id,
+    )
+    return see_other(url_for("staff.customer", public_id=viewed.public_id))
+
+
+# -- the audit log --------------------------------------------------------------------------
+
+
+@bp.get("/audit")
+def audit() -> Response:
+    form = AuditFilterForm(request.args)
+    error = ""
+    if form.validate():
+        filters = form.filters()
+    else:
+        error = form.first_error()
+        filters = queries.AuditFilters()
+    page = queries.paginate(
+        db.session, queries.audit_events(filters), page_number(request.args.get("page"))
+    )
+    users = queries.users_by_id(db.session, {e.actor_user_id for e in page.rows if e.actor_user_id})
+    accounts = queries.accounts_by_id(db.session, {e.account_id for e in page.rows if e.account_id})
+    return render_page(
+        "staff/audit.html",
+        "staff/_audit_rows.html",
+        form=form,
+        results=page,
+        error=error,
+        users=users,
+        accounts=accounts,
+    )
