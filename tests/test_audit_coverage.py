@@ -276,6 +276,22 @@ SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
             headers={"Stripe-Signature": sign(ctx["body"]), "Content-Type": "application/json"},
         ),
     ),
+    # Support console (issue 11).
+    "staff.view_as_start": (
+        lambda c, s, ctx: (
+            login_as(c, make_user(s, staff_role="support")),
+            ctx.update(account=make_account(s)),
+        ),
+        lambda c, s, ctx: c.post(f"/staff/customers/{ctx['account'].public_id}/view-as"),
+    ),
+    "staff.view_as_end": (
+        lambda c, s, ctx: (
+            login_as(c, make_user(s, staff_role="support")),
+            s.commit(),
+            c.post(f"/staff/customers/{make_account(s).public_id}/view-as"),
+        ),
+        lambda c, s, ctx: c.post("/staff/view-as/end"),
+    ),
 }
 
 SKIPPED: dict[str, str] = {

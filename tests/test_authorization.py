@@ -25,7 +25,7 @@ from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
 from tests.payments.auth_objects import owner_attempt, owner_card
 
-ROLES = ("anonymous", "owner", "other", "support", "admin")
+ROLES = ("anonymous", "owner", "other", "support", "admin", "view_as")
 SELLER = {"name": "Seller Ltd.", "address": "1 Street", "tax_id": "X1", "email": "s@example.com"}
 
 
@@ -154,7 +154,30 @@ RULES: dict[tuple[str, str], Rule] = {
         "POST", lambda w: f"/payment-methods/{owner_card(w)}/remove", own_object(200)
     ),
     ("checkout.stripe_webhook", "POST"): Rule("POST", lambda w: "/webhooks/stripe", public(400)),
+    # Support console (issue 11). "view_as" is a support user viewing the owner's account as
+    # its customer sees it: see view_as_expectation for what it gets when a rule is silent.
+    ("staff.customers", "GET"): Rule("GET", lambda w: "/staff/customers?q=owner", staff_only()),
+    ("staff.customer", "GET"): Rule(
+        "GET", lambda w: f"/staff/customers/{w.account.public_id}", staff_only()
+    ),
+    ("staff.view_as_start", "POST"): Rule(
+        "POST", lambda w: f"/staff/customers/{w.account.public_id}/view-as", staff_only(303)
+    ),
+    ("staff.view_as_end", "POST"): Rule("POST", lambda w: "/staff/view-as/end", staff_only(303)),
+    ("staff.audit", "GET"): Rule("GET", lambda w: "/staff/audit?action=staff.", staff_only()),
 }
+
+# While viewing as a customer, a request that changes state is refused (403), except these.
+VIEW_AS_ALLOWED = {"staff.view_as_end", "auth.logout", "auth.consume"}
+
+
+def view_as_expectation(endpoint: str, rule: Rule) -> int:
+    """What a staff member viewing the owner's portal gets when the rule says nothing: a
+    read exactly as the owner (customer pages) or as staff (staff pages), never a change."""
+    if rule.method != "GET" and endpoint not in VIEW_AS_ALLOWED:
+        return 403
+    return rule.expect["support" if endpoint.startswith("staff.") else "owner"]
+
 
 IGNORED_ENDPOINTS = {"static"}
 
@@ -219,12 +242,16 @@ def test_every_route_answers_each_role_as_declared(
     failures = []
     for (endpoint, _method), rule in sorted(RULES.items()):
         client: FlaskClient = app.test_client()
-        user = getattr(world, role, None) if role != "anonymous" else None
+        user = getattr(world, role, None) if role not in ("anonymous", "view_as") else None
         if user is not None:
             login_as(client, user)
+        if role == "view_as":
+            login_as(client, world.support)
+            started = client.post(f"/staff/customers/{world.account.public_id}/view-as")
+            assert started.status_code == 303
         path = rule.path(world)
         response = client.open(path, method=rule.method)
-        expected = rule.expect[role]
+        expected = view_as_expectation(endpoint, rule) if role == "view_as" else rule.expect[role]
         if response.status_code != expected:
             failures.append(
                 f"{rule.method} {path} ({endpoint}) as {role}: "
