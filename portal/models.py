@@ -14,7 +14,14 @@ from portal.billing.models import (
     NumberSeries,
 )
 from portal.db import Base
-from portal.disputes.models import Attachment, Dispute, DisputeLine, DisputeMessage
+from portal.disputes.models import (
+    ApprovalRequest,
+    Attachment,
+    Dispute,
+    DisputeEvent,
+    DisputeLine,
+    DisputeMessage,
+)
 from portal.notifications.models import OutboxEmail
 from portal.payments.models import (
     Payment,
@@ -30,12 +37,14 @@ from portal.subscriptions.models import Plan, Price, PriceTier, Subscription, Us
 __all__ = [
     "Account",
     "AccountBalance",
+    "ApprovalRequest",
     "Attachment",
     "AuditEvent",
     "Base",
     "CreditNote",
     "CreditNoteLine",
     "Dispute",
+    "DisputeEvent",
     "DisputeLine",
     "DisputeMessage",
     "Invoice",

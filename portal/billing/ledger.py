@@ -20,6 +20,9 @@ _SIGN = {
     LedgerKind.INVOICE_VOID: -1,
     LedgerKind.PAYMENT: -1,
     LedgerKind.CREDIT_NOTE: -1,
+    LedgerKind.CHARGEBACK: 1,
+    LedgerKind.CHARGEBACK_FEE: 1,
+    LedgerKind.CHARGEBACK_REVERSAL: -1,
 }
 
 

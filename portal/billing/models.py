@@ -50,6 +50,11 @@ class LedgerKind(StrEnum):
     PAYMENT = "payment"
     CREDIT_NOTE = "credit_note"
     REFUND = "refund"
+    # Card chargebacks (issue 11): the bank takes the payment back, Stripe's fee for it, and
+    # the money returned when the chargeback is won.
+    CHARGEBACK = "chargeback"
+    CHARGEBACK_FEE = "chargeback_fee"
+    CHARGEBACK_REVERSAL = "chargeback_reversal"
 
 
 class CreditNoteReason(StrEnum):
@@ -95,9 +100,11 @@ class Invoice(Base):
         CheckConstraint("total_minor >= 0", name="total_non_negative"),
         CheckConstraint("amount_paid_minor >= 0", name="amount_paid_non_negative"),
         CheckConstraint("amount_credited_minor >= 0", name="amount_credited_non_negative"),
-        CheckConstraint(
-            "amount_paid_minor + amount_credited_minor <= total_minor", name="not_overpaid"
-        ),
+        # NOTE: a paid invoice can still be credited (issue 11): what the credit finds nothing
+        # left to reduce becomes credit on the account's balance (or is refunded), so paid and
+        # credited are each bounded by the total, not their sum.
+        CheckConstraint("amount_paid_minor <= total_minor", name="not_overpaid"),
+        CheckConstraint("amount_credited_minor <= total_minor", name="not_overcredited"),
         CheckConstraint("(status = 'draft') = (number IS NULL)", name="number_iff_finalized"),
         CheckConstraint("due_date IS NULL OR due_date >= issue_date", name="due_after_issue"),
         UniqueConstraint("series_key", "sequence"),
@@ -152,15 +159,13 @@ class Invoice(Base):
         """What is left to pay (0 on drafts and void invoices)."""
         if self.status in _OWES_NOTHING:
             return 0
-        return self.total_minor - self.amount_paid_minor - self.amount_credited_minor
+        return max(self.total_minor - self.amount_paid_minor - self.amount_credited_minor, 0)
 
     @amount_due_minor.inplace.expression
     @classmethod
     def _amount_due_minor_sql(cls) -> ColumnElement[int]:
-        return case(
-            (cls.status.in_(_OWES_NOTHING), 0),
-            else_=cls.total_minor - cls.amount_paid_minor - cls.amount_credited_minor,
-        )
+        left = cls.total_minor - cls.amount_paid_minor - cls.amount_credited_minor
+        return case((cls.status.in_(_OWES_NOTHING), 0), (left < 0, 0), else_=left)
 
     @hybrid_property
     def is_payable(self) -> bool:
@@ -296,8 +301,9 @@ class LedgerEntry(Base):
         CheckConstraint(one_of("kind", LedgerKind), name="kind_valid"),
         # NOTE: the sign is fixed by the kind: what raises the balance is positive.
         CheckConstraint(
-            "(kind IN ('invoice', 'refund') AND amount_minor > 0)"
-            " OR (kind IN ('invoice_void', 'payment', 'credit_note') AND amount_minor < 0)",
+            "(kind IN ('invoice', 'refund', 'chargeback', 'chargeback_fee') AND amount_minor > 0)"
+            " OR (kind IN ('invoice_void', 'payment', 'credit_note', 'chargeback_reversal')"
+            " AND amount_minor < 0)",
             name="sign_matches_kind",
         ),
         Index(
@@ -312,7 +318,7 @@ class LedgerEntry(Base):
     id: Mapped[intpk]
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="RESTRICT"))
     currency: Mapped[str] = mapped_column(String(3))
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(24))
     amount_minor: Mapped[money_minor]
     effective_at: Mapped[datetime]
     description: Mapped[str] = mapped_column(String(255))

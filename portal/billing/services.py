@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal import clock
@@ -40,6 +41,10 @@ INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
     InvoiceStatus.PAID: frozenset(),
     InvoiceStatus.VOID: frozenset(),
 }
+
+# NOTE: what can be credited: any issued invoice that is not void, paid ones included (issue
+# 11: the credit on a paid invoice becomes credit on the balance, or a refund).
+CREDITABLE_STATUSES = (*OPEN_STATUSES, InvoiceStatus.PAID.value)
 
 
 class InvoiceImmutable(Conflict):
@@ -332,17 +337,24 @@ def issue_credit_note(
     issued_at: datetime | None = None,
     actor: Actor = SYSTEM,
 ) -> CreditNote:
-    """Reduce what is owed on an open invoice; the invoice itself stays as it was issued."""
-    if invoice.status not in OPEN_STATUSES:
-        raise Conflict(N_("Only an unpaid, issued invoice can be credited."))
+    """Reduce what an issued invoice asks for; the invoice itself stays as it was issued.
+
+    NOTE: an open invoice's credit first reduces what is left to pay; on a paid (or partly
+    paid) invoice what the credit finds nothing left to reduce lowers the account's balance
+    below zero: credit the customer keeps for the next invoice, or that support refunds.
+    Either way the ledger gets one credit-note entry, so the statement shows it.
+    """
+    if invoice.status not in CREDITABLE_STATUSES:
+        raise Conflict(N_("Only an issued invoice that is not void can be credited."))
     if amount.currency != invoice.currency or amount.minor <= 0:
         raise ValidationFailed(N_("A credit must be a positive amount in the invoice's currency."))
-    if amount > invoice.amount_due:
+    if amount.minor > invoice.total_minor - invoice.amount_credited_minor:
         raise ValidationFailed(
-            N_("A credit cannot be more than what is left to pay on the invoice.")
+            N_("A credit cannot be more than the invoice's total less what is already credited.")
         )
     if lines and sum(part.minor for _, _, part in lines) != amount.minor:
         raise ValidationFailed(N_("The credited lines must add up to the credit."))
+    _check_line_credits(session, invoice, lines)
     account = invoice.account
     when = issued_at or clock.now()
     sequence = next_in_series(session, credit_note_series_key(account))
@@ -381,7 +393,7 @@ def issue_credit_note(
         description=f"Credit note {note.number} for {invoice.number}",
         invoice_id=invoice.id,
     )
-    if invoice.amount_due_minor == 0:
+    if invoice.status in OPEN_STATUSES and invoice.amount_due_minor == 0:
         transition(session, invoice, InvoiceStatus.PAID, actor)
         invoice.paid_at = when
     actor.record(
@@ -394,6 +406,38 @@ def issue_credit_note(
     )
     session.flush()
     return note
+
+
+def line_credited_minor(session: Session, line_ids: Sequence[int]) -> dict[int, int]:
+    """What credit notes have already given back on each invoice line (lines without any are
+    absent)."""
+    if not line_ids:
+        return {}
+    rows = session.execute(
+        select(CreditNoteLine.invoice_line_id, func.sum(CreditNoteLine.amount_minor))
+        .where(CreditNoteLine.invoice_line_id.in_(sorted(set(line_ids))))
+        .group_by(CreditNoteLine.invoice_line_id)
+    )
+    return {line_id: int(total) for line_id, total in rows if line_id is not None}
+
+
+def line_charged_minor(line: InvoiceLine) -> int:
+    """What the customer was charged for one line: its amount and its tax."""
+    return line.amount_minor + line.tax_minor
+
+
+def _check_line_credits(
+    session: Session, invoice: Invoice, lines: Sequence[tuple[InvoiceLine | None, str, Money]]
+) -> None:
+    chosen = [(line, part) for line, _, part in lines if line is not None]
+    credited = line_credited_minor(session, [line.id for line, _ in chosen])
+    for line, part in chosen:
+        if line.invoice_id != invoice.id:
+            raise ValidationFailed(N_("A credit can only name lines of its own invoice."))
+        left = line_charged_minor(line) - credited.get(line.id, 0)
+        if part.minor <= 0 or part.minor > left:
+            raise ValidationFailed(N_("A line cannot be credited more than was charged for it."))
+        credited[line.id] = credited.get(line.id, 0) + part.minor
 
 
 def void_invoice(

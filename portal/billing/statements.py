@@ -51,6 +51,9 @@ KIND_LABELS = {
     LedgerKind.PAYMENT.value: N_("Payment"),
     LedgerKind.CREDIT_NOTE.value: N_("Credit note"),
     LedgerKind.REFUND.value: N_("Refund"),
+    LedgerKind.CHARGEBACK.value: N_("Card payment disputed with the bank"),
+    LedgerKind.CHARGEBACK_FEE.value: N_("Bank dispute fee"),
+    LedgerKind.CHARGEBACK_REVERSAL.value: N_("Bank dispute decided for us: payment restored"),
 }
 
 

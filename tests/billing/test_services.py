@@ -250,8 +250,59 @@ def test_a_credit_note_covering_the_rest_pays_off_the_invoice(session: Session) 
     assert invoice.amount_due_minor == 0
     assert invoice.paid_at == T0
     assert ledger.balance(session, account.id, "USD") == Money.zero("USD")
-    with pytest.raises(Conflict):  # nothing is left to credit
-        services.issue_credit_note(session, invoice, Money(1, "USD"), reason="goodwill")
+    with pytest.raises(ValidationFailed):  # more than the total less what is credited
+        services.issue_credit_note(session, invoice, Money(1201, "USD"), reason="goodwill")
+
+
+def test_a_credit_note_on_a_paid_invoice_becomes_credit_on_the_balance(session: Session) -> None:
+    account = make_account(session)
+    invoice = make_invoice(session, account, [2000])
+    pay(session, invoice, 2000)
+    note = services.issue_credit_note(
+        session, invoice, Money(700, "USD"), reason="dispute", issued_at=T0
+    )
+    assert invoice.status == InvoiceStatus.PAID
+    assert (invoice.amount_paid_minor, invoice.amount_credited_minor) == (2000, 700)
+    assert invoice.amount_due_minor == 0
+    assert not invoice.is_payable
+    # the customer now has 7.00 in credit, and the ledger (so the statement) says why
+    assert ledger.balance(session, account.id, "USD") == Money(-700, "USD")
+    [credit] = [e for e in entries_of(session, account) if e.kind == LedgerKind.CREDIT_NOTE]
+    assert (credit.amount_minor, credit.source_ref) == (-700, f"credit_note:{note.id}")
+    # what is left to credit is the total less what is credited, never more
+    with pytest.raises(ValidationFailed):
+        services.issue_credit_note(session, invoice, Money(1301, "USD"), reason="dispute")
+    services.issue_credit_note(session, invoice, Money(1300, "USD"), reason="dispute")
+    assert ledger.balance(session, account.id, "USD") == Money(-2000, "USD")
+
+
+def test_a_line_cannot_be_credited_beyond_what_it_charged(session: Session) -> None:
+    account = make_account(session)
+    invoice = make_invoice(session, account, [1500, 500])
+    first, second = invoice.lines
+    services.issue_credit_note(
+        session,
+        invoice,
+        Money(400, "USD"),
+        reason="dispute",
+        lines=[(second, "Part of the second line", Money(400, "USD"))],
+    )
+    with pytest.raises(ValidationFailed):
+        services.issue_credit_note(
+            session,
+            invoice,
+            Money(101, "USD"),
+            reason="dispute",
+            lines=[(second, "More than is left on it", Money(101, "USD"))],
+        )
+    services.issue_credit_note(
+        session,
+        invoice,
+        Money(1600, "USD"),
+        reason="dispute",
+        lines=[(first, "All of it", Money(1500, "USD")), (second, "The rest", Money(100, "USD"))],
+    )
+    assert invoice.amount_credited_minor == 2000
 
 
 def test_a_credit_note_cannot_exceed_what_is_due(session: Session) -> None:
@@ -428,6 +479,7 @@ def ledger_row(account: Account, **fields: Any) -> dict[str, Any]:
         ("total that does not add up", {"total_minor": 101}),
         ("lowercase currency", {"currency": "usd"}),
         ("overpaid", {"status": "open", "number": "RAW-1", "amount_paid_minor": 101}),
+        ("overcredited", {"status": "open", "number": "RAW-1", "amount_credited_minor": 101}),
         ("number on a draft", {"number": "RAW-1"}),
         ("unknown status", {"status": "settled", "number": "RAW-1"}),
         ("due before issue", {"due_date": date(2026, 2, 28)}),
@@ -447,6 +499,9 @@ def test_the_database_refuses_an_impossible_invoice(
         {"kind": "refund", "amount_minor": -100},
         {"kind": "credit_note", "amount_minor": 100},
         {"kind": "invoice_void", "amount_minor": 100},
+        {"kind": "chargeback", "amount_minor": -100},
+        {"kind": "chargeback_fee", "amount_minor": -100},
+        {"kind": "chargeback_reversal", "amount_minor": 100},
         {"kind": "payment", "amount_minor": 0},
         {"currency": "usd"},
         {"currency": "US"},
