@@ -24,7 +24,7 @@ from portal import clock
 from portal import db as unit_of_work
 from portal.accounts.models import Account
 from portal.db import begin_write
-from portal.payments import services
+from portal.payments import refunds, services
 from portal.payments.gateway import Gateway, GatewayRejected, GatewayUnavailable, Intent
 from portal.payments.models import (
     LIVE_ATTEMPT_STATUSES,
@@ -94,6 +94,9 @@ def reconcile(
         except (GatewayUnavailable, GatewayRejected) as error:
             session.rollback()
             report.unreachable.append(f"attempt {attempt_id}: {error.message}")
+    settled, unreachable = refunds.settle_pending_refunds(session, gw, finish, older_than=min_age)
+    report.settled += settled
+    report.unreachable += unreachable
     _compare_payments(session, gw, report, clock.now() - payments_since)
     return report
 

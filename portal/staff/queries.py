@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session, joinedload
 from portal.accounts.models import Account, Membership, User
 from portal.audit.models import AuditEvent
 from portal.billing import ledger
-from portal.billing.models import Invoice
+from portal.billing.models import CreditNote, CreditNoteLine, Invoice, InvoiceLine
 from portal.billing.money import Money
 from portal.billing.queries import LIST_ONLY, subscriptions_of
-from portal.disputes.models import Dispute
+from portal.disputes.models import ApprovalRequest, ApprovalStatus, Dispute, DisputeLine
 from portal.payments.models import Payment
 from portal.subscriptions.models import Price, Subscription
 
@@ -228,16 +228,51 @@ def account_context(session: Session, account: Account, *, recent: int = 5) -> A
 
 
 def pending_approval_count(session: Session) -> int:
-    """Approval requests waiting for an admin (0 until the approvals model exists)."""
-    try:
-        from portal.disputes.models import ApprovalRequest  # type: ignore[attr-defined]
-    except ImportError:
-        return 0
+    """Approval requests waiting for an admin."""
     return int(
         session.scalar(
             select(func.count())
             .select_from(ApprovalRequest)
-            .where(ApprovalRequest.status == "pending")
+            .where(ApprovalRequest.status == ApprovalStatus.PENDING.value)
         )
         or 0
+    )
+
+
+def dispute_lines(session: Session, dispute: Dispute) -> list[tuple[DisputeLine, InvoiceLine]]:
+    """The invoice lines a dispute questions, with the amount questioned on each."""
+    rows = session.execute(
+        select(DisputeLine, InvoiceLine)
+        .join(InvoiceLine, InvoiceLine.id == DisputeLine.invoice_line_id)
+        .where(DisputeLine.dispute_id == dispute.id)
+        .order_by(InvoiceLine.position)
+    ).all()
+    return [(line, invoice_line) for line, invoice_line in rows]
+
+
+def credited_by_line(session: Session, invoice: Invoice | None) -> dict[int, int]:
+    """What credit notes already gave back per line of the invoice (minor units)."""
+    if invoice is None:
+        return {}
+    rows = session.execute(
+        select(CreditNoteLine.invoice_line_id, func.sum(CreditNoteLine.amount_minor))
+        .join(CreditNote, CreditNote.id == CreditNoteLine.credit_note_id)
+        .where(CreditNote.invoice_id == invoice.id, CreditNoteLine.invoice_line_id.is_not(None))
+        .group_by(CreditNoteLine.invoice_line_id)
+    )
+    return {int(line_id): int(total) for line_id, total in rows}
+
+
+def open_approval(session: Session, dispute: Dispute) -> ApprovalRequest | None:
+    """The approval request of this dispute still waiting (pending) or being carried out."""
+    return session.scalar(
+        select(ApprovalRequest)
+        .where(
+            ApprovalRequest.dispute_id == dispute.id,
+            ApprovalRequest.status.in_(
+                (ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value)
+            ),
+        )
+        .order_by(ApprovalRequest.id.desc())
+        .limit(1)
     )
