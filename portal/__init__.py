@@ -39,6 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from portal.accounts.routes import bp as accounts_bp
     from portal.auth.routes import bp as auth_bp
     from portal.billing.routes import bp as billing_bp
+    from portal.disputes.routes import bp as disputes_bp
     from portal.health import bp as health_bp
     from portal.payments.checkout import bp as checkout_bp
     from portal.payments.routes import bp as payments_bp
@@ -51,6 +52,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(billing_bp)
     app.register_blueprint(payments_bp)
     app.register_blueprint(checkout_bp)
+    app.register_blueprint(disputes_bp)
 
     from portal import auth, formatting, http_errors, i18n, web
 

@@ -148,6 +148,14 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "MAIL_CLAIM_LEASE_SECONDS": int(env("MAIL_CLAIM_LEASE_SECONDS", "300")),
         "MAIL_TIMEOUT_SECONDS": int(env("MAIL_TIMEOUT_SECONDS", "20")),
         "MAX_CONTENT_LENGTH": 12 * 1024 * 1024,
+        # Disputes (issue 11): support answers within this many business hours (16 = two
+        # 9-to-17 days) of the merchant's week in PORTAL_TIMEZONE; evidence files up to
+        # EVIDENCE_MAX_BYTES each, kept in ATTACHMENTS_DIR (outside static/).
+        "DISPUTE_RESPONSE_BUSINESS_HOURS": int(env("DISPUTE_RESPONSE_BUSINESS_HOURS", "16")),
+        "DISPUTE_BUSINESS_DAY_START": int(env("DISPUTE_BUSINESS_DAY_START", "9")),
+        "DISPUTE_BUSINESS_DAY_END": int(env("DISPUTE_BUSINESS_DAY_END", "17")),
+        "EVIDENCE_MAX_BYTES": int(env("EVIDENCE_MAX_BYTES", str(5 * 1024 * 1024))),
+        "ATTACHMENTS_DIR": env("ATTACHMENTS_DIR", str(instance_path / "attachments")),
     }
 
 

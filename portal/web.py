@@ -187,6 +187,7 @@ _NAVIGATION = (
     ("payments.history", _l("Payments")),
     ("checkout.payment_methods", _l("Payment methods")),
     ("subscriptions.index", _l("Subscriptions")),
+    ("disputes.index", _l("Disputes")),
     ("accounts.details", _l("Account")),
 )
 

@@ -142,3 +142,81 @@ def make_price(
         session.add(price)
         session.flush()
     return price
+
+
+# --- disputes (issue 11) -------------------------------------------------------------------
+
+
+def make_dispute(
+    session: Session,
+    account: Account,
+    invoice: Invoice,
+    amount_minor: int | None = None,
+    *,
+    line_ids: Sequence[int] = (),
+    reason: str = "wrong_amount",
+    description: str = "This is not what we agreed.",
+    user: User | None = None,
+) -> Any:
+    """A customer dispute opened through the service (whole invoice unless lines are given)."""
+    from portal.audit.services import Actor
+    from portal.billing.money import Money
+    from portal.disputes import services as disputes
+    from portal.disputes.hours import BusinessHours
+
+    actor = Actor("customer", user.id if user is not None else None)
+    return disputes.open_dispute(
+        session,
+        account=account,
+        invoice=invoice,
+        amount=Money(amount_minor or invoice.total_minor, invoice.currency),
+        reason=reason,
+        description=description,
+        actor=actor,
+        target=disputes.ResponseTarget(16, BusinessHours("UTC")),
+        line_ids=line_ids,
+    )
+
+
+def png_bytes(width: int = 8, height: int = 8) -> bytes:
+    """A real, small PNG (what a phone's screenshot is, in miniature)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(width: int = 8, height: int = 8) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 30, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def pdf_bytes(extra: bytes = b"") -> bytes:
+    """A minimal one-page PDF; `extra` goes into the catalog dictionary."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R " + extra + b">>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+    ]
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)

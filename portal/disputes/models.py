@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,11 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal import clock
 from portal.db import Base, currency_check, intpk, money_minor, one_of, public_id
+
+if TYPE_CHECKING:
+    from portal.accounts.models import Account
+    from portal.billing.models import Invoice
+    from portal.payments.models import Payment
 
 
 class DisputeStatus(StrEnum):
@@ -145,6 +150,9 @@ class Dispute(Base):
     updated_at: Mapped[datetime] = mapped_column(default=clock.now, onupdate=clock.now)
     resolved_at: Mapped[datetime | None]
 
+    account: Mapped[Account] = relationship("Account")
+    invoice: Mapped[Invoice | None] = relationship("Invoice")
+    payment: Mapped[Payment | None] = relationship("Payment")
     lines: Mapped[list[DisputeLine]] = relationship(cascade="all, delete-orphan")
     messages: Mapped[list[DisputeMessage]] = relationship(
         order_by="DisputeMessage.created_at", cascade="all, delete-orphan"
