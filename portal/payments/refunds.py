@@ -62,6 +62,22 @@ def _succeed(session: Session, refund: Refund, payment: Payment, actor: Actor) -
         },
     )
     session.flush()
+    if refund.dispute_id is not None:
+        _resolve_dispute(session, refund, actor)
+
+
+def _resolve_dispute(session: Session, refund: Refund, actor: Actor) -> None:
+    """A refund made to settle a dispute resolves it once the money is confirmed gone back
+    (here, whether the answer came from the call, the webhook or reconcile)."""
+    from portal.disputes import services as disputes
+    from portal.disputes.models import Dispute, DisputeStatus
+    from portal.disputes.queries import OPEN_DISPUTE_STATUSES
+
+    dispute = session.get(Dispute, refund.dispute_id)
+    if dispute is not None and dispute.status in OPEN_DISPUTE_STATUSES:
+        disputes.transition(
+            session, dispute, DisputeStatus.RESOLVED, actor, note=refund.reason, resolution="refund"
+        )
 
 
 def apply_refund_result(

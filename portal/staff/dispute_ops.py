@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from portal.accounts.models import User
 from portal.audit.services import Actor
+from portal.disputes import services as disputes
 from portal.disputes.models import Dispute, DisputeMessage, DisputeStatus
 from portal.disputes.queries import OPEN_DISPUTE_STATUSES
 from portal.errors import N_, Conflict, ValidationFailed
@@ -23,15 +24,11 @@ def _require_open(dispute: Dispute) -> None:
 def reply(session: Session, dispute: Dispute, body: str, *, actor: Actor) -> DisputeMessage:
     """A message the customer sees (their page and the `dispute_replied` email); the first one
     stops the response clock (portal.disputes.services.add_message)."""
-    from portal.disputes import services as disputes  # TODO(merge): top-level import
-
     return disputes.add_message(session, dispute, body=body, actor=actor, is_internal=False)
 
 
 def internal_note(session: Session, dispute: Dispute, body: str, *, actor: Actor) -> DisputeMessage:
     """A note for staff only: never on a customer page, partial, email, PDF or export."""
-    from portal.disputes import services as disputes  # TODO(merge): top-level import
-
     return disputes.add_message(session, dispute, body=body, actor=actor, is_internal=True)
 
 
@@ -62,8 +59,6 @@ def set_status(session: Session, dispute: Dispute, status: str, *, actor: Actor)
     if status not in {s.value for s in MANUAL_STATUSES}:
         raise ValidationFailed(N_("Choose in review or waiting for the customer."))
     _require_open(dispute)
-    from portal.disputes import services as disputes  # TODO(merge): top-level import
-
     disputes.transition(session, dispute, DisputeStatus(status), actor)
     session.flush()
     return dispute
@@ -81,8 +76,6 @@ def close(
     """The last step of every resolution: the status with its timeline entry, the resolution
     and its note, the audit event and the customer's `dispute_resolved` email (all in
     portal.disputes.services.transition)."""
-    from portal.disputes import services as disputes  # TODO(merge): top-level import
-
     return disputes.transition(session, dispute, status, actor, note=note, resolution=resolution)
 
 

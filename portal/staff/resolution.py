@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from portal import clock
 from portal import db as unit_of_work
@@ -30,7 +30,7 @@ from portal.audit.services import Actor
 from portal.billing import services as billing
 from portal.billing.models import CreditNote, CreditNoteReason, Invoice, InvoiceLine
 from portal.billing.money import Money, exponent
-from portal.db import begin_write, has_pending_changes, new_public_id
+from portal.db import begin_write, new_public_id
 from portal.disputes.models import (
     ApprovalKind,
     ApprovalRequest,
@@ -87,9 +87,11 @@ def needs_approval(user: User, amount: Money, limits: Mapping[str, int]) -> bool
 
 
 def lock_dispute(session: Session, public_id: str) -> Dispute:
-    """The dispute, locked and read fresh (the status another request may just have changed)."""
-    if not has_pending_changes(session) and not session.in_transaction():
-        begin_write(session)
+    """The dispute, locked and read fresh (the status another request may just have changed).
+
+    NOTE: the caller's transaction is a writer already (a POST begins IMMEDIATE on SQLite;
+    after the Stripe call begin_write starts one), so on SQLite the lock is the database's.
+    """
     dispute = session.scalar(
         select(Dispute)
         .where(Dispute.public_id == public_id)
@@ -372,7 +374,7 @@ def start_refund(
         dispute_id=dispute.id,
         currency=payment.currency,
         amount_minor=plan.amount.minor,
-        reason=(plan.note or "Dispute resolution")[:255],
+        reason=plan.note.strip()[:255],
         status="pending",
         idempotency_key=f"refund:{refund_public_id}",
         issued_by_user_id=user.id,
@@ -451,16 +453,8 @@ def resolve_by_refund(
     refund = apply_refund_result(
         session, started.refund_id, stripe_refund_id=result.id, status=result.status, actor=actor
     )
-    dispute = lock_dispute(session, public_id)
-    if dispute.status in OPEN_DISPUTE_STATUSES:
-        dispute_ops.close(
-            session,
-            dispute,
-            DisputeStatus.RESOLVED,
-            actor,
-            resolution="refund",
-            note=plan.note,
-        )
+    # NOTE: a succeeded refund resolves its dispute as it is recorded (portal.payments.refunds),
+    # whichever of the answer, the webhook or reconcile records it.
     if approval_id is not None:
         found = session.get(ApprovalRequest, approval_id)
         if found is not None:
@@ -526,8 +520,6 @@ def _ask_for_approval(
 
 
 def lock_approval(session: Session, public_id: str) -> ApprovalRequest:
-    if not has_pending_changes(session) and not session.in_transaction():
-        begin_write(session)
     request = session.scalar(
         select(ApprovalRequest)
         .where(ApprovalRequest.public_id == public_id)
@@ -557,6 +549,7 @@ def _decide(request: ApprovalRequest, decider: User, status: ApprovalStatus, not
 def _done(request: ApprovalRequest) -> None:
     request.status = ApprovalStatus.DONE.value
     request.done_at = clock.now()
+    object_session(request).flush()  # type: ignore[union-attr]
 
 
 def decline_approval(
