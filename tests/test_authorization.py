@@ -21,6 +21,7 @@ from portal.accounts.models import Account, Membership, User
 from portal.billing import services as billing
 from portal.billing.models import Invoice
 from portal.billing.money import Money
+from portal.extensions import db
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
 from tests.payments.auth_objects import owner_attempt, owner_card
@@ -165,6 +166,33 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("staff.view_as_end", "POST"): Rule("POST", lambda w: "/staff/view-as/end", staff_only(303)),
     ("staff.audit", "GET"): Rule("GET", lambda w: "/staff/audit?action=staff.", staff_only()),
+    ("staff.dispute", "GET"): Rule(
+        "GET", lambda w: f"/staff/disputes/{owner_dispute(w)}", staff_only()
+    ),
+    # Empty forms: assigning nobody is a change (303); the rest ask for what is missing (422).
+    ("staff.dispute_assign", "POST"): Rule(
+        "POST", lambda w: f"/staff/disputes/{owner_dispute(w)}/assign", staff_only(303)
+    ),
+    **{
+        (f"staff.dispute_{action}", "POST"): Rule(
+            "POST",
+            lambda w, action=action: f"/staff/disputes/{owner_dispute(w)}/{action}",
+            staff_only(422),
+        )
+        for action in ("reply", "note", "status", "credit", "refund", "reject")
+    },
+    ("staff.approvals", "GET"): Rule("GET", lambda w: "/staff/approvals", staff_only()),
+    # Only an admin decides (support: 403); each rule gets its own request, asked by support.
+    ("staff.approval_approve", "POST"): Rule(
+        "POST",
+        lambda w: f"/staff/approvals/{owner_approval(w, 'approve')}/approve",
+        {**staff_only(303), "support": 403},
+    ),
+    ("staff.approval_decline", "POST"): Rule(
+        "POST",
+        lambda w: f"/staff/approvals/{owner_approval(w, 'decline')}/decline",
+        {**staff_only(303), "support": 403},
+    ),
 }
 
 # While viewing as a customer, a request that changes state is refused (403), except these.
@@ -180,6 +208,44 @@ def view_as_expectation(endpoint: str, rule: Rule) -> int:
 
 
 IGNORED_ENDPOINTS = {"static"}
+
+
+def owner_dispute(w: World) -> str:
+    """A dispute of the owner's invoice (made once per world)."""
+    if "dispute" not in w.extra:
+        from tests.factories import make_dispute
+
+        session = db.session
+        w.extra["dispute"] = make_dispute(session, w.account, w.invoice, 1000).public_id
+        session.commit()
+    return w.extra["dispute"]
+
+
+def owner_approval(w: World, key: str) -> str:
+    """A credit above support's limit on a dispute of its own, waiting for an admin."""
+    if key not in w.extra:
+        from portal.disputes.models import ApprovalRequest
+        from tests.factories import make_dispute
+
+        session = db.session
+        invoice = billing.create_draft_invoice(
+            session, w.account, [billing.LineInput(description="Seats", unit_amount_minor=90000)]
+        )
+        billing.finalize_invoice(session, invoice, seller=SELLER)
+        dispute = make_dispute(session, w.account, invoice, 50000)
+        request = ApprovalRequest(
+            kind="credit_note",
+            dispute_id=dispute.id,
+            account_id=w.account.id,
+            currency="USD",
+            amount_minor=50000,
+            payload={"lines": [], "memo": ""},
+            requested_by_user_id=w.support.id,
+        )
+        session.add(request)
+        session.commit()
+        w.extra[key] = request.public_id
+    return w.extra[key]
 
 
 def _make_customer(session: Session, email: str, name: str, prefix: str) -> tuple[User, Account]:
