@@ -105,7 +105,9 @@ class SlowGateway:
         with self.lock:
             self.calls += 1
         time.sleep(0.2)
-        return RefundResult(id=f"re_{idempotency_key[-8:]}", status="succeeded", amount=amount_minor)
+        return RefundResult(
+            id=f"re_{idempotency_key[-8:]}", status="succeeded", amount=amount_minor
+        )
 
 
 def test_a_double_submitted_refund_makes_one_refund(
@@ -125,7 +127,9 @@ def test_a_double_submitted_refund_makes_one_refund(
         assert sorted(statuses) == [303] + [409] * (TRIES - 1), statuses
         assert gw.calls == 1
         with app.app_context():
-            refunds = db.session.scalars(select(Refund).where(Refund.dispute_id == w["dispute_id"])).all()
+            refunds = db.session.scalars(
+                select(Refund).where(Refund.dispute_id == w["dispute_id"])
+            ).all()
             assert [r.status for r in refunds] == ["succeeded"]
             entries = db.session.scalar(
                 select(func.count())
