@@ -54,6 +54,5 @@ def test_the_database_refuses_update_and_delete(session: Session) -> None:
         text("UPDATE audit_events SET action = 'raw'"),
         text("DELETE FROM audit_events"),
     ):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with session.begin_nested():
-                session.execute(statement)
+        with pytest.raises(DBAPIError, match="append-only"), session.begin_nested():
+            session.execute(statement)

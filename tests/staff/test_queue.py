@@ -1,4 +1,4 @@
-"""The dispute queue: filters, sorting, the deadline indicator, pages, HTMX partial, no JS needed."""
+"""The dispute queue: filters, sorting, the deadline indicator, pages, an HTMX partial."""
 
 from __future__ import annotations
 
