@@ -234,6 +234,21 @@ def moment(value: datetime | None, locale: str | None = None) -> str:
     return _moment_pattern(identifier).apply(local, _parsed_locale(identifier))
 
 
+def weekday(value: datetime | None, locale: str | None = None) -> str:
+    """The day of the week of a moment, in the account's time zone and language: "Thursday"
+    (for "we answer by Thursday")."""
+    if value is None:
+        return ""
+    identifier = locale or _locale()
+    local = _aware(value).astimezone(_timezone())
+    return _weekday_pattern().apply(local, _parsed_locale(identifier))
+
+
+@lru_cache(maxsize=1)
+def _weekday_pattern() -> DateTimePattern:
+    return parse_date_pattern("EEEE")
+
+
 # Stripe's card brand codes and the names the card networks write themselves.
 CARD_BRANDS = {
     "amex": "American Express",
@@ -401,6 +416,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(money_minor)
     app.add_template_filter(day)
     app.add_template_filter(moment)
+    app.add_template_filter(weekday)
     app.add_template_filter(card)
     app.add_template_filter(country_name)
     app.add_template_filter(address_lines)

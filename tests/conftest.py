@@ -4,6 +4,7 @@ transaction, against a schema built by the migrations."""
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,6 +108,8 @@ def make_config(database_url: str, **overrides: Any) -> dict[str, Any]:
         "SERVER_NAME": None,
         # NOTE: tests never reach real Stripe; payment tests point this at localstripe.
         "STRIPE_API_BASE": "http://127.0.0.1:9",
+        # Evidence files of disputes go to a temporary folder, never into instance/.
+        "ATTACHMENTS_DIR": os.path.join(tempfile.gettempdir(), f"portal-attachments-{os.getpid()}"),
     }
     config.update(overrides)
     return config

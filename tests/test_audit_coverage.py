@@ -410,6 +410,56 @@ SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
     ),
 }
 
+
+# -- disputes (issue 11) ---------------------------------------------------------------------
+
+
+def _disputing_customer(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    account = make_account(session)
+    login_as(client, make_user(session, account=account))
+    ctx["invoice"] = make_invoice(session, account, (1500, 500))
+
+
+def _open_dispute_form(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> Any:
+    return client.post(
+        f"/disputes/new?invoice={ctx['invoice'].number}",
+        data={
+            "scope": "lines",
+            "lines": ["1"],
+            "amount": "5",
+            "reason": "wrong_amount",
+            "description": "Too much.",
+        },
+    )
+
+
+def _with_dispute(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    from portal.disputes.models import Dispute
+
+    _disputing_customer(client, session, ctx)
+    session.commit()
+    assert _open_dispute_form(client, session, ctx).status_code == 303
+    ctx["dispute"] = session.scalar(
+        select(Dispute.public_id).where(Dispute.invoice_id == ctx["invoice"].id)
+    )
+
+
+SCENARIOS.update(
+    {
+        "disputes.new": (_disputing_customer, _open_dispute_form),
+        "disputes.message": (
+            _with_dispute,
+            lambda c, s, ctx: c.post(
+                f"/disputes/{ctx['dispute']}/messages", data={"body": "Any news?"}
+            ),
+        ),
+        "disputes.withdraw": (
+            _with_dispute,
+            lambda c, s, ctx: c.post(f"/disputes/{ctx['dispute']}/withdraw"),
+        ),
+    }
+)
+
 SKIPPED: dict[str, str] = {
     "staff.recovery_codes_file": (
         "hands back, as a file, the unused recovery codes the staff member sent; it changes "

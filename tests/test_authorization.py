@@ -24,6 +24,7 @@ from portal.billing.money import Money
 from portal.extensions import db
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
+from tests.disputes.auth_objects import owner_attachment, owner_dispute
 from tests.payments.auth_objects import owner_attempt, owner_card
 
 ROLES = ("anonymous", "owner", "other", "support", "admin", "view_as")
@@ -193,6 +194,26 @@ RULES: dict[tuple[str, str], Rule] = {
         lambda w: f"/staff/approvals/{owner_approval(w, 'decline')}/decline",
         {**staff_only(303), "support": 403},
     ),
+    # Disputes (issue 11): another account's invoice, dispute or file is a 404 like a missing
+    # one; staff work disputes in the console, not on customer pages.
+    ("disputes.index", "GET"): Rule("GET", lambda w: "/disputes", signed_in_only()),
+    ("disputes.new", "GET"): Rule(
+        "GET", lambda w: f"/disputes/new?invoice={w.invoice.number}", own_object()
+    ),
+    # An empty form: the owner gets it back with messages, nothing is opened.
+    ("disputes.new", "POST"): Rule(
+        "POST", lambda w: f"/disputes/new?invoice={w.invoice.number}", own_object(422)
+    ),
+    ("disputes.detail", "GET"): Rule(
+        "GET", lambda w: f"/disputes/{owner_dispute(w)}", own_object()
+    ),
+    ("disputes.message", "POST"): Rule(
+        "POST", lambda w: f"/disputes/{owner_dispute(w)}/messages", own_object(422)
+    ),
+    ("disputes.withdraw", "POST"): Rule(
+        "POST", lambda w: f"/disputes/{owner_dispute(w)}/withdraw", own_object(303)
+    ),
+    ("disputes.attachment", "GET"): Rule("GET", owner_attachment, own_object()),
 }
 
 # While viewing as a customer, a request that changes state is refused (403), except these.
@@ -208,17 +229,6 @@ def view_as_expectation(endpoint: str, rule: Rule) -> int:
 
 
 IGNORED_ENDPOINTS = {"static"}
-
-
-def owner_dispute(w: World) -> str:
-    """A dispute of the owner's invoice (made once per world)."""
-    if "dispute" not in w.extra:
-        from tests.factories import make_dispute
-
-        session = db.session
-        w.extra["dispute"] = make_dispute(session, w.account, w.invoice, 1000).public_id
-        session.commit()
-    return w.extra["dispute"]
 
 
 def owner_approval(w: World, key: str) -> str:

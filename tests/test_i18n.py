@@ -306,6 +306,10 @@ SIGNED_IN_PAGES = [
     # NOTE: the error page's own words are ours (test_error_page_template_is_marked); its
     # title and message come from portal/http_errors.py.
     pytest.param("error 404", "/no-such-page", id="error-404"),
+    # Disputes (issue 11)
+    pytest.param("disputes", "/disputes", id="disputes"),
+    pytest.param("question a charge", "dispute-new", id="dispute-new"),
+    pytest.param("dispute", "dispute", id="dispute"),
 ]
 
 
@@ -317,6 +321,14 @@ def test_every_word_on_the_page_is_marked(
     _signed_in(client, world)
     if path == "invoice":
         path = f"/invoices/{world.overdue.number}"
+    if path == "dispute-new":
+        path = f"/disputes/new?invoice={world.open.number}"
+    if path == "dispute":
+        from tests.factories import make_dispute
+
+        dispute = make_dispute(session, world.account, world.open, 500, description="Item 1")
+        session.commit()
+        path = f"/disputes/{dispute.public_id}"
     html = _page(client, world, path)
     assert 'lang="de"' in html, "the page should be written in the pseudo language"
     assert unmarked_text(html, world.data(pseudo_app)) == [], f"unmarked text on {name}"

@@ -9,7 +9,7 @@ from babel.numbers import NumberFormatError, parse_decimal
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import MultipleFileField
-from wtforms import RadioField, SelectMultipleField, StringField, TextAreaField
+from wtforms import RadioField, SelectChoice, SelectMultipleField, StringField, TextAreaField
 from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
 from wtforms.widgets import CheckboxInput, ListWidget
 
@@ -78,7 +78,10 @@ def parse_amount(text: str, currency: str, locale: str) -> Money | None:
 class NewDisputeForm(_Normalized):
     scope = RadioField(
         _l("What do you want to question?"),
-        choices=[("lines", _l("Some lines")), ("whole", _l("The whole invoice"))],
+        choices=[
+            SelectChoice("lines", _l("Some lines")),
+            SelectChoice("whole", _l("The whole invoice")),
+        ],
         default="lines",
         validators=[InputRequired(_l("Please choose the whole invoice or some lines."))],
     )
@@ -93,7 +96,7 @@ class NewDisputeForm(_Normalized):
     )
     reason = RadioField(
         _l("Why?"),
-        choices=list(REASON_LABELS.items()),
+        choices=[SelectChoice(value, label) for value, label in REASON_LABELS.items()],
         validators=[InputRequired(_l("Please choose a reason."))],
     )
     description = TextAreaField(
@@ -113,7 +116,7 @@ class NewDisputeForm(_Normalized):
         if self.scope.data == "lines":
             if not field.data:
                 raise ValidationError(_l("Please choose at least one line."))
-            allowed = {value for value, _label in field.choices or []}
+            allowed = {choice.value for choice in field.choices or []}
             if any(value not in allowed for value in field.data):
                 raise ValidationError(_l("Please choose lines of this invoice."))
 

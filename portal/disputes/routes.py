@@ -11,6 +11,7 @@ from flask_babel import gettext as _
 from flask_login import login_required
 from sqlalchemy import select
 from werkzeug.datastructures import FileStorage
+from wtforms import SelectChoice
 
 from portal import clock
 from portal.accounts.models import Account
@@ -86,7 +87,6 @@ def attachment_response(attachment: Attachment) -> Response:
     except (FileNotFoundError, KeyError):
         abort(404)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response.headers["Cache-Control"] = "private, no-store"
     return response
 
@@ -158,6 +158,7 @@ def index() -> Response:
         invoices=invoices,
         status_label=status_label,
         reason_labels=REASON_LABELS,
+        target=response_target(),
     )
 
 
@@ -201,7 +202,7 @@ def new() -> Response:
     invoice = _invoice_for_new(account)
     form = NewDisputeForm()
     capacities = services.line_capacities(db.session, invoice)
-    form.lines.choices = [(c.line.position, c.line.description) for c in capacities]
+    form.lines.choices = [SelectChoice(c.line.position, c.line.description) for c in capacities]
     if request.method == "GET":
         wanted = request.args.get("line", "")
         if wanted.isdigit() and int(wanted) in {c.line.position for c in capacities}:

@@ -14,12 +14,14 @@ from datetime import datetime
 
 from flask_babel import gettext as _
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.accounts.models import Account
 from portal.audit.services import Actor
-from portal.billing.models import Invoice, InvoiceLine
+from portal.billing import ledger
+from portal.billing.models import Invoice, InvoiceLine, LedgerEntry, LedgerKind
 from portal.billing.money import Money, allocate_minor
 from portal.billing.services import CREDITABLE_STATUSES, line_charged_minor, line_credited_minor
 from portal.disputes import evidence
@@ -40,8 +42,11 @@ from portal.disputes.queries import OPEN_DISPUTE_STATUSES, held_by_invoice
 from portal.errors import N_, Conflict, NotAllowed, NotFound, ValidationFailed
 from portal.forms import forbidden_character
 from portal.mail import queue_email
+from portal.payments.gateway import Dispute as GatewayDispute
+from portal.payments.models import Payment
 
 S = DisputeStatus
+STRIPE_ACTOR = Actor(kind="stripe")
 
 # NOTE: the dispute's state machine. Resolved, rejected and withdrawn are final: a customer
 # who is still unhappy opens a new dispute (the lines are free again once this one ended).
@@ -610,3 +615,209 @@ def _display_name(filename: str, extension: str) -> str:
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
     name = "".join(ch for ch in name if forbidden_character(ch) is None)[:200]
     return name or f"evidence.{extension}"
+
+
+# -- card chargebacks (Stripe's disputes) --------------------------------------------------------
+
+# NOTE: Stripe's dispute status -> ours. A chargeback only moves forward (a late event about an
+# earlier state changes nothing): won and lost both close it, Stripe's status says which.
+CHARGEBACK_STATUSES = {
+    "warning_needs_response": S.OPEN,
+    "needs_response": S.OPEN,
+    "warning_under_review": S.IN_REVIEW,
+    "under_review": S.IN_REVIEW,
+    "won": S.RESOLVED,
+    "lost": S.RESOLVED,
+    "warning_closed": S.RESOLVED,
+    "charge_refunded": S.RESOLVED,
+    "prevented": S.RESOLVED,
+}
+CHARGEBACK_REASONS = {
+    "fraudulent": DisputeReason.NOT_RECOGNIZED,
+    "unrecognized": DisputeReason.NOT_RECOGNIZED,
+    "duplicate": DisputeReason.DUPLICATE,
+    "product_not_received": DisputeReason.SERVICE_NOT_RECEIVED,
+    "subscription_canceled": DisputeReason.CANCELED_BUT_CHARGED,
+    "credit_not_processed": DisputeReason.WRONG_AMOUNT,
+}
+_PROGRESS = {S.OPEN: 0, S.WAITING_ON_CUSTOMER: 0, S.IN_REVIEW: 1}
+
+
+def _progress(status: DisputeStatus) -> int:
+    return _PROGRESS.get(status, 2)
+
+
+def apply_chargeback(
+    session: Session, facts: GatewayDispute, payment: Payment, actor: Actor
+) -> Dispute:
+    """Bring our copy of a card chargeback up to Stripe's (`facts`, fetched from Stripe).
+
+    Creates the dispute (against the payment, and its invoice when it paid one), keeps
+    Stripe's status, reason, evidence deadline and fee, moves our status forward, and posts
+    the money to the ledger once per Stripe balance transaction: the withdrawal and the fee,
+    and the reinstatement when won. Idempotent: duplicates and any order of events converge.
+    """
+    dispute = _chargeback_row(session, facts, payment, actor)
+    before = {
+        "stripe_status": dispute.stripe_status,
+        "evidence_due_by": _iso(dispute.evidence_due_by),
+        "fee_minor": dispute.fee_minor,
+    }
+    dispute.stripe_status = facts.status[:64]
+    dispute.stripe_reason = facts.reason[:64]
+    if facts.evidence_due_by is not None:
+        dispute.evidence_due_by = facts.evidence_due_by
+        dispute.response_due_at = facts.evidence_due_by
+    fees = [bt.fee for bt in facts.balance_transactions if bt.currency == payment.currency]
+    dispute.fee_minor = max(sum(fees), 0)
+    after = {
+        "stripe_status": dispute.stripe_status,
+        "evidence_due_by": _iso(dispute.evidence_due_by),
+        "fee_minor": dispute.fee_minor,
+    }
+    if after != before:
+        dispute.updated_at = clock.now()
+        session.flush()
+        actor.record(
+            session,
+            "dispute.chargeback_updated",
+            account_id=dispute.account_id,
+            target_type="dispute",
+            target_id=dispute.public_id,
+            before=before,
+            after=after,
+        )
+    target = CHARGEBACK_STATUSES.get(facts.status)
+    current = DisputeStatus(dispute.status)
+    if target is not None and _progress(target) > _progress(current):
+        transition(session, dispute, target, actor, note=f"Stripe: {facts.status}")
+    _post_chargeback_money(session, dispute, facts, payment)
+    return dispute
+
+
+def _chargeback_row(
+    session: Session, facts: GatewayDispute, payment: Payment, actor: Actor
+) -> Dispute:
+    found = session.scalar(
+        select(Dispute)
+        .where(Dispute.stripe_dispute_id == facts.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if found is not None:
+        return found
+    invoice_ids = sorted({allocation.invoice_id for allocation in payment.allocations})
+    now = clock.now()
+    dispute = Dispute(
+        account_id=payment.account_id,
+        payment_id=payment.id,
+        # NOTE: a payment that paid one invoice names it; one spread over several stays on
+        # the payment (the console shows its invoices).
+        invoice_id=invoice_ids[0] if len(invoice_ids) == 1 else None,
+        source=DisputeSource.CHARGEBACK.value,
+        stripe_dispute_id=facts.id,
+        stripe_reason=facts.reason[:64],
+        stripe_status=facts.status[:64],
+        currency=payment.currency,
+        amount_minor=min(max(facts.amount, 1), MAX_DISPUTE_MINOR),
+        reason=CHARGEBACK_REASONS.get(facts.reason, DisputeReason.OTHER).value,
+        description="",
+        status=S.OPEN.value,
+        evidence_due_by=facts.evidence_due_by,
+        response_due_at=facts.evidence_due_by,
+        created_at=now,
+        updated_at=now,
+    )
+    dispute.events.append(
+        DisputeEvent(
+            status=S.OPEN.value, at=now, actor_kind=actor.kind, note=f"Stripe: {facts.status}"
+        )
+    )
+    try:
+        with session.begin_nested():
+            session.add(dispute)
+            session.flush()
+    except IntegrityError:
+        # NOTE: another delivery of an event about the same dispute created it first.
+        again = session.scalar(
+            select(Dispute).where(Dispute.stripe_dispute_id == facts.id).with_for_update()
+        )
+        if again is None:
+            raise
+        return again
+    actor.record(
+        session,
+        "dispute.chargeback_opened",
+        account_id=dispute.account_id,
+        target_type="dispute",
+        target_id=dispute.public_id,
+        before=None,
+        after={
+            "stripe_dispute_id": facts.id,
+            "payment": payment.public_id,
+            "amount_minor": dispute.amount_minor,
+            "currency": dispute.currency,
+            "stripe_reason": facts.reason,
+            "evidence_due_by": _iso(facts.evidence_due_by),
+        },
+    )
+    return dispute
+
+
+def _post_chargeback_money(
+    session: Session, dispute: Dispute, facts: GatewayDispute, payment: Payment
+) -> None:
+    """One ledger entry per kind and Stripe balance transaction (the unique source reference
+    makes a replay post nothing)."""
+    entries: list[tuple[LedgerKind, int, str, str]] = []
+    for bt in facts.balance_transactions:
+        same_currency = bt.currency == payment.currency
+        if bt.amount < 0:
+            principal = -bt.amount if same_currency else dispute.amount_minor
+            entries.append(
+                (LedgerKind.CHARGEBACK, principal, f"chargeback:{bt.id}", "Card payment disputed")
+            )
+            if same_currency and bt.fee > 0:
+                entries.append(
+                    (LedgerKind.CHARGEBACK_FEE, bt.fee, f"chargeback_fee:{bt.id}", "Dispute fee")
+                )
+        elif bt.amount > 0:
+            back = bt.amount if same_currency else dispute.amount_minor
+            if same_currency and bt.fee < 0:
+                back += -bt.fee  # NOTE: Stripe returned its fee too: so do we.
+            entries.append(
+                (
+                    LedgerKind.CHARGEBACK_REVERSAL,
+                    back,
+                    f"chargeback_reversal:{bt.id}",
+                    "Card dispute won: payment restored",
+                )
+            )
+    refs = [ref for _kind, _amount, ref, _text in entries]
+    posted = set(
+        session.scalars(
+            select(LedgerEntry.source_ref).where(LedgerEntry.source_ref.in_(refs or [""]))
+        )
+    )
+    for kind, amount, ref, text in entries:
+        if ref in posted or amount <= 0:
+            continue
+        ledger.post(
+            session,
+            account_id=dispute.account_id,
+            kind=kind,
+            amount=Money(amount, payment.currency),
+            source_ref=ref[:80],
+            effective_at=clock.now(),
+            description=f"{text} ({facts.id})",
+            invoice_id=dispute.invoice_id,
+        )
+        STRIPE_ACTOR.record(
+            session,
+            f"ledger.{kind.value}",
+            account_id=dispute.account_id,
+            target_type="dispute",
+            target_id=dispute.public_id,
+            before=None,
+            after={"amount_minor": amount, "currency": payment.currency, "source_ref": ref},
+        )

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -123,6 +124,21 @@ class Dispute:
     currency: str
     reason: str
     status: str
+    # Issue 11: the deadline for our evidence, and the money moved for it (a withdrawal with
+    # its fee, a reinstatement when won) as Stripe's balance transactions.
+    evidence_due_by: datetime | None = None
+    balance_transactions: tuple[DisputeFunds, ...] = ()
+
+
+@dataclass(frozen=True)
+class DisputeFunds:
+    """One movement of money for a dispute: negative `amount` is taken from us, positive is
+    given back; `fee` is what Stripe charged (negative when it returned its fee)."""
+
+    id: str
+    amount: int
+    fee: int
+    currency: str
 
 
 @dataclass(frozen=True)
@@ -205,7 +221,25 @@ def _dispute(obj: Any) -> Dispute:
         currency=str(_get(obj, "currency", "") or "").upper(),
         reason=str(_get(obj, "reason", "") or ""),
         status=str(_get(obj, "status", "") or ""),
+        evidence_due_by=_timestamp(_get(_get(obj, "evidence_details"), "due_by")),
+        balance_transactions=tuple(
+            DisputeFunds(
+                id=str(_get(bt, "id", "") or ""),
+                amount=int(_get(bt, "amount", 0) or 0),
+                fee=int(_get(bt, "fee", 0) or 0),
+                currency=str(_get(bt, "currency", "") or "").upper(),
+            )
+            for bt in (_get(obj, "balance_transactions") or ())
+            if not isinstance(bt, str) and _get(bt, "id")
+        ),
     )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A Stripe time (seconds since the epoch) as an aware UTC datetime."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return datetime.fromtimestamp(int(value), UTC)
 
 
 # The per-call timeout of the call in progress (set by Gateway._call, read by the HTTP client).

@@ -35,6 +35,7 @@ from portal.accounts.models import Account
 from portal.audit.services import record
 from portal.billing.money import Money
 from portal.billing.services import record_refund_in_ledger
+from portal.disputes.services import apply_chargeback
 from portal.extensions import csrf, db
 from portal.payments import services
 from portal.payments.gateway import (
@@ -273,23 +274,12 @@ def _dispute(session: Session, event: dict[str, Any], dispute: Dispute) -> None:
     where = Payment.stripe_charge_id == dispute.charge
     if dispute.payment_intent:
         where = where | (Payment.stripe_payment_intent_id == dispute.payment_intent)
-    payment = session.scalar(select(Payment).where(where))
+    payment = session.scalar(select(Payment).where(where).with_for_update())
     if payment is None:
         raise UnknownObject(f"dispute {dispute.id} matches no payment")
-    # NOTE: the hand-off point for the disputes issue: recorded in the inbox and audited.
-    STRIPE.record(
-        session,
-        event["type"].replace("charge.", ""),
-        account_id=payment.account_id,
-        target_type="payment",
-        target_id=payment.public_id,
-        after={
-            "stripe_dispute_id": dispute.id,
-            "amount_minor": dispute.amount,
-            "reason": dispute.reason,
-            "status": dispute.status,
-        },
-    )
+    # NOTE: every dispute event applies Stripe's current copy of the dispute (status,
+    # deadline, balance transactions), so duplicates and any order converge (issue 11).
+    apply_chargeback(session, dispute, payment, STRIPE)
 
 
 def _not_applied(session: Session, event: dict[str, Any], reason: str) -> None:
@@ -318,6 +308,8 @@ HANDLERS: dict[str, tuple[Fetcher, Applier]] = {
     "charge.dispute.created": (_fetch_dispute, _dispute),
     "charge.dispute.updated": (_fetch_dispute, _dispute),
     "charge.dispute.closed": (_fetch_dispute, _dispute),
+    "charge.dispute.funds_withdrawn": (_fetch_dispute, _dispute),
+    "charge.dispute.funds_reinstated": (_fetch_dispute, _dispute),
 }
 
 
