@@ -142,3 +142,39 @@ def test_the_queue_pages(client: FlaskClient, session: Session, clock: Any) -> N
     assert first.count('data-testid="queue-row"') == 25 and 'rel="next"' in first
     second = client.get("/staff/?page=2").get_data(as_text=True)
     assert second.count('data-testid="queue-row"') == 5 and 'rel="prev"' in second
+
+
+def test_a_card_chargeback_sits_in_the_same_queue_with_its_evidence_deadline(
+    client: FlaskClient, session: Session, clock: Any
+) -> None:
+    from portal.billing import services as billing
+    from portal.billing.money import Money
+
+    account = make_account(session, name="Chargeback Customer")
+    invoice = make_invoice(session, account, (9900,))
+    payment = billing.record_payment(
+        session, account, Money(9900, "USD"), [(invoice, Money(9900, "USD"))], received_at=NOW
+    )
+    payment.stripe_payment_intent_id = "pi_cb_queue"
+    chargeback = make_dispute(
+        session,
+        account,
+        invoice,
+        source="chargeback",
+        payment=payment,
+        stripe_dispute_id="dp_queue",
+        stripe_reason="fraudulent",
+        evidence_due_by=NOW + timedelta(days=5),
+        fee_minor=1500,
+    )
+    support = make_user(session, staff_role="support")
+    session.commit()
+    login_as(client, support)
+    html = client.get("/staff/?source=chargeback").get_data(as_text=True)
+    assert html.count('data-testid="queue-row"') == 1
+    assert "Chargeback Customer" in html and "Evidence due by" in html
+    page = client.get(f"/staff/disputes/{chargeback.public_id}").get_data(as_text=True)
+    assert 'data-testid="evidence-due"' in page
+    assert "Stripe Dashboard" in page  # answered with evidence at Stripe
+    assert "Issue credit note and resolve" not in page  # the bank decides, not a credit here
+    assert "$15.00" in page  # the fee Stripe took
