@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import (
@@ -56,6 +57,7 @@ from portal.staff.forms import (
 from portal.web import render_page, see_other
 
 bp = Blueprint("staff", __name__, url_prefix="/staff")
+log = logging.getLogger(__name__)
 
 STAFF_NEXT_KEY = "staff_next"
 SECOND_FACTOR_PAGES = {"staff.totp_setup", "staff.totp_verify"}
@@ -343,7 +345,13 @@ def _dispute_or_404(public_id: str) -> Dispute:
 
 
 def _limits() -> dict[str, int]:
-    return resolution.parse_limits(current_app.config.get("STAFF_CREDIT_LIMITS", ""))
+    try:
+        return resolution.parse_limits(current_app.config.get("STAFF_CREDIT_LIMITS", ""))
+    except ValueError:
+        # NOTE: a setting nobody can read gives support no limit to work within: every credit
+        # and refund then waits for an admin, never the other way round.
+        log.warning("STAFF_CREDIT_LIMITS cannot be read; every resolution needs an admin")
+        return {}
 
 
 def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Response:
