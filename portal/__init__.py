@@ -64,6 +64,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     web.init_security_headers(app)
     web.init_request_guards(app)
     auth.init_app(app)
+    from portal.staff import view_as
+
+    view_as.init_app(app)
     i18n.init_app(app)
     formatting.init_app(app)
     web.init_template_globals(app)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 # NOTE: localstripe accepts any key; these are the simulator's, never valid against real Stripe.
+DEFAULT_STAFF_CREDIT_LIMITS = "USD=250,EUR=250,GBP=200,CHF=250,CAD=300,AUD=350,JPY=35000"
 DEMO_STRIPE_SECRET_KEY = "sk_test_portal_demo"
 DEMO_STRIPE_PUBLISHABLE_KEY = "pk_test_portal_demo"
 DEMO_STRIPE_WEBHOOK_SECRET = "whsec_portal_demo"
@@ -113,6 +114,10 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "SESSION_ABSOLUTE_HOURS": int(env("SESSION_ABSOLUTE_HOURS", "12")),
         "STAFF_SESSION_IDLE_MINUTES": int(env("STAFF_SESSION_IDLE_MINUTES", "15")),
         "STAFF_SESSION_ABSOLUTE_HOURS": int(env("STAFF_SESSION_ABSOLUTE_HOURS", "8")),
+        # Support staff may credit or refund up to this per resolution, in MAJOR units of each
+        # currency ("USD=250,JPY=35000"); above it, or in a currency not listed, an admin
+        # approves (portal.staff.resolution). Admins have no limit.
+        "STAFF_CREDIT_LIMITS": env("STAFF_CREDIT_LIMITS", DEFAULT_STAFF_CREDIT_LIMITS),
         "BRAND_NAME": env("BRAND_NAME", "Northwind Cloud"),
         # Days an invoice of a subscription may be overdue before plan changes wait for payment.
         "SUBSCRIPTION_CHANGE_GRACE_DAYS": _int("SUBSCRIPTION_CHANGE_GRACE_DAYS", 14),

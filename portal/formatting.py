@@ -32,7 +32,7 @@ from babel.numbers import (
     get_group_symbol,
 )
 from babel.numbers import parse_pattern as parse_number_pattern
-from flask import Flask, g, has_app_context
+from flask import Flask, g, has_app_context, has_request_context
 from flask_babel import gettext as _
 from markupsafe import Markup
 
@@ -47,7 +47,14 @@ FALLBACK_LOCALE = "en_US"
 
 def _locale() -> str:
     account = g.get("account") if has_app_context() else None
-    return account.locale if account is not None else FALLBACK_LOCALE
+    if account is not None:
+        return account.locale
+    # NOTE: pages without an account (the staff console) format in the page's language, so a
+    # German page does not show "Nov 21, 2026".
+    if has_request_context():
+        language = _page_locale()
+        return FALLBACK_LOCALE if language == "en" else language
+    return FALLBACK_LOCALE
 
 
 @lru_cache(maxsize=64)

@@ -182,6 +182,70 @@ def _authenticated(ctx: dict[str, Any], session: Session, public_id: str) -> Non
 
 
 # Each scenario: (set-up, the request under test). Events written by the set-up don't count.
+def _staff_with_dispute(
+    client: FlaskClient, session: Session, ctx: dict[str, Any], *, paid: bool = False
+) -> None:
+    from datetime import UTC, datetime
+
+    from portal.billing import services as billing
+    from portal.billing.money import Money
+    from tests.factories import make_dispute
+
+    account = make_account(session)
+    invoice = make_invoice(session, account, (3000,))
+    ctx["dispute"] = make_dispute(session, account, invoice, 1000).public_id
+    if paid:
+        payment = billing.record_payment(
+            session,
+            account,
+            Money(3000, "USD"),
+            [(invoice, Money(3000, "USD"))],
+            received_at=datetime(2026, 11, 1, tzinfo=UTC),
+        )
+        payment.stripe_payment_intent_id = f"pi_audit_{payment.public_id}"
+        ctx["payment"] = payment.public_id
+    session.commit()
+    login_as(client, make_user(session, staff_role="support"))
+
+
+def _with_refunding_gateway(send: Callable[[], Any]) -> Any:
+    from unittest.mock import patch
+
+    from portal.payments.gateway import RefundResult
+
+    class Refunding:
+        def create_refund(
+            self, *, payment_intent: str, amount_minor: int, idempotency_key: str
+        ) -> Any:
+            return RefundResult(
+                id=f"re_{idempotency_key[-10:]}", status="succeeded", amount=amount_minor
+            )
+
+    with patch("portal.staff.routes.gateway", lambda: Refunding()):
+        return send()
+
+
+def _approval_waiting(client: FlaskClient, session: Session, ctx: dict[str, Any]) -> None:
+    from portal.disputes.models import ApprovalRequest, Dispute
+
+    _staff_with_dispute(client, session, ctx)
+    requester = make_user(session, staff_role="support")
+    dispute = session.scalar(select(Dispute).where(Dispute.public_id == ctx["dispute"]))
+    request = ApprovalRequest(
+        kind="credit_note",
+        dispute_id=dispute.id,
+        account_id=dispute.account_id,
+        currency="USD",
+        amount_minor=1000,
+        payload={"lines": [], "memo": ""},
+        requested_by_user_id=requester.id,
+    )
+    session.add(request)
+    session.commit()
+    ctx["approval"] = request.public_id
+    login_as(client, make_user(session, staff_role="admin"))
+
+
 SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
     "checkout.pay_invoice_post": (_customer, _pay),
     "checkout.pay_balance_post": (_customer, _pay_balance),
@@ -284,6 +348,74 @@ SCENARIOS: dict[str, tuple[Scenario, Scenario]] = {
             login_as(c, make_user(s, staff_role="support")),
         ),
         lambda c, s, ctx: c.post(f"/staff/outbox/{ctx['email'].id}/retry"),
+    ),
+    # Support console (issue 11).
+    "staff.view_as_start": (
+        lambda c, s, ctx: (
+            login_as(c, make_user(s, staff_role="support")),
+            ctx.update(account=make_account(s)),
+        ),
+        lambda c, s, ctx: c.post(f"/staff/customers/{ctx['account'].public_id}/view-as"),
+    ),
+    "staff.view_as_end": (
+        lambda c, s, ctx: (
+            login_as(c, make_user(s, staff_role="support")),
+            s.commit(),
+            c.post(f"/staff/customers/{make_account(s).public_id}/view-as"),
+        ),
+        lambda c, s, ctx: c.post("/staff/view-as/end"),
+    ),
+    "staff.dispute_assign": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx),
+        lambda c, s, ctx: c.post(
+            f"/staff/disputes/{ctx['dispute']}/assign", data={"assignee": "me"}
+        ),
+    ),
+    "staff.dispute_reply": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx),
+        lambda c, s, ctx: c.post(
+            f"/staff/disputes/{ctx['dispute']}/reply", data={"body": "On it."}
+        ),
+    ),
+    "staff.dispute_note": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx),
+        lambda c, s, ctx: c.post(
+            f"/staff/disputes/{ctx['dispute']}/note", data={"note-body": "Check usage."}
+        ),
+    ),
+    "staff.dispute_status": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx),
+        lambda c, s, ctx: c.post(
+            f"/staff/disputes/{ctx['dispute']}/status", data={"status": "in_review"}
+        ),
+    ),
+    "staff.dispute_credit": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx),
+        lambda c, s, ctx: c.post(f"/staff/disputes/{ctx['dispute']}/credit", data={"amount": "5"}),
+    ),
+    "staff.dispute_refund": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx, paid=True),
+        lambda c, s, ctx: _with_refunding_gateway(
+            lambda: c.post(
+                f"/staff/disputes/{ctx['dispute']}/refund",
+                data={"payment": ctx["payment"], "amount": "5"},
+            )
+        ),
+    ),
+    "staff.dispute_reject": (
+        lambda c, s, ctx: _staff_with_dispute(c, s, ctx),
+        lambda c, s, ctx: c.post(
+            f"/staff/disputes/{ctx['dispute']}/reject",
+            data={"explanation": "The seat was used all month."},
+        ),
+    ),
+    "staff.approval_approve": (
+        lambda c, s, ctx: _approval_waiting(c, s, ctx),
+        lambda c, s, ctx: c.post(f"/staff/approvals/{ctx['approval']}/approve"),
+    ),
+    "staff.approval_decline": (
+        lambda c, s, ctx: _approval_waiting(c, s, ctx),
+        lambda c, s, ctx: c.post(f"/staff/approvals/{ctx['approval']}/decline"),
     ),
 }
 

@@ -21,6 +21,7 @@ from portal.accounts.models import Account, Membership, User
 from portal.billing import services as billing
 from portal.billing.models import Invoice
 from portal.billing.money import Money
+from portal.extensions import db
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
 from tests.notifications.auth_objects import dead_letter
@@ -29,7 +30,7 @@ from tests.disputes.auth_objects import owner_attachment, owner_dispute
 from tests.payments.auth_objects import owner_attempt, owner_card
 from tests.subscriptions.auth_objects import owner_subscription
 
-ROLES = ("anonymous", "owner", "other", "support", "admin")
+ROLES = ("anonymous", "owner", "other", "support", "admin", "view_as")
 SELLER = {"name": "Seller Ltd.", "address": "1 Street", "tax_id": "X1", "email": "s@example.com"}
 
 
@@ -196,6 +197,44 @@ RULES: dict[tuple[str, str], Rule] = {
     ("subscriptions.accept_offer", "POST"): Rule(
         "POST", lambda w: f"/subscriptions/{owner_subscription(w)}/offer", own_object(422)
     ),
+    # Support console (issue 11). "view_as" is a support user viewing the owner's account as
+    # its customer sees it: see view_as_expectation for what it gets when a rule is silent.
+    ("staff.customers", "GET"): Rule("GET", lambda w: "/staff/customers?q=owner", staff_only()),
+    ("staff.customer", "GET"): Rule(
+        "GET", lambda w: f"/staff/customers/{w.account.public_id}", staff_only()
+    ),
+    ("staff.view_as_start", "POST"): Rule(
+        "POST", lambda w: f"/staff/customers/{w.account.public_id}/view-as", staff_only(303)
+    ),
+    ("staff.view_as_end", "POST"): Rule("POST", lambda w: "/staff/view-as/end", staff_only(303)),
+    ("staff.audit", "GET"): Rule("GET", lambda w: "/staff/audit?action=staff.", staff_only()),
+    ("staff.dispute", "GET"): Rule(
+        "GET", lambda w: f"/staff/disputes/{owner_dispute(w)}", staff_only()
+    ),
+    # Empty forms: assigning nobody is a change (303); the rest ask for what is missing (422).
+    ("staff.dispute_assign", "POST"): Rule(
+        "POST", lambda w: f"/staff/disputes/{owner_dispute(w)}/assign", staff_only(303)
+    ),
+    **{
+        (f"staff.dispute_{action}", "POST"): Rule(
+            "POST",
+            lambda w, action=action: f"/staff/disputes/{owner_dispute(w)}/{action}",
+            staff_only(422),
+        )
+        for action in ("reply", "note", "status", "credit", "refund", "reject")
+    },
+    ("staff.approvals", "GET"): Rule("GET", lambda w: "/staff/approvals", staff_only()),
+    # Only an admin decides (support: 403); each rule gets its own request, asked by support.
+    ("staff.approval_approve", "POST"): Rule(
+        "POST",
+        lambda w: f"/staff/approvals/{owner_approval(w, 'approve')}/approve",
+        {**staff_only(303), "support": 403},
+    ),
+    ("staff.approval_decline", "POST"): Rule(
+        "POST",
+        lambda w: f"/staff/approvals/{owner_approval(w, 'decline')}/decline",
+        {**staff_only(303), "support": 403},
+    ),
     # Disputes (issue 11): another account's invoice, dispute or file is a 404 like a missing
     # one; staff work disputes in the console, not on customer pages.
     ("disputes.index", "GET"): Rule("GET", lambda w: "/disputes", signed_in_only()),
@@ -241,7 +280,46 @@ RULES.update(
     }
 )
 
+# While viewing as a customer, a request that changes state is refused (403), except these.
+VIEW_AS_ALLOWED = {"staff.view_as_end", "auth.logout", "auth.consume"}
+
+
+def view_as_expectation(endpoint: str, rule: Rule) -> int:
+    """What a staff member viewing the owner's portal gets when the rule says nothing: a
+    read exactly as the owner (customer pages) or as staff (staff pages), never a change."""
+    if rule.method != "GET" and endpoint not in VIEW_AS_ALLOWED:
+        return 403
+    return rule.expect["support" if endpoint.startswith("staff.") else "owner"]
+
+
 IGNORED_ENDPOINTS = {"static"}
+
+
+def owner_approval(w: World, key: str) -> str:
+    """A credit above support's limit on a dispute of its own, waiting for an admin."""
+    if key not in w.extra:
+        from portal.disputes.models import ApprovalRequest
+        from tests.factories import make_dispute
+
+        session = db.session
+        invoice = billing.create_draft_invoice(
+            session, w.account, [billing.LineInput(description="Seats", unit_amount_minor=90000)]
+        )
+        billing.finalize_invoice(session, invoice, seller=SELLER)
+        dispute = make_dispute(session, w.account, invoice, 50000)
+        request = ApprovalRequest(
+            kind="credit_note",
+            dispute_id=dispute.id,
+            account_id=w.account.id,
+            currency="USD",
+            amount_minor=50000,
+            payload={"lines": [], "memo": ""},
+            requested_by_user_id=w.support.id,
+        )
+        session.add(request)
+        session.commit()
+        w.extra[key] = request.public_id
+    return w.extra[key]
 
 
 def _make_customer(session: Session, email: str, name: str, prefix: str) -> tuple[User, Account]:
@@ -304,12 +382,16 @@ def test_every_route_answers_each_role_as_declared(
     failures = []
     for (endpoint, _method), rule in sorted(RULES.items()):
         client: FlaskClient = app.test_client()
-        user = getattr(world, role, None) if role != "anonymous" else None
+        user = getattr(world, role, None) if role not in ("anonymous", "view_as") else None
         if user is not None:
             login_as(client, user)
+        if role == "view_as":
+            login_as(client, world.support)
+            started = client.post(f"/staff/customers/{world.account.public_id}/view-as")
+            assert started.status_code == 303
         path = rule.path(world)
         response = client.open(path, method=rule.method)
-        expected = rule.expect[role]
+        expected = view_as_expectation(endpoint, rule) if role == "view_as" else rule.expect[role]
         if response.status_code != expected:
             failures.append(
                 f"{rule.method} {path} ({endpoint}) as {role}: "

@@ -34,6 +34,10 @@ def _this_browser() -> UserSession | None:
 def _devices() -> list[UserSession]:
     user = signed_in_user()
     assert user is not None
+    from portal.staff.view_as import is_viewing
+
+    if is_viewing():
+        return []  # staff viewing the portal as the customer: not the staff member's devices
     prefix = "STAFF_SESSION" if user.is_staff else "SESSION"
     return services.active_sessions(
         db.session,

@@ -80,6 +80,8 @@ def init_app(app: Flask) -> None:
         # the error pages and old bookmarks all lead to "/": send staff to their own home.
         if request.endpoint != "billing.dashboard" or not session.get("staff"):
             return None
+        if g.get("view_as_account") is not None:
+            return None  # viewing the portal as a customer (portal.staff.view_as)
         from portal.auth.sessions import signed_in_user
 
         user = signed_in_user()

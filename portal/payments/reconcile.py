@@ -34,7 +34,7 @@ from portal import db as unit_of_work
 from portal.accounts.models import Account
 from portal.db import begin_write
 from portal.notifications.models import SyncCursor
-from portal.payments import services
+from portal.payments import refunds, services
 from portal.payments.gateway import (
     CardDeclined,
     Gateway,
@@ -127,6 +127,9 @@ def reconcile(
         except (GatewayUnavailable, GatewayRejected) as error:
             session.rollback()
             report.unreachable.append(f"attempt {attempt_id}: {error.message}")
+    settled, unreachable = refunds.settle_pending_refunds(session, gw, finish, older_than=min_age)
+    report.settled += settled
+    report.unreachable += unreachable
     if compare_all:
         _compare_payments(session, gw, report, clock.now() - payments_since)
     return report

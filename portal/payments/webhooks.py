@@ -49,6 +49,7 @@ from portal.payments.gateway import (
     gateway,
 )
 from portal.payments.models import Payment, PaymentAttempt, PaymentMethod, Refund, StripeEvent
+from portal.payments.refunds import settle_from_charge
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,9 @@ def _charge_refunded(session: Session, event: dict[str, Any], charge: Charge) ->
     # NOTE: Stripe's amount_refunded only grows, so applying the difference is
     # order-independent; the event's own figure is never used.
     refunded = min(charge.amount_refunded, payment.amount_minor)
+    # NOTE: refunds we asked for ourselves (pending, their answer maybe lost) are settled first,
+    # so the difference left is only what was refunded elsewhere (the Stripe dashboard).
+    settle_from_charge(session, payment, refunded, STRIPE)
     delta = refunded - payment.amount_refunded_minor
     if delta <= 0:
         return

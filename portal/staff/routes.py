@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from flask import (
     Blueprint,
     Response,
     abort,
     current_app,
+    flash,
     render_template,
     request,
     session,
@@ -14,27 +18,49 @@ from flask import (
 )
 from flask_babel import gettext as _
 from flask_limiter.util import get_remote_address
+from sqlalchemy import select
 
-from portal.accounts.models import User
+from portal import clock
+from portal.accounts.models import Account, User
+from portal.audit.services import Actor
 from portal.auth import limits, safe_next
 from portal.auth.sessions import session_user_id, signed_in_user
+from portal.billing.models import Invoice
+from portal.billing.money import Money
 from portal.db import begin_write, has_pending_changes
+from portal.disputes.models import Dispute
+from portal.errors import NotAllowed, ValidationFailed
 from portal.extensions import db, limiter, login_manager
-from portal.staff import services
-from portal.staff.forms import EnrolmentForm, SecondFactorForm
-from portal.web import see_other
+from portal.payments.gateway import gateway
+from portal.payments.models import Payment
+from portal.staff import dispute_ops, queries, queue, resolution, services, view_as
+from portal.staff.access import MFA_KEY, is_admin, second_factor_passed
+from portal.staff.forms import (
+    AssignForm,
+    AuditFilterForm,
+    CreditForm,
+    CustomerSearchForm,
+    DecisionForm,
+    EnrolmentForm,
+    MessageForm,
+    QueueFilterForm,
+    RefundForm,
+    RejectForm,
+    SecondFactorForm,
+    StatusForm,
+    first_error,
+    line_amounts,
+    page_number,
+    parse_major,
+    to_minor,
+)
+from portal.web import render_page, see_other
 
 bp = Blueprint("staff", __name__, url_prefix="/staff")
+log = logging.getLogger(__name__)
 
-MFA_KEY = "mfa_passed_for"
 STAFF_NEXT_KEY = "staff_next"
 SECOND_FACTOR_PAGES = {"staff.totp_setup", "staff.totp_verify"}
-
-
-def second_factor_passed() -> bool:
-    """True once this session (not just this user) passed TOTP; a new sign-in starts over."""
-    current = session_user_id()
-    return current is not None and session.get(MFA_KEY) == current
 
 
 def _staff_user() -> User:
@@ -60,6 +86,21 @@ def require_staff_and_second_factor() -> Response | None:
     return see_other(url_for("staff.totp_verify"))
 
 
+@bp.context_processor
+def staff_globals() -> dict[str, object]:
+    return {
+        "staff_endpoints": frozenset(current_app.view_functions),
+        "pending_approvals": _pending_approvals(),
+    }
+
+
+def _pending_approvals() -> int:
+    user = signed_in_user()
+    if user is None or not user.is_staff or not second_factor_passed():
+        return 0
+    return queries.pending_approval_count(db.session)
+
+
 def _after_second_factor() -> Response:
     session[MFA_KEY] = session_user_id()
     target = safe_next(session.pop(STAFF_NEXT_KEY, None))
@@ -67,10 +108,30 @@ def _after_second_factor() -> Response:
 
 
 @bp.get("/")
-def home() -> str:
+def home() -> Response:
+    """The dispute queue: customer disputes and card chargebacks, filtered and sorted."""
     user = _staff_user()
-    remaining = services.remaining_recovery_codes(db.session, user)
-    return render_template("staff/home.html", user=user, remaining_codes=remaining)
+    form = QueueFilterForm(request.args)
+    error = ""
+    if form.validate():
+        filters = form.filters()
+    else:
+        error = form.first_error()
+        filters = queue.QueueFilters()
+    results = queue.queue_page(db.session, filters, page_number(request.args.get("page")), me=user)
+    return render_page(
+        "staff/home.html",
+        "staff/_queue_rows.html",
+        user=user,
+        form=form,
+        filters=filters,
+        results=results,
+        error=error,
+        now=clock.now(),
+        due_state=queue.due_state,
+        staff_people=queries.staff_users(db.session),
+        remaining_codes=services.remaining_recovery_codes(db.session, user),
+    )
 
 
 @bp.route("/two-factor/setup", methods=["GET", "POST"])
@@ -172,3 +233,369 @@ def totp_verify() -> Response | tuple[str, int] | str:
 
 
 from portal.staff import outbox  # noqa: E402, F401  (staff pages of issue 12 on this blueprint)
+def _actor() -> Actor:
+    return Actor("staff", _staff_user().id, request.remote_addr)
+
+
+def _account_or_404(public_id: str) -> Account:
+    account = queries.account_by_public_id(db.session, public_id[:24])
+    if account is None:
+        abort(404)
+    return account
+
+
+# -- customer lookup and "view as customer" -------------------------------------------------
+
+
+@bp.get("/customers")
+def customers() -> Response:
+    form = CustomerSearchForm(request.args)
+    page = None
+    error = ""
+    if form.validate() and (form.q.data or "").strip():
+        page = queries.paginate(
+            db.session,
+            queries.customer_search(form.q.data),
+            page_number(request.args.get("page")),
+        )
+    elif form.errors:
+        error = form.first_error()
+    return render_page(
+        "staff/customers.html",
+        "staff/_customer_rows.html",
+        form=form,
+        results=page,
+        error=error,
+        q=(form.q.data or "").strip(),
+    )
+
+
+@bp.get("/customers/<public_id>")
+def customer(public_id: str) -> Response:
+    account = _account_or_404(public_id)
+    context = queries.account_context(db.session, account, recent=10)
+    return render_page("staff/customer.html", context=context, customer=account)
+
+
+@bp.post("/customers/<public_id>/view-as")
+def view_as_start(public_id: str) -> Response:
+    account = _account_or_404(public_id)
+    view_as.start(account)
+    _actor().record(
+        db.session,
+        "staff.view_as_started",
+        account_id=account.id,
+        target_type="account",
+        target_id=account.public_id,
+    )
+    return see_other(url_for("billing.dashboard"))
+
+
+@bp.post("/view-as/end")
+def view_as_end() -> Response:
+    viewed = view_as.viewed_account()
+    view_as.stop()
+    if viewed is None:
+        return see_other(url_for("staff.customers"))
+    _actor().record(
+        db.session,
+        "staff.view_as_ended",
+        account_id=viewed.id,
+        target_type="account",
+        target_id=viewed.public_id,
+    )
+    return see_other(url_for("staff.customer", public_id=viewed.public_id))
+
+
+# -- the audit log --------------------------------------------------------------------------
+
+
+@bp.get("/audit")
+def audit() -> Response:
+    form = AuditFilterForm(request.args)
+    error = ""
+    if form.validate():
+        filters = form.filters()
+    else:
+        error = form.first_error()
+        filters = queries.AuditFilters()
+    page = queries.paginate(
+        db.session, queries.audit_events(filters), page_number(request.args.get("page"))
+    )
+    users = queries.users_by_id(db.session, {e.actor_user_id for e in page.rows if e.actor_user_id})
+    accounts = queries.accounts_by_id(db.session, {e.account_id for e in page.rows if e.account_id})
+    return render_page(
+        "staff/audit.html",
+        "staff/_audit_rows.html",
+        form=form,
+        results=page,
+        error=error,
+        users=users,
+        accounts=accounts,
+    )
+
+
+# -- one dispute ----------------------------------------------------------------------------
+
+
+def _dispute_or_404(public_id: str) -> Dispute:
+    dispute = db.session.scalar(select(Dispute).where(Dispute.public_id == public_id[:24]))
+    if dispute is None:
+        abort(404)
+    return dispute
+
+
+def _limits() -> dict[str, int]:
+    try:
+        return resolution.parse_limits(current_app.config.get("STAFF_CREDIT_LIMITS", ""))
+    except ValueError:
+        # NOTE: a setting nobody can read gives support no limit to work within: every credit
+        # and refund then waits for an admin, never the other way round.
+        log.warning("STAFF_CREDIT_LIMITS cannot be read; every resolution needs an admin")
+        return {}
+
+
+def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Response:
+    user = _staff_user()
+    account = db.session.get(Account, dispute.account_id)
+    assert account is not None
+    invoice = db.session.get(Invoice, dispute.invoice_id) if dispute.invoice_id else None
+    payment = db.session.get(Payment, dispute.payment_id) if dispute.payment_id else None
+    authors = queries.users_by_id(
+        db.session, {m.author_user_id for m in dispute.messages if m.author_user_id}
+    )
+    limit = resolution.limit_for(user, dispute.currency, _limits())
+    response = render_page(
+        "staff/dispute.html",
+        dispute=dispute,
+        customer=account,
+        invoice=invoice,
+        payment=payment,
+        lines=queries.dispute_lines(db.session, dispute),
+        invoice_lines=invoice.lines if invoice is not None else [],
+        credited=queries.credited_by_line(db.session, invoice),
+        refundable=resolution.refundable_payments(db.session, dispute),
+        context=queries.account_context(db.session, account),
+        authors=authors,
+        events=dispute.events,
+        user=user,
+        staff_people=queries.staff_users(db.session),
+        due=queue.due_state(dispute, clock.now()),
+        now=clock.now(),
+        limit_minor=limit,
+        waiting=queries.open_approval(db.session, dispute),
+        message_form=forms.get("message_form") or MessageForm(formdata=None),
+        note_form=forms.get("note_form") or MessageForm(formdata=None, prefix="note"),
+        credit_form=forms.get("credit_form") or CreditForm(formdata=None),
+        refund_form=forms.get("refund_form") or RefundForm(formdata=None),
+        reject_form=forms.get("reject_form") or RejectForm(formdata=None),
+        form_error=forms.get("form_error", ""),
+    )
+    response.status_code = status
+    return response
+
+
+@bp.get("/disputes/<public_id>")
+def dispute(public_id: str) -> Response:
+    return _dispute_page(_dispute_or_404(public_id))
+
+
+def _back(dispute: Dispute, anchor: str = "") -> Response:
+    return see_other(url_for("staff.dispute", public_id=dispute.public_id) + anchor)
+
+
+@bp.post("/disputes/<public_id>/assign")
+def dispute_assign(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = AssignForm()
+    if not form.validate():
+        return _dispute_page(dispute, status=422, form_error=first_error(form))
+    choice = (form.assignee.data or "").strip()
+    if choice == "me":
+        assignee: User | None = _staff_user()
+    elif choice:
+        assignee = dispute_ops.staff_user(db.session, choice)
+        if assignee is None:
+            return _dispute_page(
+                dispute, status=422, form_error=_("Choose a staff member from the list.")
+            )
+    else:
+        assignee = None
+    dispute_ops.assign(db.session, dispute, assignee, actor=_actor())
+    flash(_("Assignment saved."), "success")
+    return _back(dispute)
+
+
+@bp.post("/disputes/<public_id>/reply")
+def dispute_reply(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = MessageForm()
+    if not form.validate():
+        return _dispute_page(dispute, status=422, message_form=form, form_error=first_error(form))
+    dispute_ops.reply(db.session, dispute, form.body.data, actor=_actor())
+    flash(_("Your reply was sent to the customer."), "success")
+    return _back(dispute, "#thread")
+
+
+@bp.post("/disputes/<public_id>/note")
+def dispute_note(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = MessageForm(prefix="note")
+    if not form.validate():
+        return _dispute_page(dispute, status=422, note_form=form, form_error=first_error(form))
+    dispute_ops.internal_note(db.session, dispute, form.body.data, actor=_actor())
+    flash(_("Internal note saved. The customer does not see it."), "success")
+    return _back(dispute, "#thread")
+
+
+@bp.post("/disputes/<public_id>/status")
+def dispute_status(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = StatusForm()
+    if not form.validate():
+        return _dispute_page(dispute, status=422, form_error=first_error(form))
+    dispute_ops.set_status(db.session, dispute, form.status.data, actor=_actor())
+    flash(_("Status changed."), "success")
+    return _back(dispute)
+
+
+def _announce(outcome: resolution.Outcome) -> None:
+    if outcome.kind == "approval_requested":
+        flash(_("This is above your limit: an admin has been asked to approve it."), "warning")
+    elif outcome.kind == "credited" and outcome.credit_note is not None:
+        flash(
+            _(
+                "Credit note %(number)s issued; the dispute is resolved.",
+                number=outcome.credit_note.number,
+            ),
+            "success",
+        )
+    elif outcome.kind == "refunded":
+        flash(_("The refund went through; the dispute is resolved."), "success")
+    elif outcome.kind == "refund_pending":
+        flash(
+            _(
+                "The refund is pending: Stripe has not confirmed it yet. It is checked again "
+                "automatically and will not be made twice."
+            ),
+            "warning",
+        )
+    elif outcome.kind == "refund_failed":
+        flash(_("Stripe refused the refund: %(why)s", why=outcome.message), "danger")
+    elif outcome.kind == "rejected":
+        flash(_("The dispute is closed with your explanation."), "success")
+
+
+@bp.post("/disputes/<public_id>/credit")
+def dispute_credit(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = CreditForm()
+    if not form.validate():
+        return _dispute_page(dispute, status=422, credit_form=form, form_error=first_error(form))
+    invoice = db.session.get(Invoice, dispute.invoice_id) if dispute.invoice_id else None
+    line_ids = [line.id for line in invoice.lines] if invoice is not None else []
+    whole = parse_major(form.amount.data)
+    plan = resolution.credit_plan(
+        dispute,
+        invoice.lines if invoice is not None else [],
+        whole_minor=to_minor(whole, dispute.currency) if whole is not None else None,
+        line_minor=line_amounts(request.form, line_ids, dispute.currency),
+        memo=form.memo.data or "",
+    )
+    outcome = resolution.resolve_by_credit(
+        db.session, dispute.public_id, plan, user=_staff_user(), actor=_actor(), limits=_limits()
+    )
+    _announce(outcome)
+    return _back(dispute)
+
+
+@bp.post("/disputes/<public_id>/refund")
+def dispute_refund(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = RefundForm()
+    if not form.validate():
+        return _dispute_page(dispute, status=422, refund_form=form, form_error=first_error(form))
+    major = parse_major(form.amount.data)
+    assert major is not None
+    plan = resolution.RefundPlan(
+        form.payment.data.strip(),
+        Money(to_minor(major, dispute.currency), dispute.currency),
+        form.note.data or "",
+    )
+    outcome = resolution.resolve_by_refund(
+        db.session,
+        gateway(),
+        dispute.public_id,
+        plan,
+        user=_staff_user(),
+        actor=_actor(),
+        limits=_limits(),
+    )
+    _announce(outcome)
+    return _back(dispute)
+
+
+@bp.post("/disputes/<public_id>/reject")
+def dispute_reject(public_id: str) -> Response:
+    dispute = _dispute_or_404(public_id)
+    form = RejectForm()
+    if not form.validate():
+        return _dispute_page(dispute, status=422, reject_form=form, form_error=first_error(form))
+    outcome = resolution.reject(
+        db.session, dispute.public_id, form.explanation.data, actor=_actor()
+    )
+    _announce(outcome)
+    return _back(dispute)
+
+
+# -- approvals (admins) ---------------------------------------------------------------------
+
+
+def _admin() -> User:
+    user = _staff_user()
+    if not is_admin(user):
+        raise NotAllowed(_("Only admins decide on credits and refunds above a support limit."))
+    return user
+
+
+@bp.get("/approvals")
+def approvals() -> Response:
+    user = _staff_user()
+    return render_page(
+        "staff/approvals.html",
+        user=user,
+        requests=resolution.pending_approvals(db.session),
+        can_decide=is_admin(user),
+        form=DecisionForm(formdata=None),
+    )
+
+
+@bp.post("/approvals/<public_id>/approve")
+def approval_approve(public_id: str) -> Response:
+    user = _admin()
+    form = DecisionForm()
+    if not form.validate():
+        raise ValidationFailed(first_error(form))
+    outcome = resolution.approve(
+        db.session,
+        gateway(),
+        public_id[:24],
+        decider=user,
+        actor=_actor(),
+        note=form.note.data or "",
+    )
+    _announce(outcome)
+    return see_other(url_for("staff.approvals"))
+
+
+@bp.post("/approvals/<public_id>/decline")
+def approval_decline(public_id: str) -> Response:
+    user = _admin()
+    form = DecisionForm()
+    if not form.validate():
+        raise ValidationFailed(first_error(form))
+    resolution.decline_approval(
+        db.session, public_id[:24], decider=user, actor=_actor(), note=form.note.data or ""
+    )
+    flash(_("Request turned down; the dispute stays open."), "success")
+    return see_other(url_for("staff.approvals"))
