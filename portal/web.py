@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -250,6 +251,36 @@ def _cached_url(app: Flask) -> Callable[..., str]:
     return build
 
 
+_OPTION = Markup('\n    <option value="%s"%s>%s</option>')
+_SELECTED = Markup(" selected")
+
+
+def _options_markup(choices: tuple[tuple[Any, Any], ...], current: Any) -> Markup:
+    parts = []
+    # A value stored before the list was narrowed stays visible (and is re-checked on save).
+    if current and current not in [value for value, _name in choices]:
+        parts.append(_OPTION % (current, _SELECTED, current))
+    for value, name in choices:
+        parts.append(_OPTION % (value, _SELECTED if value == current else "", name))
+    return Markup("").join(parts)
+
+
+_cached_options = lru_cache(maxsize=256)(_options_markup)
+
+
+def select_options(choices: Iterable[tuple[Any, Any]], current: Any) -> Markup:
+    """The <option>s of a select whose choices are (value, name) in display order, `current`
+    selected. NOTE: the country list has 249 options, and printing them in the template cost
+    more than the rest of the account page: the markup is built once per (choices, current)
+    when every piece is a plain string (a lazy string's text depends on the request)."""
+    choices = tuple(choices)
+    if type(current) is str and all(
+        type(value) is str and type(name) is str for value, name in choices
+    ):
+        return _cached_options(choices, current)
+    return _options_markup(choices, current)
+
+
 def init_template_globals(app: Flask) -> None:
     invoice_path = _cached_path("billing.invoice_detail", "number")
 
@@ -262,6 +293,7 @@ def init_template_globals(app: Flask) -> None:
     app.add_template_global(_cached_macro(app, "status_badge"), "cached_badge")
     app.add_template_global(_cached_path("payments.receipt", "public_id"), "receipt_url")
     app.add_template_global(_cached_url(app), "app_url")
+    app.add_template_global(select_options, "select_options")
 
     @app.context_processor
     def portal_globals() -> dict[str, Any]:
