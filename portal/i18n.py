@@ -152,6 +152,12 @@ def _translations() -> Any:
     return translations
 
 
+def translations() -> Any:
+    """This request's translations (`ugettext`, `ungettext`, ...), as the templates' `_()` uses
+    them: for Python code that formats many strings of a page (portal.billing.rows)."""
+    return _translations()
+
+
 def _install_gettext(app: Flask) -> None:
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
         gettext=lambda s: _translations().ugettext(s),

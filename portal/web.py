@@ -281,13 +281,17 @@ def select_options(choices: Iterable[tuple[Any, Any]], current: Any) -> Markup:
     return _options_markup(choices, current)
 
 
-def init_template_globals(app: Flask) -> None:
-    invoice_path = _cached_path("billing.invoice_detail", "number")
+_invoice_path = _cached_path("billing.invoice_detail", "number")
 
-    def invoice_url(number: str) -> str | None:
-        if "billing.invoice_detail" not in app.view_functions:
-            return None
-        return invoice_path(number)
+
+def invoice_url(number: str) -> str | None:
+    """The invoice's page (None where the app has no invoice pages)."""
+    if "billing.invoice_detail" not in current_app.view_functions:
+        return None
+    return _invoice_path(number)
+
+
+def init_template_globals(app: Flask) -> None:
 
     app.add_template_global(_cached_macro(app, "svg_icon"), "cached_icon")
     app.add_template_global(_cached_macro(app, "status_badge"), "cached_badge")

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from portal import clock
 from portal import db as unit_of_work
 from portal.auth.sessions import current_account
-from portal.billing import documents, pdf, queries
+from portal.billing import documents, pdf, queries, rows
 from portal.billing.forms import STATUS_CHOICES, InvoiceFilterForm, StatementPeriodForm
 from portal.billing.models import Invoice, InvoiceLine, InvoiceStatus
 from portal.billing.queries import Cursor, dashboard_summary
@@ -31,6 +31,7 @@ from portal.extensions import db
 from portal.web import render_page
 
 bp = Blueprint("billing", __name__)
+bp.add_app_template_global(rows.due_phrase, "due_phrase_text")
 
 
 @bp.get("/")
@@ -79,6 +80,7 @@ def invoices() -> Response:
         form=form,
         status_choices=STATUS_CHOICES,
         results=page,
+        rows=rows.invoice_rows(page.invoices, today),
         filters=filters,
         years=queries.invoice_years(db.session, account.id),
         payable_count=(
