@@ -311,9 +311,27 @@ def invoice_years(session: Session, account_id: int) -> list[int]:
     filter): the two ends read from the (account_id, issue_date) index, whatever the history."""
     statement = _invoice_years_statement()
     oldest, newest = session.execute(statement, {"account_id": account_id}).one()
+    return _years(oldest, newest)
+
+
+def _years(oldest: date | None, newest: date | None) -> list[int]:
     if oldest is None or newest is None:
         return []
     return list(range(newest.year, oldest.year - 1, -1))
+
+
+@functools.cache
+def _list_header_statement() -> Select[tuple[date | None, date | None, int]]:
+    ends = _invoice_years_statement()
+    return ends.add_columns(_payable_count_statement().scalar_subquery())
+
+
+def invoice_list_header(session: Session, account_id: int) -> tuple[list[int], int]:
+    """invoice_years and payable_count of the invoice list, in one statement (each statement
+    is a round trip on PostgreSQL)."""
+    statement = _list_header_statement()
+    oldest, newest, payable = session.execute(statement, {"account_id": account_id}).one()
+    return _years(oldest, newest), int(payable or 0)
 
 
 # --- One invoice ------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def invoices() -> Response:
         if page.next_cursor
         else None
     )
+    years, payable = queries.invoice_list_header(db.session, account.id)
     response = render_page(
         "billing/invoices.html",
         "billing/_invoice_rows.html",
@@ -82,12 +83,8 @@ def invoices() -> Response:
         results=page,
         rows=rows.invoice_rows(page.invoices, today),
         filters=filters,
-        years=queries.invoice_years(db.session, account.id),
-        payable_count=(
-            queries.payable_count(db.session, account.id)
-            if "checkout.pay_balance" in current_app.view_functions
-            else 0
-        ),
+        years=years,
+        payable_count=payable if "checkout.pay_balance" in current_app.view_functions else 0,
         next_url=next_url,
         is_later_page=after is not None,
         error=error,

@@ -125,3 +125,16 @@ def test_payable_count_counts_what_can_be_paid_now(session: Session) -> None:
     assert queries.payable_count(session, account.id) == 2
     listed = session.scalars(queries.open_invoices(account.id)).all()
     assert [invoice.total_minor for invoice in listed] == [700, 900]
+
+
+def test_invoice_list_header_is_the_years_and_the_payable_count(session: Session) -> None:
+    account = make_account(session)
+    assert queries.invoice_list_header(session, account.id) == ([], 0)
+    make_invoice(session, account, [700], issue_date=date(2024, 3, 1))
+    make_invoice(session, account, [900])
+    make_invoice(session, make_account(session), [300])
+    assert queries.invoice_list_header(session, account.id) == (
+        queries.invoice_years(session, account.id),
+        queries.payable_count(session, account.id),
+    )
+    assert queries.invoice_list_header(session, account.id)[1] == 2
