@@ -24,6 +24,7 @@ from flask import (
     has_request_context,
     request,
 )
+from markupsafe import Markup
 
 from portal.extensions import babel
 
@@ -154,8 +155,27 @@ def _translations() -> Any:
 
 def translations() -> Any:
     """This request's translations (`ugettext`, `ungettext`, ...), as the templates' `_()` uses
-    them: for Python code that formats many strings of a page (portal.billing.rows)."""
+    them: for Python code that formats many strings of a page (see PageText)."""
     return _translations()
+
+
+class PageText:
+    """`gettext` / `ngettext` exactly as a page template's `_()` / `ngettext()` (autoescaped):
+    the translation is markup and its parameters are escaped into it. For the read models that
+    format a list's rows in Python (portal.billing.rows); bind the methods to `_` and
+    `ngettext` so the messages are extracted."""
+
+    def __init__(self) -> None:
+        found = _translations()
+        self._gettext = found.ugettext
+        self._ngettext = found.ungettext
+
+    def gettext(self, message: str, **params: Any) -> Markup:
+        return Markup(self._gettext(message)) % params
+
+    def ngettext(self, singular: str, plural: str, num: int, **params: Any) -> Markup:
+        params.setdefault("num", num)
+        return Markup(self._ngettext(singular, plural, num)) % params
 
 
 def _install_gettext(app: Flask) -> None:

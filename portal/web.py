@@ -27,6 +27,7 @@ from markupsafe import Markup
 from portal import db as unit_of_work
 from portal.errors import ValidationFailed
 from portal.extensions import db, htmx
+from portal.i18n import html_lang
 
 
 class PortalFlask(Flask):
@@ -294,7 +295,15 @@ def invoice_url(number: str) -> str | None:
 def init_template_globals(app: Flask) -> None:
 
     app.add_template_global(_cached_macro(app, "svg_icon"), "cached_icon")
-    app.add_template_global(_cached_macro(app, "status_badge"), "cached_badge")
+    cached_badge = _cached_macro(app, "status_badge")
+    app.add_template_global(cached_badge, "cached_badge")
+
+    def page_badge(status: str) -> Markup:
+        # NOTE: the page's language is part of the key: a badge cached in English must not be
+        # shown on a German page. A plain function (not a macro): pages draw one per row.
+        return cached_badge(status, html_lang())
+
+    app.add_template_global(page_badge, "page_badge")
     app.add_template_global(_cached_path("payments.receipt", "public_id"), "receipt_url")
     app.add_template_global(_cached_url(app), "app_url")
     app.add_template_global(select_options, "select_options")

@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 from flask import current_app
 from markupsafe import Markup
 
 from portal.billing.models import Invoice
 from portal.formatting import day, money
-from portal.i18n import html_lang, translations
+from portal.i18n import PageText, html_lang
 from portal.web import invoice_url
 
 
@@ -36,27 +35,10 @@ class InvoiceRow:
     foot: Markup
 
 
-class _Text:
-    """gettext / ngettext as a template's `_()` / `ngettext()` under autoescape: the translation
-    is markup, its parameters are escaped into it."""
-
-    def __init__(self) -> None:
-        found = translations()
-        self._gettext = found.ugettext
-        self._ngettext = found.ungettext
-
-    def gettext(self, message: str, **params: Any) -> Markup:
-        return Markup(self._gettext(message)) % params
-
-    def ngettext(self, singular: str, plural: str, num: int, **params: Any) -> Markup:
-        params.setdefault("num", num)
-        return Markup(self._ngettext(singular, plural, num)) % params
-
-
-def due_phrase(due_date: date, today: date, overdue: bool, text: _Text | None = None) -> Markup:
+def due_phrase(due_date: date, today: date, overdue: bool, text: PageText | None = None) -> Markup:
     """When a payable invoice is due, said from today ("Due Oct 21, 2026 · in 3 days"); the
     one definition (templates/_ui.html's due_phrase macro prints this)."""
-    t = text or _Text()
+    t = text or PageText()
     _ = t.gettext
     ngettext = t.ngettext
     days = (due_date - today).days
@@ -83,7 +65,7 @@ def due_phrase(due_date: date, today: date, overdue: bool, text: _Text | None = 
 
 def invoice_rows(invoices: Iterable[Invoice], today: date) -> list[InvoiceRow]:
     """The invoice list's rows (templates/billing/_invoice_rows.html prints them)."""
-    t = _Text()
+    t = PageText()
     _ = t.gettext
     template_globals = current_app.jinja_env.globals
     icon = template_globals["cached_icon"]
