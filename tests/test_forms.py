@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from markupsafe import Markup
 from werkzeug.datastructures import FileStorage, MultiDict
 from wtforms import Form, StringField
 
@@ -67,3 +68,40 @@ def test_a_file_is_not_text() -> None:
     form = _Form(MultiDict({"text": upload}))
     assert not form.validate()
     assert form.errors["text"] == ["Your text must be typed in, not sent as a file."]
+
+
+# --- Rendering (portal.forms.html_params, performance work of issue 9) ------------------------
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"name": "text1", "id": "f", "class_": "text"},
+        {"checked": True, "readonly": False, "name": "text1", "abc": "hello"},
+        {"data_attr": "user.name", "aria_labeledby": "name", "aria_invalid": "false"},
+        {"value": 'a "quoted" <b>&amp;</b> value', "placeholder": "e.g. BIG-0012"},
+        {"maxlength": 200, "required": True, "disabled": False, "for_": "x"},
+        {"value": Markup("<i>kept</i>"), "title": "Ünïcode ⟦text⟧"},
+    ],
+)
+def test_html_params_writes_what_wtforms_writes(attributes: dict[str, object]) -> None:
+    from wtforms.widgets.core import html_params as wtforms_html_params
+
+    from portal.forms import html_params
+
+    assert html_params(**attributes) == wtforms_html_params(**attributes)
+    assert isinstance(html_params(**attributes), Markup)
+
+
+def test_inputs_render_through_the_fast_html_params() -> None:
+    from wtforms.widgets.core import Input
+
+    from portal.forms import html_params
+
+    assert Input.html_params is html_params
+    field = _Form(MultiDict({"text": 'Say "hi" <now>'})).text
+    assert str(field(class_="input", aria_invalid="false", autocomplete="name")) == (
+        '<input aria-invalid="false" autocomplete="name" class="input" id="text" name="text"'
+        ' type="text" value="Say &#34;hi&#34; &lt;now&gt;">'
+    )

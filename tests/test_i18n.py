@@ -480,3 +480,39 @@ def test_mail_and_pdfs_name_the_language_they_are_written_in(
             assert render_template_string("{{ page_lang() }} {{ _('Invoices') }}") == (
                 "en Invoices"
             )
+
+
+# --- The templates' gettext (portal.i18n._template_gettext, performance work of issue 9) ------
+
+
+def test_template_gettext_escapes_into_html_and_leaves_text_templates_alone(app: Flask) -> None:
+    with app.test_request_context("/"):
+        html = app.jinja_env.overlay(autoescape=True).from_string(
+            '{{ _("Hi %(name)s", name=who) }}|{{ gettext("Hi %(name)s", name=who) }}|'
+            '{{ ngettext("%(num)d item for %(name)s", "%(num)d items for %(name)s", 2, name=who) }}'
+            "|{% trans %}Plain{% endtrans %}|{{ _('100%% sure') }}"
+        )
+        assert html.render(who="<b>") == (
+            "Hi &lt;b&gt;|Hi &lt;b&gt;|2 items for &lt;b&gt;|Plain|100% sure"
+        )
+        text = app.jinja_env.overlay(autoescape=False).from_string(
+            '{{ _("Hi %(name)s", name=who) }} {{ ngettext("%(num)d day", "%(num)d days", 1) }}'
+        )
+        assert text.render(who="<b>") == "Hi <b> 1 day"
+
+
+def test_template_gettext_follows_the_page_language(app: Flask) -> None:
+    translations = i18n._translations
+    with app.test_request_context("/"):
+        template = app.jinja_env.from_string('{{ _("Invoices") }}')
+        assert template.render() == "Invoices"
+
+        class Pseudo:
+            def ugettext(self, message: str) -> str:
+                return pseudo(message)
+
+        i18n._translations = lambda: Pseudo()  # type: ignore[assignment]
+        try:
+            assert template.render() == pseudo("Invoices")
+        finally:
+            i18n._translations = translations

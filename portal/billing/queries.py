@@ -98,17 +98,23 @@ class DashboardSummary:
 
 
 @functools.cache
-def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any], Select[Any]]:
+def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any]]:
     """The dashboard's statements, built once with bound parameters (account_id, currency,
     today): building them and their cache keys on every request cost more than running them."""
     account_id = bindparam("account_id")
     today = bindparam("today")
     overdue = Invoice.due_date < today  # of payable invoices: Invoice.is_overdue
-    # NOTE: the balance (one row of account_balances) rides along with the overdue sums.
+    disputes = select(func.count(Dispute.id)).where(
+        Dispute.account_id == account_id,
+        Dispute.status.in_(OPEN_DISPUTE_STATUSES),
+    )
+    # NOTE: the balance (one row of account_balances) and the open disputes' count ride along
+    # with the overdue sums: one statement (a round trip each on PostgreSQL).
     sums = select(
         func.coalesce(func.sum(case((overdue, Invoice.amount_due_minor), else_=0)), 0),
         func.count(Invoice.id).filter(overdue),
         ledger.balance_expr(account_id, bindparam("currency")),
+        disputes.scalar_subquery(),
     ).where(Invoice.account_id == account_id, Invoice.is_payable)
     invoices = open_invoices(account_id).options(*LIST_ONLY).limit(5)
     # The page shows each subscription's plan: loaded in the same query, not one by one.
@@ -120,23 +126,18 @@ def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any], Sele
             joinedload(Subscription.price).joinedload(Price.tax_rate),
         )
     )
-    disputes = select(func.count(Dispute.id)).where(
-        Dispute.account_id == account_id,
-        Dispute.status.in_(OPEN_DISPUTE_STATUSES),
-    )
-    return sums, invoices, subscriptions, disputes
+    return sums, invoices, subscriptions
 
 
 def dashboard_summary(
     session: Session, account_id: int, currency: str, today: date
 ) -> DashboardSummary:
     """Everything the dashboard shows, in a fixed handful of queries."""
-    sums, invoices_of, subscriptions_of_account, disputes = _dashboard_statements()
+    sums, invoices_of, subscriptions_of_account = _dashboard_statements()
     params = {"account_id": account_id, "currency": currency, "today": today}
-    overdue_minor, overdue_count, balance_minor = session.execute(sums, params).one()
+    overdue_minor, overdue_count, balance_minor, open_disputes = session.execute(sums, params).one()
     invoices = list(session.scalars(invoices_of, params))
     subscriptions = list(session.scalars(subscriptions_of_account, params))
-    open_disputes = session.scalar(disputes, params)
     return DashboardSummary(
         balance=Money(int(balance_minor), currency),
         overdue=Money(int(overdue_minor), currency),
@@ -314,9 +315,27 @@ def invoice_years(session: Session, account_id: int) -> list[int]:
     filter): the two ends read from the (account_id, issue_date) index, whatever the history."""
     statement = _invoice_years_statement()
     oldest, newest = session.execute(statement, {"account_id": account_id}).one()
+    return _years(oldest, newest)
+
+
+def _years(oldest: date | None, newest: date | None) -> list[int]:
     if oldest is None or newest is None:
         return []
     return list(range(newest.year, oldest.year - 1, -1))
+
+
+@functools.cache
+def _list_header_statement() -> Select[tuple[date | None, date | None, int]]:
+    ends = _invoice_years_statement()
+    return ends.add_columns(_payable_count_statement().scalar_subquery())
+
+
+def invoice_list_header(session: Session, account_id: int) -> tuple[list[int], int]:
+    """invoice_years and payable_count of the invoice list, in one statement (each statement
+    is a round trip on PostgreSQL)."""
+    statement = _list_header_statement()
+    oldest, newest, payable = session.execute(statement, {"account_id": account_id}).one()
+    return _years(oldest, newest), int(payable or 0)
 
 
 # --- One invoice ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from portal import clock
 from portal import db as unit_of_work
 from portal.auth.sessions import current_account
-from portal.billing import documents, pdf, queries
+from portal.billing import documents, pdf, queries, rows
 from portal.billing.forms import STATUS_CHOICES, InvoiceFilterForm, StatementPeriodForm
 from portal.billing.models import Invoice, InvoiceLine, InvoiceStatus
 from portal.billing.queries import Cursor, dashboard_summary
@@ -32,6 +32,7 @@ from portal.notifications.queries import planned_retry_days
 from portal.web import render_page
 
 bp = Blueprint("billing", __name__)
+bp.add_app_template_global(rows.due_phrase, "due_phrase_text")
 
 
 @bp.get("/")
@@ -72,6 +73,7 @@ def invoices() -> Response:
         if page.next_cursor
         else None
     )
+    years, payable = queries.invoice_list_header(db.session, account.id)
     response = render_page(
         "billing/invoices.html",
         "billing/_invoice_rows.html",
@@ -80,13 +82,10 @@ def invoices() -> Response:
         form=form,
         status_choices=STATUS_CHOICES,
         results=page,
+        rows=rows.invoice_rows(page.invoices, today),
         filters=filters,
-        years=queries.invoice_years(db.session, account.id),
-        payable_count=(
-            queries.payable_count(db.session, account.id)
-            if "checkout.pay_balance" in current_app.view_functions
-            else 0
-        ),
+        years=years,
+        payable_count=payable if "checkout.pay_balance" in current_app.view_functions else 0,
         next_url=next_url,
         is_later_page=after is not None,
         error=error,

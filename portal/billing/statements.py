@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import CompoundSelect, and_, bindparam, func, or_, select, union_all
+from sqlalchemy import CompoundSelect, Select, and_, bindparam, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
@@ -160,18 +160,29 @@ def parse_period(
     return Period(first, last, preset)
 
 
+@lru_cache(maxsize=1)
+def _activity_query() -> Select[tuple[int]]:
+    """has_activity's statement with bound parameters, built once (building a select and its
+    cache key on every request cost more than running it)."""
+    moment = LedgerEntry.effective_at.type
+    return (
+        select(LedgerEntry.id)
+        .where(
+            LedgerEntry.account_id == bindparam("account_id", type_=LedgerEntry.account_id.type),
+            LedgerEntry.currency == bindparam("currency", type_=LedgerEntry.currency.type),
+            LedgerEntry.effective_at >= bindparam("start", type_=moment),
+            LedgerEntry.effective_at < bindparam("end", type_=moment),
+        )
+        .limit(1)
+    )
+
+
 def has_activity(session: Session, account: Account, period: Period) -> bool:
     """Whether any ledger entry of the account falls in the period (one indexed lookup)."""
     start, end = period.bounds(account.timezone)
     found = session.scalar(
-        select(LedgerEntry.id)
-        .where(
-            LedgerEntry.account_id == account.id,
-            LedgerEntry.currency == account.currency,
-            LedgerEntry.effective_at >= start,
-            LedgerEntry.effective_at < end,
-        )
-        .limit(1)
+        _activity_query(),
+        {"account_id": account.id, "currency": account.currency, "start": start, "end": end},
     )
     return found is not None
 

@@ -9,7 +9,7 @@ from flask_login import login_required
 
 from portal.auth.sessions import current_account
 from portal.extensions import db
-from portal.payments import queries
+from portal.payments import queries, rows
 from portal.web import render_page
 
 bp = Blueprint("payments", __name__)
@@ -37,6 +37,7 @@ def history() -> Response:
         "payments/_payment_rows.html",
         account=account,
         results=page,
+        lines=rows.payment_lines(page.rows),
         next_url=next_url,
         is_later_page=after is not None,
         error=error,

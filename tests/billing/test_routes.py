@@ -471,3 +471,30 @@ def test_the_invoice_page_lays_the_buyer_address_out_as_its_country_writes_it(
     assert "10117 Berlin" in body
     assert "Germany" in body
     assert ">DE<" not in body
+
+
+def test_invoice_list_reads_years_and_payable_count_in_one_statement(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    # NOTE: performance work of issue 9: the years and the pay-several count ride in one
+    # statement beside the page's own (each statement is a round trip on PostgreSQL).
+    _ada(client, session)
+    with count_statements() as statements:
+        assert client.get("/invoices").status_code == 200
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    counts = [s for s in selects if "count(" in s.lower()]
+    assert len(counts) == 1 and "issue_date" in counts[0], selects
+    assert len(selects) == 3, selects  # the signed-in user, the page of invoices, the header
+
+
+def test_dashboard_sends_four_selects(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    # NOTE: performance work of issue 9: the signed-in user, the sums (balance, overdue, open
+    # disputes), the open invoices and the subscriptions; nothing per row.
+    _ada(client, session)
+    with count_statements() as statements:
+        assert client.get("/").status_code == 200
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 4, selects
+    assert "disputes" in selects[1], selects

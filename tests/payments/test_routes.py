@@ -107,3 +107,42 @@ def test_empty_history(client: FlaskClient, session: Session, clock: FrozenClock
     account = make_account(session)
     login_as(client, make_user(session, account=account))
     assert "No payments yet" in client.get("/payments").get_data(as_text=True)
+
+
+def test_history_rows_say_refunds_the_invoices_paid_and_the_receipt_number(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    # NOTE: the rows are formatted in portal.payments.rows (performance work of issue 9): the
+    # same words and markup the template wrote itself.
+    account = make_account(session)
+    user = make_user(session, account=account)
+    first = make_invoice(session, account, [700])
+    second = make_invoice(session, account, [300])
+    both = services.record_payment(
+        session,
+        account,
+        Money(1000, "USD"),
+        [(first, first.amount_due), (second, second.amount_due)],
+        received_at=clock(),
+        method_description="Visa ending in 4242",
+    )
+    refunded = services.record_payment(session, account, Money(200, "USD"), [], received_at=clock())
+    refunded.amount_refunded_minor = 200
+    partly = services.record_payment(session, account, Money(400, "USD"), [], received_at=clock())
+    partly.amount_refunded_minor = 100
+    partly.method_description = ""
+    session.flush()
+    login_as(client, user)
+    body = client.get("/payments").get_data(as_text=True)
+    numbers = sorted([str(first.number), str(second.number)])
+    assert f"<span>Paid {numbers[0]}, {numbers[1]}</span>" in body
+    assert '<span class="badge badge--uncollectible">Refunded</span>' in body
+    assert '<span class="badge badge--uncollectible">Partly refunded</span>' in body
+    assert body.count('<span class="badge badge--succeeded">') == 1
+    assert f'href="/payments/{both.public_id}"' in body
+    assert '<span class="visually-hidden">Receipt for the payment of </span>' in body
+    if both.receipt_number:
+        assert (
+            f'Receipt {both.receipt_number} <span aria-hidden="true">·</span> Visa ending in 4242'
+        ) in body
+    assert ">Payment</p>" in body or "</span> Payment</p>" in body
