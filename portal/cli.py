@@ -258,6 +258,8 @@ def retry_payments_command(as_of: str | None) -> None:
 
     charged = retry_failed_payments(db.session, _as_of(as_of), gateway())  # type: ignore[arg-type]
     click.echo(_("%(count)s card payments retried.", count=charged))
+
+
 # --- issue 10: the billing run and one-off invoices (sub-engine) -----------------------------
 
 

@@ -14,13 +14,6 @@ from portal.billing.models import (
     NumberSeries,
 )
 from portal.db import Base
-from portal.notifications.models import (
-    EmailPreference,
-    OutboxEmail,
-    PaymentRetry,
-    ReminderSent,
-    SyncCursor,
-)
 from portal.disputes.models import (
     ApprovalRequest,
     Attachment,
@@ -28,6 +21,13 @@ from portal.disputes.models import (
     DisputeEvent,
     DisputeLine,
     DisputeMessage,
+)
+from portal.notifications.models import (
+    EmailPreference,
+    OutboxEmail,
+    PaymentRetry,
+    ReminderSent,
+    SyncCursor,
 )
 from portal.payments.models import (
     Payment,

@@ -186,6 +186,8 @@ def make_subscription(
     session.add(subscription)
     session.flush()
     return subscription
+
+
 # --- disputes (issue 11) -------------------------------------------------------------------
 
 

@@ -460,6 +460,7 @@ def _subscriber_then(path: str, **data: str) -> Scenario:
 
     return setup
 
+
 # -- disputes (issue 11) ---------------------------------------------------------------------
 
 

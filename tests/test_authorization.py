@@ -24,9 +24,9 @@ from portal.billing.money import Money
 from portal.extensions import db
 from tests.accounts.auth_objects import owner_session
 from tests.conftest import login_as
+from tests.disputes.auth_objects import owner_attachment, owner_dispute
 from tests.notifications.auth_objects import dead_letter
 from tests.notifications.deep_link_objects import owner_deep_link
-from tests.disputes.auth_objects import owner_attachment, owner_dispute
 from tests.payments.auth_objects import owner_attempt, owner_card
 from tests.subscriptions.auth_objects import owner_subscription
 

@@ -255,6 +255,8 @@ def _dispute(obj: Any) -> Dispute:
 
 # NOTE: a PaymentIntent read with its card: a card entered for one payment is saved from it.
 _WITH_CARD = {"expand": ["payment_method"]}
+
+
 def _timestamp(value: Any) -> datetime | None:
     """A Stripe time (seconds since the epoch) as an aware UTC datetime."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

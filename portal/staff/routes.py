@@ -233,6 +233,8 @@ def totp_verify() -> Response | tuple[str, int] | str:
 
 
 from portal.staff import outbox  # noqa: E402, F401  (staff pages of issue 12 on this blueprint)
+
+
 def _actor() -> Actor:
     return Actor("staff", _staff_user().id, request.remote_addr)
 
