@@ -262,6 +262,8 @@ def test_no_route_answers_500_to_hostile_input(app: Flask, session: Session) -> 
         "public_id": customer.payment_id,
         "token": "not-a-token",
         "session_id": "not-a-session",
+        # Disputes (issue 11): an evidence file of a dispute.
+        "file_id": "not-a-file",
     }
     segment = st.one_of(st.sampled_from(HOSTILE), any_text.filter(bool))
     failures: list[str] = []

@@ -249,6 +249,7 @@ class EvidenceStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.saved: list[str] = []
 
     def save(self, data: bytes) -> str:
         """Write the bytes under a new random key and return the key."""
@@ -258,7 +259,14 @@ class EvidenceStore:
         with open(path, "xb") as handle:
             handle.write(data)
         path.chmod(0o600)
+        self.saved.append(key)
         return key
+
+    def discard_saved(self) -> None:
+        """Remove the files this store wrote (their rows were rolled back with a refusal)."""
+        for key in self.saved:
+            self.path(key).unlink(missing_ok=True)
+        self.saved.clear()
 
     def path(self, key: str) -> Path:
         """Where a key's file lives; a key that is not one of ours names nothing."""

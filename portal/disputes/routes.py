@@ -25,7 +25,7 @@ from portal.disputes.evidence import EXTENSIONS, EvidenceStore
 from portal.disputes.forms import REASON_LABELS, MessageForm, NewDisputeForm, WithdrawForm
 from portal.disputes.hours import BusinessHours
 from portal.disputes.models import Attachment, Dispute, DisputeStatus
-from portal.errors import NotAllowed, ValidationFailed
+from portal.errors import Conflict, NotAllowed, ValidationFailed
 from portal.extensions import db
 from portal.formatting import moment
 from portal.web import accepts_files, render_page, see_other
@@ -119,7 +119,11 @@ def _uploads(field: str) -> list[FileStorage]:
 
 
 def _attach_all(
-    dispute: Dispute, files: Iterable[FileStorage], actor: Actor, message: Any = None
+    dispute: Dispute,
+    files: Iterable[FileStorage],
+    actor: Actor,
+    store: EvidenceStore,
+    message: Any = None,
 ) -> int:
     count = 0
     for upload in files:
@@ -132,7 +136,7 @@ def _attach_all(
             data=data,
             filename=upload.filename or "",
             actor=actor,
-            store=evidence_store(),
+            store=store,
             max_bytes=limit,
             message=message,
         )
@@ -220,6 +224,7 @@ def new() -> Response:
     positions = set(form.lines.data or []) if form.scope.data == "lines" else set()
     line_ids = [c.line.id for c in capacities if c.line.position in positions]
     actor = _actor()
+    store = evidence_store()
     try:
         with db.session.begin_nested():
             dispute = services.open_dispute(
@@ -233,8 +238,9 @@ def new() -> Response:
                 target=response_target(),
                 line_ids=line_ids,
             )
-            attached = _attach_all(dispute, _uploads("evidence"), actor)
+            attached = _attach_all(dispute, _uploads("evidence"), actor, store)
     except ValidationFailed as refused:
+        store.discard_saved()
         # NOTE: nothing of the dispute is kept when a file or a value is refused; the form
         # comes back with what was typed and the reason.
         message = _(refused.msgid, **refused.params) if refused.params else _(refused.msgid)
@@ -245,6 +251,12 @@ def new() -> Response:
         if not refused.errors:
             form.evidence.errors = [message]
         return _render_new(account, invoice, form, 422, message)
+    except Conflict as conflict:
+        store.discard_saved()
+        # NOTE: the lines are already in another open question (a double submit lands here):
+        # the form comes back saying so, nothing is opened twice.
+        message = _(conflict.msgid, **conflict.params) if conflict.params else _(conflict.msgid)
+        return _render_new(account, invoice, form, 409, message)
     flash(
         _("We received your question. We will answer by %(due)s.", due=_due_text(dispute))
         + (" " + _("Your files are attached.") if attached else ""),
@@ -312,11 +324,13 @@ def message(public_id: str) -> Response:
     if not form.validate():
         return _render_detail(dispute, form, 422, form.first_error())
     actor = _actor()
+    store = evidence_store()
     try:
         with db.session.begin_nested():
             written = services.add_message(db.session, dispute, body=form.body.data, actor=actor)
-            _attach_all(dispute, files, actor, message=written)
+            _attach_all(dispute, files, actor, store, message=written)
     except ValidationFailed as refused:
+        store.discard_saved()
         text = _(refused.msgid, **refused.params) if refused.params else _(refused.msgid)
         form.evidence.errors = [text]
         return _render_detail(dispute, form, 422, text)
@@ -329,6 +343,9 @@ def message(public_id: str) -> Response:
 def withdraw(public_id: str) -> Response:
     dispute = _own_dispute(public_id)
     _require_editor(current_account())
+    if dispute.source != "customer":
+        flash(_("A dispute with your bank can only be withdrawn with your bank."), "info")
+        return see_other(url_for("disputes.detail", public_id=dispute.public_id))
     if dispute.status not in queries.OPEN_DISPUTE_STATUSES:
         flash(_("This question was already closed."), "info")
         return see_other(url_for("disputes.detail", public_id=dispute.public_id))

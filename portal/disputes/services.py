@@ -376,7 +376,9 @@ def transition(
             params={"current": current.value, "new": to.value},
         )
     if actor.kind == "customer" and (
-        to not in CUSTOMER_TRANSITIONS or (to == S.IN_REVIEW and current != S.WAITING_ON_CUSTOMER)
+        dispute.source == DisputeSource.CHARGEBACK.value
+        or to not in CUSTOMER_TRANSITIONS
+        or (to == S.IN_REVIEW and current != S.WAITING_ON_CUSTOMER)
     ):
         raise NotAllowed(N_("Only our support team can do that."))
     if to == S.REJECTED and not (note or dispute.resolution_note).strip():

@@ -236,3 +236,25 @@ def test_stripe_s_dispute_object_is_read_with_its_deadline_and_money() -> None:
     )
     assert parsed.evidence_due_by == DUE.replace(second=0)
     assert parsed.balance_transactions == (DisputeFunds("txn_1", -4200, 1500, "USD"),)
+
+
+def test_the_customer_sees_the_chargeback_but_cannot_withdraw_it_here(
+    app: Flask, session: Session, stripe_copies: dict[str, Any]
+) -> None:
+    from tests.conftest import login_as
+    from tests.factories import make_user
+
+    account, _invoice, _payment = paid_invoice(session, "ch_seen")
+    user = make_user(session, account=account)
+    session.commit()
+    stripe_copies["dp_seen"] = copy("dp_seen", "ch_seen", "needs_response")
+    deliver(app, "charge.dispute.created", "dp_seen")
+    session.expire_all()
+    dispute = session.scalar(select(Dispute).where(Dispute.stripe_dispute_id == "dp_seen"))
+    client = app.test_client()
+    login_as(client, user)
+    page = client.get(f"/disputes/{dispute.public_id}").get_data(as_text=True)
+    assert "disputed with your bank" in page and "Withdraw my question" not in page
+    assert client.post(f"/disputes/{dispute.public_id}/withdraw").status_code == 303
+    session.expire_all()
+    assert session.get(Dispute, dispute.id).status == "open"

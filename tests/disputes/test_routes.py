@@ -323,3 +323,17 @@ def test_a_viewer_may_read_but_not_question_charges(client: FlaskClient, session
     assert client.get(f"/disputes/new?invoice={invoice.number}").status_code == 200
     assert post_new(client, invoice).status_code == 403
     assert disputes_of(session, invoice) == []
+
+
+def test_a_refused_second_file_takes_the_first_one_with_it(
+    client: FlaskClient, session: Session, app: Flask
+) -> None:
+    _account, _user, invoice = customer(client, session)
+    root = Path(app.config["ATTACHMENTS_DIR"])
+    before = set(root.iterdir()) if root.exists() else set()
+    response = post_new(
+        client, invoice, files=[(png_bytes(), "good.png"), (b"#!/bin/sh\n", "bad.png")]
+    )
+    assert response.status_code == 422
+    assert disputes_of(session, invoice) == []
+    assert (set(root.iterdir()) if root.exists() else set()) == before
