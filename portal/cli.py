@@ -239,7 +239,8 @@ def _as_of(value: str | None) -> object:
 @billing_cli.command("remind")
 @click.option("--as-of", "as_of", default=None, help="The day to remind for (YYYY-MM-DD).")
 def remind_command(as_of: str | None) -> None:
-    """Send the payment reminders due on a day (and expiring-card notices); never twice."""
+    """Send the payment reminders due on a day (and the expiring-card, trial-ending and
+    resuming-soon notices); never twice."""
     from portal.notifications.dunning import send_reminders, warn_expiring_cards
 
     day = _as_of(as_of)
@@ -247,6 +248,12 @@ def remind_command(as_of: str | None) -> None:
     click.echo(_("%(count)s reminders sent.", count=sent))
     told = warn_expiring_cards(db.session, day)  # type: ignore[arg-type]
     click.echo(_("%(count)s expiring-card notices sent.", count=told))
+    from portal.notifications.subscription_notices import warn_resuming_soon, warn_trials_ending
+
+    trials = warn_trials_ending(db.session, day)  # type: ignore[arg-type]
+    click.echo(_("%(count)s trial-ending notices sent.", count=trials))
+    resuming = warn_resuming_soon(db.session, day)  # type: ignore[arg-type]
+    click.echo(_("%(count)s resuming-soon notices sent.", count=resuming))
 
 
 @billing_cli.command("retry-payments")

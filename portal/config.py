@@ -134,6 +134,9 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "DUNNING_AFTER_DAYS": env("DUNNING_AFTER_DAYS", "1,7,14"),
         "CARD_RETRY_DAYS": env("CARD_RETRY_DAYS", "1,3,5,7"),
         "CARD_RETRY_PAST_DUE": _bool("CARD_RETRY_PAST_DUE", True),
+        # Subscriptions: how many days ahead a trial's end and a pause's end are announced.
+        "TRIAL_ENDING_NOTICE_DAYS": _int("TRIAL_ENDING_NOTICE_DAYS", 3),
+        "RESUMING_NOTICE_DAYS": _int("RESUMING_NOTICE_DAYS", 3),
         "SELLER": {
             "name": env("SELLER_NAME", "Northwind Cloud Ltd."),
             "address": env("SELLER_ADDRESS", "1 Harbour Street\nBristol BS1 4RN\nUnited Kingdom"),

@@ -245,11 +245,19 @@ class Jobs:
                 log.info("billing run: %s", summary)
 
     def _reminders(self) -> None:
-        from portal.notifications.dunning import send_reminders
+        from portal.notifications.dunning import send_reminders, warn_expiring_cards
+        from portal.notifications.subscription_notices import (
+            warn_resuming_soon,
+            warn_trials_ending,
+        )
 
         with self._exclusive("reminders") as mine, self._unit_of_work() as session:
             if mine:
-                log.info("reminders sent: %s", send_reminders(session, self._as_of()))
+                day = self._as_of()
+                log.info("reminders sent: %s", send_reminders(session, day))
+                log.info("expiring-card notices: %s", warn_expiring_cards(session, day))
+                log.info("trial-ending notices: %s", warn_trials_ending(session, day))
+                log.info("resuming-soon notices: %s", warn_resuming_soon(session, day))
 
     def _card_retries(self) -> None:
         from portal.notifications.dunning import retry_failed_payments
