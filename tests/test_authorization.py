@@ -280,6 +280,16 @@ RULES.update(
     }
 )
 
+# Support console (issue 11, staff-files): staff download any file of a dispute, the
+# customer's or an internal one, at the customer URL's path under /staff.
+RULES.update(
+    {
+        ("staff.dispute_file", "GET"): Rule(
+            "GET", lambda w: f"/staff{owner_attachment(w)}", staff_only()
+        ),
+    }
+)
+
 # While viewing as a customer, a request that changes state is refused (403), except these.
 VIEW_AS_ALLOWED = {"staff.view_as_end", "auth.logout", "auth.consume"}
 

@@ -15,7 +15,14 @@ from portal.billing import ledger
 from portal.billing.models import CreditNote, CreditNoteLine, Invoice, InvoiceLine
 from portal.billing.money import Money
 from portal.billing.queries import LIST_ONLY, subscriptions_of
-from portal.disputes.models import ApprovalRequest, ApprovalStatus, Dispute, DisputeLine
+from portal.disputes.models import (
+    ApprovalRequest,
+    ApprovalStatus,
+    Attachment,
+    Dispute,
+    DisputeLine,
+    DisputeMessage,
+)
 from portal.payments.models import Payment
 from portal.subscriptions.models import Price, Subscription
 
@@ -275,4 +282,28 @@ def open_approval(session: Session, dispute: Dispute) -> ApprovalRequest | None:
         )
         .order_by(ApprovalRequest.id.desc())
         .limit(1)
+    )
+
+
+def dispute_attachments(session: Session, dispute_id: int) -> list[Attachment]:
+    """Every evidence file of the dispute staff may open, oldest first (see _staff_attachments)."""
+    return list(session.scalars(_staff_attachments(dispute_id).order_by(Attachment.id)))
+
+
+def dispute_attachment(session: Session, dispute_id: int, public_id: str) -> Attachment | None:
+    """One file of this dispute for staff; a file of another dispute finds nothing."""
+    return session.scalar(_staff_attachments(dispute_id).where(Attachment.public_id == public_id))
+
+
+def _staff_attachments(dispute_id: int) -> Select[tuple[Attachment]]:
+    # NOTE: staff see the customer's files and the internal ones alike; a deleted file (and
+    # the files of a deleted message) is shown to nobody, staff included.
+    return (
+        select(Attachment)
+        .outerjoin(DisputeMessage, DisputeMessage.id == Attachment.message_id)
+        .where(
+            Attachment.dispute_id == dispute_id,
+            Attachment.deleted_at.is_(None),
+            or_(Attachment.message_id.is_(None), DisputeMessage.deleted_at.is_(None)),
+        )
     )

@@ -28,7 +28,8 @@ from portal.auth.sessions import session_user_id, signed_in_user
 from portal.billing.models import Invoice
 from portal.billing.money import Money
 from portal.db import begin_write, has_pending_changes
-from portal.disputes.models import Dispute
+from portal.disputes.models import Attachment, Dispute
+from portal.disputes.routes import attachment_response
 from portal.errors import NotAllowed, ValidationFailed
 from portal.extensions import db, limiter, login_manager
 from portal.payments.gateway import gateway
@@ -367,6 +368,12 @@ def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Respo
         db.session, {m.author_user_id for m in dispute.messages if m.author_user_id}
     )
     limit = resolution.limit_for(user, dispute.currency, _limits())
+    shown = {m.id for m in dispute.messages if m.deleted_at is None}
+    files: dict[int | None, list[Attachment]] = {}
+    for attachment in queries.dispute_attachments(db.session, dispute.id):
+        # NOTE: a file not in a shown message is listed with the question itself.
+        key = attachment.message_id if attachment.message_id in shown else None
+        files.setdefault(key, []).append(attachment)
     response = render_page(
         "staff/dispute.html",
         dispute=dispute,
@@ -379,6 +386,7 @@ def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Respo
         refundable=resolution.refundable_payments(db.session, dispute),
         context=queries.account_context(db.session, account),
         authors=authors,
+        files=files,
         events=dispute.events,
         user=user,
         staff_people=queries.staff_users(db.session),
@@ -400,6 +408,21 @@ def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Respo
 @bp.get("/disputes/<public_id>")
 def dispute(public_id: str) -> Response:
     return _dispute_page(_dispute_or_404(public_id))
+
+
+@bp.get("/disputes/<public_id>/files/<file_id>")
+def dispute_file(public_id: str, file_id: str) -> Response:
+    """One evidence file of the dispute, the customer's or an internal one, as a download.
+
+    NOTE: like the customer's download, a read writes no audit event.
+    """
+    dispute = _dispute_or_404(public_id)
+    if len(file_id) > 24:
+        abort(404)
+    found = queries.dispute_attachment(db.session, dispute.id, file_id)
+    if found is None:
+        abort(404)
+    return attachment_response(found)
 
 
 def _back(dispute: Dispute, anchor: str = "") -> Response:

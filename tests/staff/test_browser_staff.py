@@ -16,7 +16,14 @@ from portal.accounts.models import User
 from portal.billing import services as billing
 from portal.billing.money import Money
 from portal.extensions import db
-from tests.factories import make_account, make_dispute, make_invoice, make_user
+from tests.factories import (
+    make_account,
+    make_dispute,
+    make_invoice,
+    make_user,
+    pdf_bytes,
+    png_bytes,
+)
 from tests.staff.helpers import make_dispute as make_chargeback
 from tests.test_browser import (  # noqa: F401  (the phone fixture is used by name)
     _assert_accessible,
@@ -70,6 +77,8 @@ def _seed(live_server: Any) -> dict[str, str]:
             staff = make_user(session, STAFF_EMAIL, staff_role="support")
             staff.totp_secret = pyotp.random_base32()
             staff.totp_confirmed_at = clock.now()
+            session.flush()
+            _evidence(app, dispute, staff)
             session.commit()
             existing = staff
             dispute_id = dispute.public_id
@@ -85,6 +94,37 @@ def _seed(live_server: Any) -> dict[str, str]:
         secret = existing.totp_secret
         session.commit()
     return {"dispute": str(dispute_id), "secret": str(secret)}
+
+
+def _evidence(app: Any, dispute: Any, staff: User) -> None:
+    """The customer's photo sent with the question and an internal file of support's."""
+    from portal.audit.services import Actor
+    from portal.disputes import services as disputes
+    from portal.disputes.evidence import EvidenceStore
+
+    store = EvidenceStore(app.config["ATTACHMENTS_DIR"])
+    for data, name, actor, internal in (
+        (png_bytes(), "seat-removed-screenshot.png", Actor("customer", None), False),
+        (pdf_bytes(), "seat-history-export.pdf", Actor("staff", staff.id), True),
+    ):
+        disputes.add_attachment(
+            db.session,
+            dispute,
+            data=data,
+            filename=name,
+            actor=actor,
+            store=store,
+            max_bytes=10**6,
+            internal=internal,
+        )
+
+
+def _file_links_are_tap_targets(page: Any) -> None:
+    links = page.locator(".staff-files__link")
+    assert links.count() >= 2
+    for index in range(links.count()):
+        box = links.nth(index).bounding_box()
+        assert box is not None and box["height"] >= 44, box
 
 
 def _sign_in(page: Any, live_server: Any, secret: str) -> None:
@@ -143,6 +183,14 @@ def test_the_console_on_a_laptop_and_a_phone(live_server: Any, phone: Any) -> No
     page.get_by_role("button", name="Save internal note").click()
     page.wait_for_url("**#thread")
     assert page.get_by_test_id("internal-note").first.is_visible()
+    # The evidence: each file with its type and size, the internal one marked, downloadable.
+    files = page.get_by_test_id("staff-file")
+    assert files.count() == 2
+    assert "Internal file" in files.filter(has_text="seat-history-export.pdf").inner_text()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="seat-removed-screenshot.png").click()
+    assert download.value.suggested_filename.startswith("evidence-")
+    _file_links_are_tap_targets(page)
     _check(page, "staff-dispute-laptop")
 
     page.goto(f"{live_server.url}/staff/customers?q=Lovelace")
@@ -159,6 +207,7 @@ def test_the_console_on_a_laptop_and_a_phone(live_server: Any, phone: Any) -> No
     _sign_in(page, live_server, _seed(live_server)["secret"])
     _check(page, "staff-queue-iphone13")
     page.goto(f"{live_server.url}/staff/disputes/{seeded['dispute']}")
+    _file_links_are_tap_targets(page)
     _check(page, "staff-dispute-iphone13")
     assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
     context.close()

@@ -7,15 +7,25 @@ import re
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, current_app
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.audit.models import AuditEvent
+from portal.audit.services import Actor
+from portal.disputes import services as disputes
+from portal.disputes.evidence import EvidenceStore
 from portal.formatting import countries
 from tests.conftest import login_as
-from tests.factories import make_account, make_dispute, make_invoice, make_user
+from tests.factories import (
+    make_account,
+    make_dispute,
+    make_invoice,
+    make_user,
+    pdf_bytes,
+    png_bytes,
+)
 from tests.test_i18n import (  # noqa: F401  (fixtures, used by name)
     _brand_data,
     pseudo_app,
@@ -55,6 +65,7 @@ def test_every_word_of_the_staff_console_is_marked(
     dispute = make_dispute(session, account, invoice, 2500, line_ids=[invoice.lines[1].id])
     support = make_user(session, "support-i18n@example.com", staff_role="support")
     session.commit()
+    _evidence(session, dispute, Actor("staff", support.id))
     login_as(client, support)
     base = f"/staff/disputes/{dispute.public_id}"
     client.post(f"{base}/note", data={"note-body": "Seat used"}, headers=GERMAN)
@@ -87,6 +98,8 @@ def test_every_word_of_the_staff_console_is_marked(
             "Item 2",
             "Seat used",
             "Checking",
+            "photo.png",
+            "bank.pdf",
             "The second seat was never used.",
             "This is not what we agreed.",
             "USD",
@@ -102,3 +115,24 @@ def test_every_word_of_the_staff_console_is_marked(
     }
     assert 'lang="de"' in html
     assert unmarked_text(html, data) == [], f"unmarked text on {page}"
+
+
+def _evidence(session: Session, dispute: Any, staff: Actor) -> None:
+    """A customer's file sent with the question and an internal one: the staff page lists both
+    (type, size and the internal mark are words too)."""
+    store = EvidenceStore(current_app.config["ATTACHMENTS_DIR"])
+    for data, name, internal, actor in (
+        (png_bytes(), "photo.png", False, Actor("customer", None)),
+        (pdf_bytes(), "bank.pdf", True, staff),
+    ):
+        disputes.add_attachment(
+            session,
+            dispute,
+            data=data,
+            filename=name,
+            actor=actor,
+            store=store,
+            max_bytes=10**6,
+            internal=internal,
+        )
+    session.commit()
