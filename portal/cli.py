@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
@@ -270,6 +272,35 @@ def retry_payments_command(as_of: str | None) -> None:
 # --- issue 10: the billing run and one-off invoices (sub-engine) -----------------------------
 
 
+class _RunProgress:
+    """The billing run's terminal progress bar: done / total and the rate, opened on first use."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._started = self._clock()
+        self._bar: Any = None
+        self.done = self.total = 0
+
+    def _label(self, _item: object) -> str:
+        seconds = max(self._clock() - self._started, 1e-6)  # money-safe: seconds
+        return f"{self.done}/{self.total}, {self.done / seconds:.0f}/s"  # money-safe: a rate
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=total, label=_("Billing"), item_show_func=self._label, show_eta=True
+            )
+            self._bar.__enter__()
+        self.done, self.total = done, total
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
 @billing_cli.command("run")
 @click.option(
     "--as-of",
@@ -282,8 +313,6 @@ def retry_payments_command(as_of: str | None) -> None:
 def billing_run_command(as_of, no_collect: bool) -> None:  # type: ignore[no-untyped-def]
     """Bill every subscription whose period ended, trial ended or scheduled change is due.
     Running it twice for the same date changes nothing."""
-    import time
-
     from portal import clock
     from portal.errors import DomainError
     from portal.subscriptions.billing_run import run_billing
@@ -294,23 +323,7 @@ def billing_run_command(as_of, no_collect: bool) -> None:  # type: ignore[no-unt
         from portal.payments.gateway import gateway
 
         gw = gateway()
-    state: dict[str, object] = {"bar": None, "started": time.perf_counter()}
-
-    def rate(_item: object) -> str:
-        done = state.get("done", 0)
-        seconds = max(time.perf_counter() - float(state["started"]), 1e-6)  # type: ignore[arg-type]
-        return f"{done}/{state.get('total', 0)}, {float(done) / seconds:.0f}/s"  # type: ignore[arg-type]
-
-    def progress(done: int, total: int) -> None:
-        if state["bar"] is None:
-            bar = click.progressbar(
-                length=total, label=_("Billing"), item_show_func=rate, show_eta=True, file=None
-            )
-            bar.__enter__()
-            state["bar"] = bar
-        state["done"], state["total"] = done, total
-        state["bar"].update(1)  # type: ignore[attr-defined]
-
+    progress = _RunProgress()
     try:
         summary = run_billing(
             db.session, day, gateway=gw, progress=progress, seller=current_app.config["SELLER"]
@@ -318,8 +331,7 @@ def billing_run_command(as_of, no_collect: bool) -> None:  # type: ignore[no-unt
     except DomainError as error:
         raise click.ClickException(error.message) from error
     finally:
-        if state["bar"] is not None:
-            state["bar"].__exit__(None, None, None)  # type: ignore[attr-defined]
+        progress.close()
     for line in summary.lines():
         click.echo(line)
     if summary.failed:

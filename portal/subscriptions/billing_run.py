@@ -219,7 +219,7 @@ def run_billing(
         raise PendingChanges("run_billing() commits per subscription; commit pending work first")
     with _one_runner(session):
         ids = due_subscription_ids(session, as_of)
-        session.commit()  # the read ends before the first write begins (nothing is pending)
+        commit(session)  # the read ends before the first write begins (nothing is pending)
         if ids:
             # NOTE: each worker starts at its own place in the list, so several workers at once
             # mostly work on different subscriptions instead of skipping each other's.
