@@ -278,6 +278,9 @@ def change_post(public_id: str) -> Response:
     account = current_account()
     subscription = _subscription(account.id, public_id)
     forms.only_fields(request.form, forms.CHANGE_FIELDS)
+    # NOTE: the cancel page's "switch to a cheaper plan" is this same change in one tap; what
+    # goes wrong is shown where the tap was made.
+    from_cancel = request.form.get("from") == "cancel"
     if request.form.get("preview"):
         # NOTE: without JavaScript, "Preview" is a submit of the same form: show, change nothing.
         return _change_page(account, subscription, request.form)
@@ -300,12 +303,20 @@ def change_post(public_id: str) -> Response:
     except services.StaleForm as stale:
         db.session.rollback()
         subscription = _subscription(current_account().id, public_id)
+        if from_cancel:
+            return _cancel_page(
+                current_account(), subscription, error=error_text(stale), status=409
+            )
         return _change_page(
             current_account(), subscription, {}, error=error_text(stale), status=409
         )
     except DomainError as refused:
         db.session.rollback()
         subscription = _subscription(current_account().id, public_id)
+        if from_cancel:
+            return _cancel_page(
+                current_account(), subscription, error=error_text(refused), status=refused.status
+            )
         return _change_page(
             current_account(),
             subscription,
@@ -407,7 +418,6 @@ def _cancel_page(
     values: Any = None,
 ) -> Response:
     plan = subscription.price.plan
-    cheaper = services.cheaper_plans(db.session, subscription)
     response = render_page(
         "subscriptions/cancel.html",
         account=account,
@@ -415,7 +425,10 @@ def _cancel_page(
         plan=plan,
         reasons=services.CANCEL_REASONS,
         offer=services.retention_offer(subscription),
-        cheaper=cheaper[-1] if cheaper else None,
+        cheaper=services.cheaper_option(db.session, subscription),
+        credit=services.unused_time_credit(db.session, subscription)
+        if plan.allows_cancel_now
+        else None,
         can_pause=bool(plan.allows_pause) and subscription.status in services.LIVE_STATUSES,
         pause_starts=services.pause_starts_on(subscription),
         pause_until=services.pause_starts_on(subscription)
@@ -464,7 +477,16 @@ def cancel_post(public_id: str) -> Response:
             values=request.form,
         )
     change = outcome.change
-    if change is not None and change.timing == "now":
+    if change is not None and change.timing == "now" and outcome.credit is not None:
+        flash(
+            _(
+                "Your subscription has ended. A credit of %(amount)s for the unused time is on "
+                "your account.",
+                amount=money(outcome.credit.amount),
+            ),
+            "success",
+        )
+    elif change is not None and change.timing == "now":
         flash(_("Your subscription has ended."), "success")
     elif change is not None:
         flash(
