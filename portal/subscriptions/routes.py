@@ -181,6 +181,7 @@ def _detail_page(
         history=history,
         prices=prices,
         change_invoices=change_invoices,
+        change_credits=services.credits_for_changes(db.session, history),
         invoices=_invoice_numbers(subscription),
         usage=usage,
         can_change=subscription.status in services.LIVE_STATUSES,
@@ -425,7 +426,7 @@ def _cancel_page(
         plan=plan,
         reasons=services.CANCEL_REASONS,
         offer=services.retention_offer(subscription),
-        cheaper=services.cheaper_option(db.session, subscription),
+        cheaper=services.cheaper_option(db.session, subscription, grace_days=_grace_days()),
         credit=services.unused_time_credit(db.session, subscription)
         if plan.allows_cancel_now
         else None,

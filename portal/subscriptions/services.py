@@ -1248,10 +1248,17 @@ def cheaper_plans(session: Session, subscription: Subscription) -> Sequence[Pric
     return [price for price, _quantity in _cheaper_candidates(session, subscription)]
 
 
-def cheaper_option(session: Session, subscription: Subscription) -> CheaperOption | None:
+def cheaper_option(
+    session: Session, subscription: Subscription, *, grace_days: int = DEFAULT_GRACE_DAYS
+) -> CheaperOption | None:
     """The one cheaper plan to offer instead of canceling (the dearest of the cheaper ones, the
-    smallest step down), previewed; None when there is none or no change is possible now."""
+    smallest step down), previewed; None when there is none or no change is possible now (a
+    one-tap button that can only answer "not now" would be a trap)."""
     if subscription.status not in LIVE_STATUSES:
+        return None
+    try:
+        _check_can_change(session, subscription, grace_days)
+    except (Conflict, ValidationFailed):
         return None
     candidates = _cheaper_candidates(session, subscription)
     if not candidates or queries.scheduled_change(session, subscription.id) is not None:
@@ -1356,6 +1363,36 @@ def unused_time_credit(
     parts = tuple((invoice, Money(minor, currency)) for invoice, minor in shares)
     total = sum((amount for _invoice, amount in parts), Money.zero(currency))
     return UnusedTimeCredit(total, remaining, end, parts)
+
+
+def credits_for_changes(
+    session: Session, changes: Sequence[SubscriptionChange]
+) -> dict[int, Money]:
+    """The credit each early cancel in a history gave for its unused time, by change id (for
+    the history's words; the credit notes themselves are listed on the invoice)."""
+    wanted = {
+        (change.invoice_id, change.applied_at): change.id
+        for change in changes
+        if change.kind == ChangeKind.CANCEL.value
+        and change.timing == "now"
+        and change.invoice_id is not None
+        and change.applied_at is not None
+    }
+    if not wanted:
+        return {}
+    found: dict[int, Money] = {}
+    notes = session.scalars(
+        select(CreditNote).where(
+            CreditNote.invoice_id.in_({invoice_id for invoice_id, _at in wanted}),
+            CreditNote.reason == CreditNoteReason.ORDER_CHANGE.value,
+        )
+    )
+    for note in notes:
+        change_id = wanted.get((note.invoice_id, note.issued_at))
+        if change_id is not None:
+            amount = Money(note.amount_minor, note.currency)
+            found[change_id] = found[change_id] + amount if change_id in found else amount
+    return found
 
 
 def _issue_unused_time_credit(

@@ -785,3 +785,14 @@ def test_proration_lines_are_stored_in_the_accounts_language(
     assert calls and all(locale == "en" for locale in calls[-2:])
     words = sorted(line.description for line in outcome.invoice.lines)
     assert words == ["Remaining time on Business, 5 seats", "Unused time on Team, 5 seats"]
+
+
+def test_no_one_tap_cheaper_plan_while_a_bill_is_overdue(session: Session, halfway: Any) -> None:
+    c = customer_on_team(session)
+    late = make_invoice(
+        session, c.account, (1000,), issue_date=(HALFWAY - timedelta(days=60)).date()
+    )
+    late.subscription_id = c.subscription.id
+    session.flush()
+    assert services.cheaper_option(session, c.subscription, grace_days=14) is None
+    assert services.cheaper_option(session, c.subscription, grace_days=60) is not None
