@@ -796,3 +796,24 @@ def test_no_one_tap_cheaper_plan_while_a_bill_is_overdue(session: Session, halfw
     session.flush()
     assert services.cheaper_option(session, c.subscription, grace_days=14) is None
     assert services.cheaper_option(session, c.subscription, grace_days=60) is not None
+
+
+def test_the_credit_counts_real_seconds_across_a_daylight_saving_change(
+    session: Session, clock: portal_clock.FrozenClock
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    new_york = ZoneInfo("America/New_York")
+    account = make_account(session, timezone="America/New_York")
+    c = customer_on_team(session, account=account)
+    s = c.subscription
+    s.price, s.quantity = c.ladder.prices[("starter", "month")], 1
+    # November in New York: clocks go back an hour on the 1st, so it lasts 30 days and 1 hour.
+    s.current_period_start = datetime(2026, 11, 1, tzinfo=new_york)
+    s.current_period_end = datetime(2026, 12, 1, tzinfo=new_york)
+    session.flush()
+    _bill_period(session, c)
+    credit = services.unused_time_credit(session, s, datetime(2026, 11, 16, tzinfo=new_york))
+    # 29.00 x 15 days / (30 days + 1 hour) = 14.4799...: 14.48, not the 14.50 of a naive half.
+    assert credit is not None and credit.amount.minor == 1448
