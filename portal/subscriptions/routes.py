@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, flash, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import login_required
 from sqlalchemy import select
 
@@ -500,7 +501,9 @@ def cancel_post(public_id: str) -> Response:
     return see_other(_detail_url(public_id))
 
 
-def _simple(public_id: str, fields: frozenset[str], call: Any, message: str) -> Response:
+def _simple(public_id: str, fields: frozenset[str], call: Any, message: Any) -> Response:
+    """A one-button change. `message` is lazy: it is put in words only once the account (and
+    so the page's language) is known, not when the route is entered."""
     account = current_account()
     _subscription(account.id, public_id)
     forms.only_fields(request.form, fields)
@@ -514,7 +517,7 @@ def _simple(public_id: str, fields: frozenset[str], call: Any, message: str) -> 
                 current_account(), subscription, error=error_text(refused), status=refused.status
             )
         return _refused(account, public_id, refused)
-    flash(message, "success")
+    flash(str(message), "success")
     return see_other(_detail_url(public_id))
 
 
@@ -527,7 +530,7 @@ def reactivate(public_id: str) -> Response:
         lambda account, version: services.reactivate(
             db.session, account, public_id, expected_version=version, actor=_actor()
         ),
-        _("Welcome back: your subscription continues."),
+        _l("Welcome back: your subscription continues."),
     )
 
 
@@ -540,7 +543,7 @@ def withdraw(public_id: str) -> Response:
         lambda account, version: services.withdraw_scheduled_change(
             db.session, account, public_id, expected_version=version, actor=_actor()
         ),
-        _("The scheduled change is withdrawn. Your subscription stays as it is."),
+        _l("The scheduled change is withdrawn. Your subscription stays as it is."),
     )
 
 
@@ -577,7 +580,7 @@ def accept_offer(public_id: str) -> Response:
         lambda account, version: services.accept_retention_offer(
             db.session, account, public_id, expected_version=version, actor=_actor()
         ),
-        _("Thank you for staying. Your discount applies from your next invoice."),
+        _l("Thank you for staying. Your discount applies from your next invoice."),
     )
 
 

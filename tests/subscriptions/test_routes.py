@@ -16,6 +16,7 @@ from portal.subscriptions.models import SubscriptionChange, UsageRecord
 from tests.conftest import login_as
 from tests.factories import make_account, make_price, make_user
 from tests.subscriptions.ladder import HALFWAY, customer_on_team, make_subscription
+from tests.test_i18n import pseudo_app, pseudo_translations  # noqa: F401  (fixtures, by name)
 
 
 @pytest.fixture()
@@ -472,3 +473,49 @@ def test_the_renewal_notice_formats_its_date_like_every_other(
     session.commit()
     page = client.get(f"{_base(ada)}/change").get_data(as_text=True)
     assert "renewed on Nov 15, 2026" in page and "2026-11-15" not in page
+
+
+@pytest.mark.usefixtures("pseudo_app")
+def test_the_new_words_of_the_cancel_page_and_the_history_are_marked(
+    client: FlaskClient, session: Session, halfway: Any
+) -> None:
+    """The pseudo catalog of tests/test_i18n.py on the cancel page with every alternative and
+    the credit shown, and on the history with the discount and the credit in it."""
+    from tests.subscriptions.test_services import _bill_period
+    from tests.test_i18n import IPHONE_SAFARI, _brand_data, unmarked_text
+
+    account = make_account(
+        session, currency="EUR", locale="de_DE", timezone="Europe/Berlin", country="DE"
+    )
+    c = customer_on_team(session, "EUR", account=account)
+    c.ladder.plans["team"].allows_cancel_now = True
+    invoice = _bill_period(session, c)
+    session.commit()
+    client.environ_base["HTTP_USER_AGENT"] = IPHONE_SAFARI
+    login_as(client, c.user)
+    data = _brand_data(client.application) | {
+        account.name,
+        account.billing_email,
+        c.user.email,
+        c.user.name,
+        c.user.name[:1].upper(),
+        invoice.number,
+        "Team",
+        "Starter",
+        "Business",
+        "EUR",
+        "DE",
+    }
+    headers = {"Accept-Language": "de-DE,de;q=0.9"}
+    page = client.get(f"{_base(c)}/cancel", headers=headers).get_data(as_text=True)
+    assert 'data-testid="cheaper-card"' in page and 'data-testid="take-offer"' in page
+    assert 'data-testid="cancel-now-credit"' in page
+    assert unmarked_text(page, data) == []
+    assert client.post(f"{_base(c)}/offer", data={"version": "1"}).status_code == 303
+    response = client.post(
+        f"{_base(c)}/cancel", data={"reason": "other", "when": "now", "version": "2"}
+    )
+    assert response.status_code == 303
+    page = client.get(_base(c), headers=headers).get_data(as_text=True)
+    assert 'data-testid="history"' in page
+    assert unmarked_text(page, data) == []
