@@ -1243,11 +1243,6 @@ def _cheaper_candidates(session: Session, subscription: Subscription) -> list[tu
     return found
 
 
-def cheaper_plans(session: Session, subscription: Subscription) -> Sequence[Price]:
-    """Allowed plans on the same interval that cost less per period than the current one."""
-    return [price for price, _quantity in _cheaper_candidates(session, subscription)]
-
-
 def cheaper_option(
     session: Session, subscription: Subscription, *, grace_days: int = DEFAULT_GRACE_DAYS
 ) -> CheaperOption | None:
