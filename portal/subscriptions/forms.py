@@ -18,7 +18,7 @@ from portal.subscriptions.models import Plan, Subscription
 _ALWAYS = frozenset({"csrf_token"})
 
 CHANGE_FIELDS = frozenset(
-    {"plan", "interval", "quantity", "timing", "version", "preview", "confirm"}
+    {"plan", "interval", "quantity", "timing", "version", "preview", "confirm", "from"}
 )
 CANCEL_FIELDS = frozenset({"when", "reason", "reason_text", "version"})
 PAUSE_FIELDS = frozenset({"resume_on", "version", "from"})

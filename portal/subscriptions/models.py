@@ -41,6 +41,8 @@ class ChangeKind(StrEnum):
     RESUME = "resume"
     CANCEL = "cancel"
     REACTIVATE = "reactivate"
+    # The one-time retention discount taken instead of canceling (migration 0009).
+    DISCOUNT = "discount"
 
 
 class ChangeStatus(StrEnum):
@@ -341,6 +343,20 @@ class SubscriptionChange(Base):
     subscription: Mapped[Subscription] = relationship(back_populates="changes")
     from_price: Mapped[Price | None] = relationship(foreign_keys=[from_price_id])
     to_price: Mapped[Price | None] = relationship(foreign_keys=[to_price_id])
+
+    @property
+    def discount_terms(self) -> tuple[int, int] | None:
+        """(basis points, invoices) of a retention discount taken; None for other kinds.
+
+        NOTE: kept in reason_text as "basis points:invoices" (the table has no columns for it,
+        and the plan's offer may change later: the history keeps what this customer got).
+        """
+        if self.kind != ChangeKind.DISCOUNT.value:
+            return None
+        bp, _sep, periods = (self.reason_text or "").partition(":")
+        if not (bp.isdigit() and periods.isdigit()):
+            return None
+        return int(bp), int(periods)
 
 
 class UsageRecord(Base):

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, flash, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import login_required
 from sqlalchemy import select
 
@@ -181,6 +182,7 @@ def _detail_page(
         history=history,
         prices=prices,
         change_invoices=change_invoices,
+        change_credits=services.credits_for_changes(db.session, history),
         invoices=_invoice_numbers(subscription),
         usage=usage,
         can_change=subscription.status in services.LIVE_STATUSES,
@@ -278,6 +280,9 @@ def change_post(public_id: str) -> Response:
     account = current_account()
     subscription = _subscription(account.id, public_id)
     forms.only_fields(request.form, forms.CHANGE_FIELDS)
+    # NOTE: the cancel page's "switch to a cheaper plan" is this same change in one tap; what
+    # goes wrong is shown where the tap was made.
+    from_cancel = request.form.get("from") == "cancel"
     if request.form.get("preview"):
         # NOTE: without JavaScript, "Preview" is a submit of the same form: show, change nothing.
         return _change_page(account, subscription, request.form)
@@ -300,12 +305,20 @@ def change_post(public_id: str) -> Response:
     except services.StaleForm as stale:
         db.session.rollback()
         subscription = _subscription(current_account().id, public_id)
+        if from_cancel:
+            return _cancel_page(
+                current_account(), subscription, error=error_text(stale), status=409
+            )
         return _change_page(
             current_account(), subscription, {}, error=error_text(stale), status=409
         )
     except DomainError as refused:
         db.session.rollback()
         subscription = _subscription(current_account().id, public_id)
+        if from_cancel:
+            return _cancel_page(
+                current_account(), subscription, error=error_text(refused), status=refused.status
+            )
         return _change_page(
             current_account(),
             subscription,
@@ -407,7 +420,6 @@ def _cancel_page(
     values: Any = None,
 ) -> Response:
     plan = subscription.price.plan
-    cheaper = services.cheaper_plans(db.session, subscription)
     response = render_page(
         "subscriptions/cancel.html",
         account=account,
@@ -415,7 +427,10 @@ def _cancel_page(
         plan=plan,
         reasons=services.CANCEL_REASONS,
         offer=services.retention_offer(subscription),
-        cheaper=cheaper[-1] if cheaper else None,
+        cheaper=services.cheaper_option(db.session, subscription, grace_days=_grace_days()),
+        credit=services.unused_time_credit(db.session, subscription)
+        if plan.allows_cancel_now
+        else None,
         can_pause=bool(plan.allows_pause) and subscription.status in services.LIVE_STATUSES,
         pause_starts=services.pause_starts_on(subscription),
         pause_until=services.pause_starts_on(subscription)
@@ -464,7 +479,16 @@ def cancel_post(public_id: str) -> Response:
             values=request.form,
         )
     change = outcome.change
-    if change is not None and change.timing == "now":
+    if change is not None and change.timing == "now" and outcome.credit is not None:
+        flash(
+            _(
+                "Your subscription has ended. A credit of %(amount)s for the unused time is on "
+                "your account.",
+                amount=money(outcome.credit.amount),
+            ),
+            "success",
+        )
+    elif change is not None and change.timing == "now":
         flash(_("Your subscription has ended."), "success")
     elif change is not None:
         flash(
@@ -477,7 +501,9 @@ def cancel_post(public_id: str) -> Response:
     return see_other(_detail_url(public_id))
 
 
-def _simple(public_id: str, fields: frozenset[str], call: Any, message: str) -> Response:
+def _simple(public_id: str, fields: frozenset[str], call: Any, message: Any) -> Response:
+    """A one-button change. `message` is lazy: it is put in words only once the account (and
+    so the page's language) is known, not when the route is entered."""
     account = current_account()
     _subscription(account.id, public_id)
     forms.only_fields(request.form, fields)
@@ -491,7 +517,7 @@ def _simple(public_id: str, fields: frozenset[str], call: Any, message: str) -> 
                 current_account(), subscription, error=error_text(refused), status=refused.status
             )
         return _refused(account, public_id, refused)
-    flash(message, "success")
+    flash(str(message), "success")
     return see_other(_detail_url(public_id))
 
 
@@ -504,7 +530,7 @@ def reactivate(public_id: str) -> Response:
         lambda account, version: services.reactivate(
             db.session, account, public_id, expected_version=version, actor=_actor()
         ),
-        _("Welcome back: your subscription continues."),
+        _l("Welcome back: your subscription continues."),
     )
 
 
@@ -517,7 +543,7 @@ def withdraw(public_id: str) -> Response:
         lambda account, version: services.withdraw_scheduled_change(
             db.session, account, public_id, expected_version=version, actor=_actor()
         ),
-        _("The scheduled change is withdrawn. Your subscription stays as it is."),
+        _l("The scheduled change is withdrawn. Your subscription stays as it is."),
     )
 
 
@@ -554,7 +580,7 @@ def accept_offer(public_id: str) -> Response:
         lambda account, version: services.accept_retention_offer(
             db.session, account, public_id, expected_version=version, actor=_actor()
         ),
-        _("Thank you for staying. Your discount applies from your next invoice."),
+        _l("Thank you for staying. Your discount applies from your next invoice."),
     )
 
 

@@ -15,22 +15,24 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask_babel import force_locale
+from flask_babel import force_locale, ngettext
 from flask_babel import gettext as _
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from portal import clock
 from portal.accounts.models import Account
 from portal.audit.services import SYSTEM, Actor
 from portal.billing import services as billing
 from portal.billing import tax
-from portal.billing.models import Invoice, LineKind
+from portal.billing.models import CreditNote, CreditNoteReason, Invoice, LineKind
 from portal.billing.money import Money
 from portal.errors import N_, Conflict, NotAllowed, NotFound, ValidationFailed
+from portal.formatting import day as format_day
 from portal.mail import queue_email
 from portal.subscriptions import queries
 from portal.subscriptions.models import (
+    ChangeKind,
     Plan,
     Price,
     PricingModel,
@@ -38,9 +40,9 @@ from portal.subscriptions.models import (
     SubscriptionChange,
     SubscriptionStatus,
 )
-from portal.subscriptions.periods import period_end
+from portal.subscriptions.periods import period_end, seconds_between
 from portal.subscriptions.pricing import charge_for
-from portal.subscriptions.proration import prorate
+from portal.subscriptions.proration import prorate, share
 
 # NOTE: a change is refused while an invoice of the subscription is overdue by more than this
 # many days (config SUBSCRIPTION_CHANGE_GRACE_DAYS): the customer settles first, then changes.
@@ -296,6 +298,23 @@ def _check_quantity(price: Price, quantity: int) -> None:
         )
 
 
+def local_day_text(account: Account, moment: datetime) -> str:
+    """A moment as the calendar day it is in the account's time zone, in its locale's words
+    (the same formatting as every date on the pages, also outside a request)."""
+    local = moment.astimezone(ZoneInfo(account.timezone)).date()
+    return format_day(local, locale=account.locale or None)
+
+
+def _renewal_pending(subscription: Subscription) -> RenewalPending:
+    return RenewalPending(
+        N_(
+            "Your subscription renewed on %(date)s and its new period is being prepared. "
+            "Please try again in a little while."
+        ),
+        params={"date": local_day_text(subscription.account, subscription.current_period_end)},
+    )
+
+
 def _check_can_change(session: Session, subscription: Subscription, grace_days: int) -> None:
     status = subscription.status
     if status == SubscriptionStatus.CANCELED.value:
@@ -303,13 +322,7 @@ def _check_can_change(session: Session, subscription: Subscription, grace_days: 
     if status == SubscriptionStatus.PAUSED.value:
         raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
     if clock.now() >= subscription.current_period_end:
-        raise RenewalPending(
-            N_(
-                "Your subscription renewed on %(date)s and its new period is being prepared. "
-                "Please try again in a little while."
-            ),
-            params={"date": subscription.current_period_end.date().isoformat()},
-        )
+        raise _renewal_pending(subscription)
     today = clock.today(subscription.account.timezone)
     late = session.scalar(
         queries.overdue_invoices(session, subscription.id, today - timedelta(days=grace_days))
@@ -324,11 +337,26 @@ def _check_can_change(session: Session, subscription: Subscription, grace_days: 
         )
 
 
-def _describe(price: Price, quantity: int) -> str:
-    if price.pricing_model in (PricingModel.PER_UNIT.value, PricingModel.TIERED.value):
-        label = price.unit_label or "unit"
-        return f"{price.plan.name} ({quantity} {label}{'' if quantity == 1 else 's'})"
-    return price.plan.name
+def proration_description(plan: str, quantity: int, *, seated: bool, is_credit: bool) -> str:
+    """A proration line's words in the active language (an invoice stores them in the
+    account's: see _invoice_proration)."""
+    if is_credit:
+        if seated:
+            return ngettext(
+                "Unused time on %(plan)s, %(num)d seat",
+                "Unused time on %(plan)s, %(num)d seats",
+                quantity,
+                plan=plan,
+            )
+        return _("Unused time on %(plan)s", plan=plan)
+    if seated:
+        return ngettext(
+            "Remaining time on %(plan)s, %(num)d seat",
+            "Remaining time on %(plan)s, %(num)d seats",
+            quantity,
+            plan=plan,
+        )
+    return _("Remaining time on %(plan)s", plan=plan)
 
 
 def _proration_lines(
@@ -349,11 +377,15 @@ def _proration_lines(
     for line in lines:
         # NOTE: the credit is taxed at the old price's rate, the charge at the new one's.
         net, line_tax = split_tax(line.amount, line.price, country)
-        words = "Unused time on" if line.is_credit else "Remaining time on"
         result.append(
             PreviewLine(
-                # The invoice line's own description (stored with the invoice, like every line).
-                description=f"{words} {_describe(line.price, line.quantity)}",
+                # NOTE: in the page's language here; the invoice stores its own, in the account's.
+                description=proration_description(
+                    line.price.plan.name,
+                    line.quantity,
+                    seated=_seated(line.price),
+                    is_credit=line.is_credit,
+                ),
                 amount=net,
                 tax=line_tax,
                 kind=LineKind.PRORATION.value,
@@ -463,13 +495,7 @@ def preview_change(
     if subscription.status == SubscriptionStatus.PAUSED.value:
         raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
     if at >= subscription.current_period_end:
-        raise RenewalPending(
-            N_(
-                "Your subscription renewed on %(date)s and its new period is being prepared. "
-                "Please try again in a little while."
-            ),
-            params={"date": subscription.current_period_end.date().isoformat()},
-        )
+        raise _renewal_pending(subscription)
     price = resolve_target(session, subscription, plan_code=plan_code, interval=interval)
     quantity = _quantity_for(price, subscription, quantity)
     _check_quantity(price, quantity)
@@ -668,6 +694,8 @@ class Outcome:
     change: SubscriptionChange | None
     invoice: Invoice | None = None
     duplicate: bool = False
+    # Canceling now: the credit given for the unused time, if any.
+    credit: UnusedTimeCredit | None = None
 
 
 def _guarded(
@@ -798,14 +826,25 @@ def _invoice_proration(
 ) -> Invoice:
     account = subscription.account
     zone = ZoneInfo(account.timezone)
+    from portal.i18n import language_for
+
+    # NOTE: an invoice keeps its words as issued: in the account's language, whoever asked.
+    with force_locale(language_for(account.locale)):
+        descriptions = [
+            proration_description(
+                line.plan, line.quantity, seated=line.seated, is_credit=line.is_credit
+            )
+            for line in preview.due_now.lines
+        ]
+        memo = _("Proration for a change of subscription")
     lines = []
-    for line in preview.due_now.lines:
+    for line, description in zip(preview.due_now.lines, descriptions, strict=True):
         price = session.get(Price, line.price_id) if line.price_id else preview.price
         assert price is not None
         start, end = line.period_start, line.period_end
         lines.append(
             billing.LineInput(
-                description=line.description,
+                description=description,
                 unit_amount_minor=line.charged_minor,
                 amount_minor=line.charged_minor,
                 quantity=1,
@@ -825,7 +864,7 @@ def _invoice_proration(
         lines,
         subscription_id=subscription.id,
         billing_key=f"change:{change.id}",
-        memo="Proration for a change of subscription",
+        memo=memo,
     )
     billing.finalize_invoice(session, invoice, seller=seller, actor=actor)
     return invoice
@@ -897,6 +936,8 @@ def cancel_subscription(
         scheduled.withdrawn_at = now
     text = reason_text.strip()[:500]
     if when == "now":
+        # NOTE: measured before the subscription ends (only a live period has time left).
+        credit = unused_time_credit(session, subscription, now)
         change = _new_change(
             session,
             subscription,
@@ -911,7 +952,12 @@ def cancel_subscription(
         subscription.status = SubscriptionStatus.CANCELED.value
         subscription.canceled_at = now
         subscription.cancel_at_period_end = False
+        if credit is not None:
+            _issue_unused_time_credit(session, subscription, credit, now, actor)
+            # The history links the invoice the credit went to (its page lists the note).
+            change.invoice_id = credit.parts[0][0].id
     else:
+        credit = None
         change = _new_change(
             session,
             subscription,
@@ -929,7 +975,7 @@ def cancel_subscription(
     session.flush()
     _audit(session, actor, "subscription.canceled", subscription, before, change)
     _confirm_by_email(session, "subscription_canceled", subscription, change)
-    return Outcome(change)
+    return Outcome(change, credit=credit)
 
 
 def reactivate(
@@ -998,7 +1044,7 @@ def parse_resume_on(raw: str | None, *, starts_on: date, plan: Plan) -> date:
     if day <= starts_on:
         raise ValidationFailed(
             N_("The pause begins on %(date)s; choose a day to start again after that."),
-            params={"date": starts_on.isoformat()},
+            params={"date": format_day(starts_on)},
         )
     if day > starts_on + timedelta(days=pause_limit_days(plan)):
         raise ValidationFailed(
@@ -1101,13 +1147,18 @@ def resume(
 
 # -- the retention offer --------------------------------------------------------------------------
 
+RETENTION_REASON = "retention_offer"
+
 
 def retention_offer(subscription: Subscription) -> tuple[int, int] | None:
-    """(discount in basis points, periods) the plan offers someone about to cancel, once."""
+    """(discount in basis points, periods) the plan offers someone about to cancel, once per
+    subscription: taken before (its history says so), it is not offered again."""
     plan = subscription.price.plan
     if not plan.retention_discount_bp or not plan.retention_discount_periods:
         return None
     if subscription.discount_bp or subscription.status not in LIVE_STATUSES:
+        return None
+    if any(change.kind == ChangeKind.DISCOUNT.value for change in subscription.changes):
         return None
     return plan.retention_discount_bp, plan.retention_discount_periods
 
@@ -1119,33 +1170,268 @@ def accept_retention_offer(
     *,
     expected_version: int | None,
     actor: Actor = SYSTEM,
-) -> Subscription:
+) -> Outcome:
     """Stay with the one-time discount instead of canceling (the billing run applies it)."""
-    subscription, _repeat = _guarded(session, account, public_id, expected_version)
+    wanted = {"kind": ChangeKind.DISCOUNT.value}
+    subscription, repeat = _guarded(session, account, public_id, expected_version, wanted)
+    if repeat is not None:
+        return repeat
     offer = retention_offer(subscription)
-    if offer is None:
+    taken = session.scalar(
+        select(SubscriptionChange.id).where(
+            SubscriptionChange.subscription_id == subscription.id,
+            SubscriptionChange.kind == ChangeKind.DISCOUNT.value,
+        )
+    )
+    if offer is None or taken is not None:
         raise Conflict(N_("That offer is not available for this subscription."))
     before = _state(subscription)
+    bp, periods = offer
+    change = _new_change(
+        session,
+        subscription,
+        actor,
+        kind=ChangeKind.DISCOUNT.value,
+        status="applied",
+        timing="now",
+        effective_at=clock.now(),
+        to_price_id=subscription.price_id,
+        to_quantity=subscription.quantity,
+        reason=RETENTION_REASON,
+        reason_text=f"{bp}:{periods}",  # read back by SubscriptionChange.discount_terms
+    )
     subscription.discount_bp, subscription.discount_periods_left = offer
     _bump(subscription)
     session.flush()
-    _audit(session, actor, "subscription.discount_accepted", subscription, before)
-    _confirm_by_email(session, "subscription_changed", subscription, None)
-    return subscription
+    _audit(session, actor, "subscription.discount_accepted", subscription, before, change)
+    _confirm_by_email(session, "subscription_changed", subscription, change)
+    return Outcome(change)
 
 
-def cheaper_plans(session: Session, subscription: Subscription) -> Sequence[Price]:
-    """Allowed plans on the same interval that cost less per period than the current one."""
+@dataclass(frozen=True)
+class CheaperOption:
+    """The cheaper plan the cancel page offers: the change it would make (per the plan's rules:
+    a downgrade starts at the renewal) and the next invoice with and without it."""
+
+    preview: ChangePreview
+    current_next: InvoicePreview
+
+    @property
+    def price(self) -> Price:
+        return self.preview.price
+
+    @property
+    def saving(self) -> Money:
+        return self.current_next.total - self.preview.next_invoice.total
+
+
+def _cheaper_candidates(session: Session, subscription: Subscription) -> list[tuple[Price, int]]:
+    """Allowed plans on the same interval that cost less per period than the current one, each
+    with the seats it would have."""
     current = subscription.price
     own = period_charge(current, subscription.quantity)
     found = []
     for price in targets(session, subscription):
         if price.plan_id == current.plan_id or price.billing_interval != current.billing_interval:
             continue
-        quantity = subscription.quantity if price.pricing_model in ("per_unit", "tiered") else 1
+        quantity = subscription.quantity if _seated(price) else 1
         if price.max_quantity is not None and quantity > price.max_quantity:
             continue
         quantity = max(quantity, price.min_quantity or 1)
         if period_charge(price, quantity) < own:
-            found.append(price)
+            found.append((price, quantity))
     return found
+
+
+def cheaper_option(
+    session: Session, subscription: Subscription, *, grace_days: int = DEFAULT_GRACE_DAYS
+) -> CheaperOption | None:
+    """The one cheaper plan to offer instead of canceling (the dearest of the cheaper ones, the
+    smallest step down), previewed; None when there is none or no change is possible now (a
+    one-tap button that can only answer "not now" would be a trap)."""
+    if subscription.status not in LIVE_STATUSES:
+        return None
+    try:
+        _check_can_change(session, subscription, grace_days)
+    except (Conflict, ValidationFailed):
+        return None
+    candidates = _cheaper_candidates(session, subscription)
+    if not candidates or queries.scheduled_change(session, subscription.id) is not None:
+        return None
+    price, quantity = max(candidates, key=lambda pair: period_charge(pair[0], pair[1]).minor)
+    try:
+        preview = preview_change(
+            session,
+            subscription,
+            plan_code=price.plan.code,
+            interval=price.billing_interval,
+            quantity=quantity,
+        )
+    except (Conflict, ValidationFailed):
+        return None
+    return CheaperOption(preview, next_regular_invoice(subscription))
+
+
+# -- the credit for unused time when canceling now ------------------------------------------------
+
+_CREDITED_KINDS = (LineKind.SUBSCRIPTION.value, LineKind.PRORATION.value, LineKind.DISCOUNT.value)
+
+
+@dataclass(frozen=True)
+class UnusedTimeCredit:
+    """What ending now gives back: the unused share of what this period's invoices charged,
+    one credit note per invoice (its share, never more than is left to credit on it)."""
+
+    amount: Money
+    seconds: int
+    until: datetime
+    parts: tuple[tuple[Invoice, Money], ...]
+
+    @property
+    def days(self) -> int:
+        """The unused time in whole days, to the nearest (for the sentence, not the sum)."""
+        return (self.seconds + 43_200) // 86_400
+
+
+def unused_time_credit(
+    session: Session, subscription: Subscription, at: datetime | None = None
+) -> UnusedTimeCredit | None:
+    """The credit for the part of the paid period after `at` (None when nothing is due back).
+
+    NOTE: each line this period's invoices charged in advance (the period's subscription line,
+    an upgrade's proration lines, a discount) gives back its share of the time left: its amount
+    with tax x seconds left / seconds it covers, rounded once per line. So a discount lowers the
+    credit as it lowered the charge, and an upgrade's credit and charge lines make the credit
+    that of the plan the customer is on now; no line gives back more than it charged.
+    """
+    at = at or clock.now()
+    start, end = subscription.current_period_start, subscription.current_period_end
+    if subscription.status not in LIVE_STATUSES or not start <= at < end:
+        return None
+    zone = ZoneInfo(subscription.account.timezone)
+    first_day, last_day = start.astimezone(zone).date(), end.astimezone(zone).date()
+    remaining = seconds_between(at, end)
+    invoices = session.scalars(
+        select(Invoice)
+        .where(
+            Invoice.subscription_id == subscription.id,
+            Invoice.status.in_(billing.CREDITABLE_STATUSES),
+            Invoice.issue_date >= first_day,
+        )
+        .options(selectinload(Invoice.lines))
+        .order_by(Invoice.issue_date, Invoice.id)
+    ).all()
+    change_ids = {
+        line.subscription_change_id
+        for invoice in invoices
+        for line in invoice.lines
+        if line.subscription_change_id is not None
+    }
+    began = {
+        change.id: change.effective_at
+        for change in (
+            session.scalars(select(SubscriptionChange).where(SubscriptionChange.id.in_(change_ids)))
+            if change_ids
+            else ()
+        )
+    }
+    currency = subscription.price.currency
+    shares: list[tuple[Invoice, int]] = []
+    for invoice in invoices:
+        minor = 0
+        for line in invoice.lines:
+            if line.kind not in _CREDITED_KINDS or line.period_end != last_day:
+                continue
+            covered_from = max(start, began.get(line.subscription_change_id, start))
+            covered = seconds_between(covered_from, end)
+            if covered <= 0:
+                continue
+            charged = Money(billing.line_charged_minor(line), currency)
+            minor += share(charged, min(remaining, covered), covered).minor
+        left = invoice.total_minor - invoice.amount_credited_minor
+        if minor > 0 and left > 0:
+            shares.append((invoice, min(minor, left)))
+    # NOTE: an invoice whose lines come to less than nothing (not made by today's rules) would
+    # give nothing back rather than take from another.
+    if not shares:
+        return None
+    parts = tuple((invoice, Money(minor, currency)) for invoice, minor in shares)
+    total = sum((amount for _invoice, amount in parts), Money.zero(currency))
+    return UnusedTimeCredit(total, remaining, end, parts)
+
+
+def credits_for_changes(
+    session: Session, changes: Sequence[SubscriptionChange]
+) -> dict[int, Money]:
+    """The credit each early cancel in a history gave for its unused time, by change id (for
+    the history's words; the credit notes themselves are listed on the invoice)."""
+    wanted = {
+        (change.invoice_id, change.applied_at): change.id
+        for change in changes
+        if change.kind == ChangeKind.CANCEL.value
+        and change.timing == "now"
+        and change.invoice_id is not None
+        and change.applied_at is not None
+    }
+    if not wanted:
+        return {}
+    found: dict[int, Money] = {}
+    notes = session.scalars(
+        select(CreditNote).where(
+            CreditNote.invoice_id.in_({invoice_id for invoice_id, _at in wanted}),
+            CreditNote.reason == CreditNoteReason.ORDER_CHANGE.value,
+        )
+    )
+    for note in notes:
+        change_id = wanted.get((note.invoice_id, note.issued_at))
+        if change_id is not None:
+            amount = Money(note.amount_minor, note.currency)
+            found[change_id] = found[change_id] + amount if change_id in found else amount
+    return found
+
+
+def _issue_unused_time_credit(
+    session: Session,
+    subscription: Subscription,
+    credit: UnusedTimeCredit,
+    at: datetime,
+    actor: Actor,
+) -> list[CreditNote]:
+    account = subscription.account
+    from portal.i18n import language_for
+
+    with force_locale(language_for(account.locale)):
+        words = _(
+            "Unused time on %(plan)s, %(start)s to %(end)s (canceled early)",
+            plan=subscription.price.plan.name,
+            start=local_day_text(account, at),
+            end=local_day_text(account, credit.until),
+        )
+    notes = []
+    for invoice, amount in credit.parts:
+        notes.append(
+            billing.issue_credit_note(
+                session,
+                invoice,
+                amount,
+                reason=CreditNoteReason.ORDER_CHANGE.value,
+                memo=words,
+                lines=[(None, words, amount)],
+                issued_at=at,
+                actor=actor,
+            )
+        )
+    actor.record(
+        session,
+        "subscription.unused_time_credited",
+        account_id=account.id,
+        target_type="subscription",
+        target_id=subscription.public_id,
+        after={
+            "amount_minor": credit.amount.minor,
+            "currency": credit.amount.currency,
+            "seconds": credit.seconds,
+            "credit_notes": [note.number for note in notes],
+        },
+    )
+    return notes

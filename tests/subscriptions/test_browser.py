@@ -202,6 +202,20 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
         page.wait_for_url(detail_url)
         expect(page.get_by_test_id("ending")).to_have_count(0)
 
+        # The cheaper plan is one tap from the cancel page, its next invoice stated before the
+        # tap; as a downgrade it waits for the renewal (and can be withdrawn).
+        page.goto(detail_url + "/cancel")
+        card = page.get_by_test_id("cheaper-card")
+        expect(card).to_contain_text("Switch to Team")
+        expect(page.get_by_test_id("cheaper-next")).to_contain_text("instead of")
+        page.get_by_test_id("cheaper-plan").click()
+        page.wait_for_url(detail_url)
+        assert "starts at your renewal" in _flash(page), _flash(page)
+        expect(page.get_by_test_id("scheduled")).to_contain_text("Plan: Business to Team")
+        _axe(page)
+        page.get_by_test_id("withdraw").click()
+        page.wait_for_url(detail_url)
+
         grace = browser.new_context(**p.devices["iPhone 13"], reduced_motion="reduce")
         metered = grace.new_page()
         metered.goto(demo_server.login_link("grace@example.com"))
@@ -257,9 +271,16 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
                     )
                 )
             )
-            assert kinds == ["cancel", "pause", "pause", "plan", "plan", "reactivate", "resume"], (
-                kinds
-            )
+            assert kinds == [
+                "cancel",
+                "pause",
+                "pause",
+                "plan",
+                "plan",
+                "plan",
+                "reactivate",
+                "resume",
+            ], kinds
             db.session.remove()
 
         # Dark mode: the same pages.
@@ -276,5 +297,40 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
             night.goto(detail_url + path)
             _axe(night)
             _shot(night, f"{name}-dark-iphone13")
+
+        # Where the plan allows ending today, the cancel page states the credit for the unused
+        # time before the tap, and the cancel gives it (a credit note on the period's invoice).
+        with app.app_context():
+            subscription = db.session.scalar(
+                select(Subscription).where(Subscription.public_id == public_id)
+            )
+            assert subscription is not None
+            subscription.price.plan.allows_cancel_now = True
+            db.session.commit()
+            db.session.remove()
+        page.goto(detail_url + "/cancel")
+        credit_text = page.get_by_test_id("cancel-now-credit")
+        expect(credit_text).to_contain_text("You get a credit of")
+        _axe(page)
+        _shot(page, "subscription-cancel-now-credit-iphone13")
+        night.goto(detail_url + "/cancel")
+        _axe(night)
+        _shot(night, "subscription-cancel-now-credit-dark-iphone13")
+        page.get_by_label("It costs too much").check()
+        page.get_by_text("Today", exact=True).click()
+        page.get_by_test_id("confirm-cancel").click()
+        page.wait_for_url(detail_url)
+        assert "for the unused time is on your account" in _flash(page), _flash(page)
+        expect(page.get_by_test_id("history")).to_contain_text("Canceled")
+        _axe(page)
+        _shot(page, "subscription-canceled-with-credit-iphone13")
+        night.goto(detail_url)
+        _shot(night, "subscription-canceled-with-credit-dark-iphone13")
+        with app.app_context():
+            from portal.billing.models import CreditNote
+
+            notes = db.session.scalars(select(CreditNote)).all()
+            assert any("Unused time on Business" in note.memo for note in notes), notes
+            db.session.remove()
         assert errors == [], errors
         browser.close()

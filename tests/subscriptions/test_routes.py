@@ -16,6 +16,7 @@ from portal.subscriptions.models import SubscriptionChange, UsageRecord
 from tests.conftest import login_as
 from tests.factories import make_account, make_price, make_user
 from tests.subscriptions.ladder import HALFWAY, customer_on_team, make_subscription
+from tests.test_i18n import pseudo_app, pseudo_translations  # noqa: F401  (fixtures, by name)
 
 
 @pytest.fixture()
@@ -352,3 +353,169 @@ def test_a_change_after_the_period_ended_waits_for_the_renewal(
     response = client.post(f"{_base(ada)}/change", data={"plan": business, "version": "1"})
     assert response.status_code == 409
     assert _changes(session) == 0
+
+
+# -- the cancel page's alternatives, each one tap; the credit for canceling now -------------------
+
+
+def test_the_cheaper_plan_is_one_tap_from_the_cancel_page(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    page = client.get(f"{_base(ada)}/cancel").get_data(as_text=True)
+    # The card says what the next invoice will be before the tap (Team 5 seats + 10% tax).
+    assert "Your next invoice, on Dec 1, 2026: $31.90 instead of $55.00." in page
+    assert "Switch to Starter at renewal" in page
+    starter = ada.ladder.plans["starter"].code
+    form = {
+        "plan": starter,
+        "interval": "month",
+        "timing": "period_end",
+        "version": "1",
+        "from": "cancel",
+    }
+    response = client.post(f"{_base(ada)}/change", data=form)
+    assert response.status_code == 303
+    session.expire_all()
+    change = session.scalar(select(SubscriptionChange))
+    assert change is not None and change.status == "scheduled" and change.timing == "period_end"
+    assert change.to_price_id == ada.ladder.prices[("starter", "month")].id
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert 'data-testid="scheduled"' in page and "Plan: Team to Starter" in page
+
+
+def test_a_stale_cheaper_plan_tap_is_refused_on_the_cancel_page(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    ada.subscription.version = 2  # changed in another tab after the page was shown
+    session.commit()
+    starter = ada.ladder.plans["starter"].code
+    response = client.post(
+        f"{_base(ada)}/change",
+        data={"plan": starter, "interval": "month", "version": "1", "from": "cancel"},
+    )
+    assert response.status_code == 409
+    page = response.get_data(as_text=True)
+    assert 'data-testid="cancel-form"' in page and "changed after this page was shown" in page
+    assert _changes(session) == 0
+
+
+def test_the_retention_offer_is_one_tap_and_in_the_history(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    response = client.post(f"{_base(ada)}/offer", data={"version": "1", "from": "cancel"})
+    assert response.status_code == 303
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert "Took the offer: 20% off the next 3 invoices" in page
+    assert 'data-testid="take-offer"' not in client.get(f"{_base(ada)}/cancel").get_data(
+        as_text=True
+    )
+
+
+def test_pause_instead_is_one_tap(client: FlaskClient, session: Session, ada: Any) -> None:
+    page = client.get(f"{_base(ada)}/cancel").get_data(as_text=True)
+    assert 'data-testid="pause-instead"' in page
+    from datetime import timedelta
+
+    resume_on = (ada.subscription.current_period_end + timedelta(days=30)).date().isoformat()
+    assert f'name="resume_on" value="{resume_on}"' in page
+    response = client.post(
+        f"{_base(ada)}/pause", data={"version": "1", "from": "cancel", "resume_on": resume_on}
+    )
+    assert response.status_code == 303
+    session.expire_all()
+    change = session.scalar(select(SubscriptionChange))
+    assert change is not None and change.kind == "pause"
+
+
+def test_cancel_now_shows_and_gives_the_credit_for_the_unused_time(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    from portal.billing.models import CreditNote
+    from tests.subscriptions.test_services import _bill_period
+
+    ada.subscription.price = ada.ladder.prices[("starter", "month")]  # may end today
+    ada.subscription.quantity = 1
+    invoice = _bill_period(session, ada)  # 29.00 + 10% = 31.90, paid
+    session.commit()
+    page = client.get(f"{_base(ada)}/cancel").get_data(as_text=True)
+    assert "You get a credit of $15.95 for the unused 15 days." in page
+    assert "It stays on your account for your next invoices" in page
+    response = client.post(
+        f"{_base(ada)}/cancel", data={"reason": "not_using", "when": "now", "version": "1"}
+    )
+    assert response.status_code == 303
+    session.expire_all()
+    note = session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id))
+    assert note is not None and note.amount_minor == 1595
+    page = client.get(_base(ada)).get_data(as_text=True)
+    assert "A credit of $15.95 for the unused time is on your account." in page
+    # The history says what the cancel gave back, and links the invoice it went to.
+    assert f"Credit of $15.95 on invoice {invoice.number}" in page
+    assert 'data-testid="ended-on"' in page
+
+
+def test_cancel_now_without_a_bill_for_the_period_says_there_is_nothing_to_give_back(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    ada.subscription.price = ada.ladder.prices[("starter", "month")]
+    ada.subscription.quantity = 1
+    session.commit()
+    page = client.get(f"{_base(ada)}/cancel").get_data(as_text=True)
+    assert "Nothing was billed for the rest of this period" in page
+
+
+def test_the_renewal_notice_formats_its_date_like_every_other(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    from datetime import timedelta
+
+    ada.subscription.current_period_end = HALFWAY - timedelta(hours=3)
+    session.commit()
+    page = client.get(f"{_base(ada)}/change").get_data(as_text=True)
+    assert "renewed on Nov 15, 2026" in page and "2026-11-15" not in page
+
+
+@pytest.mark.usefixtures("pseudo_app")
+def test_the_new_words_of_the_cancel_page_and_the_history_are_marked(
+    client: FlaskClient, session: Session, halfway: Any
+) -> None:
+    """The pseudo catalog of tests/test_i18n.py on the cancel page with every alternative and
+    the credit shown, and on the history with the discount and the credit in it."""
+    from tests.subscriptions.test_services import _bill_period
+    from tests.test_i18n import IPHONE_SAFARI, _brand_data, unmarked_text
+
+    account = make_account(
+        session, currency="EUR", locale="de_DE", timezone="Europe/Berlin", country="DE"
+    )
+    c = customer_on_team(session, "EUR", account=account)
+    c.ladder.plans["team"].allows_cancel_now = True
+    invoice = _bill_period(session, c)
+    session.commit()
+    client.environ_base["HTTP_USER_AGENT"] = IPHONE_SAFARI
+    login_as(client, c.user)
+    data = _brand_data(client.application) | {
+        account.name,
+        account.billing_email,
+        c.user.email,
+        c.user.name,
+        c.user.name[:1].upper(),
+        invoice.number,
+        "Team",
+        "Starter",
+        "Business",
+        "EUR",
+        "DE",
+    }
+    headers = {"Accept-Language": "de-DE,de;q=0.9"}
+    page = client.get(f"{_base(c)}/cancel", headers=headers).get_data(as_text=True)
+    assert 'data-testid="cheaper-card"' in page and 'data-testid="take-offer"' in page
+    assert 'data-testid="cancel-now-credit"' in page
+    assert unmarked_text(page, data) == []
+    assert client.post(f"{_base(c)}/offer", data={"version": "1"}).status_code == 303
+    response = client.post(
+        f"{_base(c)}/cancel", data={"reason": "other", "when": "now", "version": "2"}
+    )
+    assert response.status_code == 303
+    page = client.get(_base(c), headers=headers).get_data(as_text=True)
+    assert 'data-testid="history"' in page
+    assert unmarked_text(page, data) == []
