@@ -391,6 +391,12 @@ def issue_credit_note(
     below zero: credit the customer keeps for the next invoice, or that support refunds.
     Either way the ledger gets one credit-note entry, so the statement shows it.
     """
+    # The cap below reads what is already credited: read it again under the invoice's row lock,
+    # so two credits at once (a support credit and a cancel-now credit, say) cannot both pass it.
+    session.flush()
+    session.refresh(
+        invoice, ["status", "amount_credited_minor", "amount_paid_minor"], with_for_update=True
+    )
     if invoice.status not in CREDITABLE_STATUSES:
         raise Conflict(N_("Only an issued invoice that is not void can be credited."))
     if amount.currency != invoice.currency or amount.minor <= 0:
