@@ -421,6 +421,7 @@ def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Respo
         invoice=invoice,
         payment=payment,
         lines=queries.dispute_lines(db.session, dispute),
+        chargeback_entries=queries.chargeback_entries(db.session, dispute),
         invoice_lines=invoice.lines if invoice is not None else [],
         credited=queries.credited_by_line(db.session, invoice),
         refundable=resolution.refundable_payments(db.session, dispute),
