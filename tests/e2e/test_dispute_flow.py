@@ -13,6 +13,7 @@ its ledger entries (the withdrawal and the fee). axe-core checks every page visi
 
 from __future__ import annotations
 
+import csv
 import email.header
 import io
 import re
@@ -287,6 +288,9 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
         ada.get_by_role("button", name="Open the dispute").click()
     ada.wait_for_url(dispute_url)
     assert "Resolved" in ada.get_by_test_id("timeline").inner_text()
+    outcome = ada.get_by_test_id("outcome").inner_text()
+    assert "Credit note ALS-CN-0002" in outcome and "−$15.00" in outcome, outcome
+    assert "One seat removed on 2 December." in outcome
     _check(ada, "e2e-ada-resolved-iphone13")
     ada.goto(f"{url}/invoices/ALS-0012")
     assert ada.get_by_test_id("amount-due").inner_text() == "$60.00"
@@ -338,6 +342,43 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     assert "Chargeback fee" in entries.nth(1).inner_text()
     assert "$15.00" in entries.nth(1).inner_text()
     _check(staff, "e2e-staff-chargeback-laptop")
+
+    # -- The audit log of it all, downloaded as CSV with the filter on screen ------------------
+    staff.goto(f"{url}/staff/audit?action=dispute.")
+    _check(staff, "e2e-staff-audit-laptop")
+    with staff.expect_download() as download:
+        staff.get_by_role("link", name="Download CSV").click()
+    rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text("utf-8-sig"))))
+    actions = [row[5] for row in rows[1:]]
+    assert {"dispute.opened", "dispute.message_added", "dispute.resolved"} <= set(actions)
+    assert all(action.startswith("dispute.") for action in actions)
+    assert any(row[1] == SUPPORT and row[2] == "support" for row in rows[1:])
+
+    # -- View as the customer: the filters work, nothing that changes anything does ------------
+    staff.get_by_role("link", name="Ada Lovelace Studio").first.click()
+    staff.get_by_role("button", name="View as customer").click()
+    staff.wait_for_url(f"{url}/")
+    assert staff.get_by_test_id("view-as-banner").is_visible()
+    staff.goto(f"{url}/invoices")
+    staff.locator("summary", has_text="Filter invoices").click()
+    staff.get_by_label("Status").select_option("paid")
+    staff.wait_for_url("**/invoices?*status=paid*")
+    cards = staff.locator("#invoice-list > li")
+    cards.first.wait_for()
+    assert cards.count() >= 1 and "ALS-0012" not in staff.locator("#invoice-list").inner_text()
+    _check(staff, "e2e-view-as-invoices-filtered-laptop")
+    staff.goto(f"{url}/account")
+    enabled = staff.locator(
+        "form[method=post] button:enabled,"
+        " form[method=post] input:enabled:not([type=hidden]),"
+        " form[method=post] select:enabled, form[method=post] textarea:enabled"
+    )
+    kept = staff.locator("form[action='/staff/view-as/end'] button, form[action='/logout'] button")
+    assert enabled.count() == kept.count() > 0
+    assert staff.locator("form[method=post] :disabled").count() > 0
+    _check(staff, "e2e-view-as-account-laptop")
+    staff.get_by_role("button", name="Leave customer view").click()
+    staff.wait_for_url(re.compile(r".*/staff/customers/[A-Za-z0-9_-]+$"))
 
     assert errors == [], f"errors in the browser console: {errors}"
     ada_context.close()
