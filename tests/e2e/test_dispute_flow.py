@@ -161,12 +161,13 @@ def world(backend: str, tmp_path: Path) -> Iterator[World]:
         drop_database(url)
 
 
-def _check(page: Any, name: str) -> None:
+def _check(page: Any, name: str, *, screenshot: bool = True) -> None:
     """axe-clean, nothing wider than the screen, and a screenshot to look at."""
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{name} is {overflow}px wider than the screen"
     _assert_accessible(page, name)
-    _screenshot(page, name)
+    if screenshot:
+        _screenshot(page, name)
 
 
 def _pdf_text(data: bytes) -> str:
@@ -192,10 +193,13 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     ada.goto(world.server.login_link(ADA))
     ada.get_by_role("button", name=f"Sign in as {ADA}").click()
     ada.wait_for_url(f"{url}/")
+    _check(ada, "the dashboard", screenshot=False)
     ada.goto(f"{url}/statements?period=this_year")
     assert ada.get_by_test_id("closing").inner_text() == "$150.00"  # balance before
+    _check(ada, "the statement before", screenshot=False)
     ada.goto(f"{url}/invoices/ALS-0012")
     assert ada.get_by_test_id("amount-due").inner_text() == "$75.00"
+    _check(ada, "the invoice before", screenshot=False)
     ada.locator("a.lines-table__question").first.click()
     ada.wait_for_url(re.compile(r".*/disputes/new\?invoice=ALS-0012&line=1$"))
     _check(ada, "e2e-ada-question-iphone13")
@@ -220,9 +224,11 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     staff = staff_context.new_page()
     errors += _page_errors(staff)
     staff.goto(f"{url}/login")
+    _check(staff, "the sign-in page", screenshot=False)
     staff.get_by_label("Email address").fill(SUPPORT)
     staff.get_by_role("button", name="Email me a sign-in link").click()
     staff.get_by_role("heading", level=1).wait_for()
+    _check(staff, "the link-sent page", screenshot=False)
     sign_in = world.mail(SUPPORT, "Your sign-in link")
     [link] = re.findall(rf"{re.escape(url)}/login/\S+", sign_in)
     staff.goto(link)
@@ -256,6 +262,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     assert "the third seat removed on 2 December" in replied
     deep_link = _link_after(replied, "Read and answer:")
     ada.goto(deep_link)
+    _check(ada, "the deep link's confirm page", screenshot=False)
     ada.get_by_role("button", name="Open the dispute").click()
     ada.wait_for_url(dispute_url)
     thread = ada.get_by_test_id("thread")
@@ -267,10 +274,12 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     ada.get_by_role("button", name="Send message").click()
     ada.wait_for_url(re.compile(rf".*/disputes/{dispute_id}.*"))
     assert "we kept 4 seats" in ada.get_by_test_id("thread").inner_text()
+    _check(ada, "the dispute with her answer", screenshot=False)
 
     # -- Support: a partial credit note on the disputed line ----------------------------------
     staff.goto(f"{url}/staff/disputes/{dispute_id}")
     assert "we kept 4 seats" in staff.content()
+    _check(staff, "the dispute with Ada's answer", screenshot=False)
     staff.locator("summary", has_text="Credit note").click()
     staff.get_by_label("Team plan (5 seats)").fill("15")
     staff.get_by_label("Note on the credit note").fill("One seat removed on 2 December.")
@@ -356,9 +365,12 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
 
     # -- View as the customer: the filters work, nothing that changes anything does ------------
     staff.get_by_role("link", name="Ada Lovelace Studio").first.click()
+    staff.wait_for_url(re.compile(r".*/staff/customers/[A-Za-z0-9_-]+$"))
+    _check(staff, "e2e-staff-customer-laptop")
     staff.get_by_role("button", name="View as customer").click()
     staff.wait_for_url(f"{url}/")
     assert staff.get_by_test_id("view-as-banner").is_visible()
+    _check(staff, "the dashboard viewed as Ada", screenshot=False)
     staff.goto(f"{url}/invoices")
     staff.locator("summary", has_text="Filter invoices").click()
     staff.get_by_label("Status").select_option("paid")
@@ -379,6 +391,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     _check(staff, "e2e-view-as-account-laptop")
     staff.get_by_role("button", name="Leave customer view").click()
     staff.wait_for_url(re.compile(r".*/staff/customers/[A-Za-z0-9_-]+$"))
+    _check(staff, "the customer page after the view", screenshot=False)
 
     assert errors == [], f"errors in the browser console: {errors}"
     ada_context.close()
