@@ -8,12 +8,14 @@ overdue one.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from portal import clock
@@ -166,6 +168,7 @@ def seed_demo(session: Session, seller: dict[str, Any]) -> list[str]:
     for customer in CUSTOMERS:
         _seed_customer(session, customer, prices, seller, created)
     _seed_plan_ladder(session, created)
+    _seed_dispute(session, created)
     session.flush()
     return created
 
@@ -552,3 +555,82 @@ def _seed_trial(session: Session, plans: dict[str, Plan], created: list[str]) ->
         )
     )
     created.append(f"a Team trial for {account.name}")
+
+
+# -- a dispute in progress (issue 11): Ada questions one seat on her latest paid invoice, and
+# support's answer waits for her, so /disputes and the staff queue are not empty. -------------
+
+DEMO_DISPUTE = (
+    "We went from 5 seats to 4 at the start of this period (Charles left the team), but the "
+    "invoice still charges for 5. Could you credit the seat we did not use?"
+)
+DEMO_REPLY = (
+    "Thank you, Ada. Our records show 5 seats active until the 3rd of the period. Could you "
+    "tell us on which day Charles's seat was removed, so we can credit the right amount?"
+)
+
+
+@contextmanager
+def _as_of(moment: datetime) -> Iterator[None]:
+    """Write history as of `moment` (the services stamp rows with the clock)."""
+    previous = clock.set_source(lambda: moment)
+    try:
+        yield
+    finally:
+        clock.set_source(previous)
+
+
+def _seed_dispute(session: Session, created: list[str]) -> None:
+    from portal.audit.services import Actor
+    from portal.disputes import services as disputes
+    from portal.disputes.hours import BusinessHours
+    from portal.disputes.models import Dispute, DisputeReason, DisputeStatus
+    from portal.notifications.models import OutboxEmail
+
+    account = session.scalar(select(Account).where(Account.invoice_prefix == "ALS"))
+    support = session.scalar(select(User).where(User.email == STAFF[0][0]))
+    if account is None or support is None:
+        return
+    if session.scalar(select(Dispute.id).where(Dispute.account_id == account.id).limit(1)):
+        return  # NOTE: seeded once; Ada's later disputes (from the demo itself) are hers
+    paid = session.scalars(
+        select(Invoice)
+        .where(Invoice.account_id == account.id, Invoice.status == "paid")
+        .order_by(Invoice.issue_date.desc(), Invoice.id.desc())
+        .limit(1)
+    ).first()
+    ada = session.scalar(select(User).where(User.email == account.billing_email))
+    if paid is None or ada is None:
+        return
+    line = paid.lines[0]
+    seat = Money(line.unit_amount_minor, paid.currency)
+    now = clock.now()
+    target = disputes.ResponseTarget(business_hours=BusinessHours(timezone=account.timezone))
+    with _as_of(now - timedelta(days=2, hours=3)):
+        dispute = disputes.open_dispute(
+            session,
+            account=account,
+            invoice=paid,
+            amount=seat + seat.basis_points(line.tax_rate_bp or 0),
+            reason=DisputeReason.WRONG_AMOUNT.value,
+            description=DEMO_DISPUTE,
+            actor=Actor("customer", ada.id),
+            target=target,
+            line_ids=[line.id],
+        )
+    staff = Actor("staff", support.id)
+    with _as_of(now - timedelta(days=1, hours=5)):
+        dispute.assigned_to_user_id = support.id
+        disputes.transition(session, dispute, DisputeStatus.IN_REVIEW, staff)
+        disputes.add_message(session, dispute, body=DEMO_REPLY, actor=staff)
+        disputes.transition(session, dispute, DisputeStatus.WAITING_ON_CUSTOMER, staff)
+    # NOTE: the demo writes history; it does not send that history's emails.
+    session.flush()
+    session.execute(
+        delete(OutboxEmail).where(
+            OutboxEmail.account_id == account.id,
+            OutboxEmail.template.in_(("dispute_received", "dispute_replied")),
+            OutboxEmail.status == "pending",
+        )
+    )
+    created.append(f"a dispute on {paid.number} waiting for {account.name}")

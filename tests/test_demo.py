@@ -202,3 +202,61 @@ def test_the_demo_seeds_on_any_day_with_its_facts_intact(
         periods = [(i.period_start, i.period_end) for i in invoices]
         for (_, end), (start, _) in pairwise(periods):
             assert end == start, f"{prefix}: billing periods must follow each other: {periods}"
+
+
+def test_ada_has_one_open_dispute_with_a_reply_waiting_for_her(
+    app: Flask, session: Session, demo: dict[str, Account]
+) -> None:
+    from portal.audit.models import AuditEvent
+    from portal.disputes.models import Dispute, DisputeMessage
+    from portal.notifications.models import OutboxEmail
+
+    account = demo["ALS"]
+    [dispute] = session.scalars(select(Dispute).where(Dispute.account_id == account.id)).all()
+    assert (dispute.status, dispute.source, dispute.reason) == (
+        "waiting_on_customer",
+        "customer",
+        "wrong_amount",
+    )
+    invoice = session.get(Invoice, dispute.invoice_id)
+    assert invoice is not None and invoice.status == InvoiceStatus.PAID
+    [line] = dispute.lines
+    seat = subscription_of(session, account).price.unit_amount_minor
+    assert line.amount_minor == dispute.amount_minor == seat
+    assert [e.status for e in dispute.events] == ["open", "in_review", "waiting_on_customer"]
+    [reply] = session.scalars(
+        select(DisputeMessage).where(DisputeMessage.dispute_id == dispute.id)
+    ).all()
+    assert (reply.author_kind, reply.is_internal) == ("staff", False)
+    assert dispute.first_response_at == reply.created_at
+    assert dispute.created_at < reply.created_at < portal_clock.now()
+    assert dispute.assigned_to_user_id == reply.author_user_id
+    # Its history is audited; its emails are not sent (the demo writes history, not mail).
+    actions = set(
+        session.scalars(select(AuditEvent.action).where(AuditEvent.target_id == dispute.public_id))
+    )
+    assert {"dispute.opened", "dispute.message_added", "dispute.waiting_on_customer"} <= actions
+    assert not session.scalars(
+        select(OutboxEmail).where(OutboxEmail.template.like("dispute_%"))
+    ).all()
+    # Nothing is held on a paid invoice: the balance is still the open invoices.
+    assert ledger.balance(session, account.id, account.currency).minor == sum(
+        i.amount_due_minor for i in invoices_of(session, account) if i.status == "open"
+    )
+
+
+def test_the_demo_dispute_shows_on_both_sides(
+    app: Flask, session: Session, demo: dict[str, Account]
+) -> None:
+    from tests.conftest import login_as
+
+    client = app.test_client()
+    ada = session.scalar(select(User).where(User.email == "ada@example.com"))
+    login_as(client, ada)
+    page = client.get("/disputes").get_data(as_text=True)
+    assert "Waiting for you" in page
+    client = app.test_client()
+    support = session.scalar(select(User).where(User.email == "support@example.com"))
+    login_as(client, support)
+    queue = client.get("/staff/").get_data(as_text=True)
+    assert "Ada Lovelace Studio" in queue and 'data-testid="queue-row"' in queue

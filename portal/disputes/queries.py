@@ -7,6 +7,7 @@ from collections.abc import Collection
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from portal.billing.models import CreditNote
 from portal.disputes.models import (
     Attachment,
     AttachmentVisibility,
@@ -106,5 +107,16 @@ def dispute_events(session: Session, dispute_id: int) -> list[DisputeEvent]:
             select(DisputeEvent)
             .where(DisputeEvent.dispute_id == dispute_id)
             .order_by(DisputeEvent.at, DisputeEvent.id)
+        )
+    )
+
+
+def dispute_credit_notes(session: Session, dispute_id: int) -> list[CreditNote]:
+    """The credit notes that resolved a dispute (what the customer got back), oldest first."""
+    return list(
+        session.scalars(
+            select(CreditNote)
+            .where(CreditNote.dispute_id == dispute_id)
+            .order_by(CreditNote.issued_at, CreditNote.id)
         )
     )

@@ -287,6 +287,7 @@ def _render_detail(
         invoice=invoice,
         invoice_lines=lines,
         events=queries.dispute_events(db.session, dispute.id),
+        credit_notes=queries.dispute_credit_notes(db.session, dispute.id),
         messages=queries.customer_messages(db.session, dispute.id),
         attachments=by_message,
         status_label=status_label,

@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session, joinedload
 from portal.accounts.models import Account, Membership, User
 from portal.audit.models import AuditEvent
 from portal.billing import ledger
-from portal.billing.models import CreditNote, CreditNoteLine, Invoice, InvoiceLine
+from portal.billing.models import (
+    CreditNote,
+    CreditNoteLine,
+    Invoice,
+    InvoiceLine,
+    LedgerEntry,
+    LedgerKind,
+)
 from portal.billing.money import Money
 from portal.billing.queries import LIST_ONLY, subscriptions_of
 from portal.disputes.models import (
@@ -305,5 +312,34 @@ def _staff_attachments(dispute_id: int) -> Select[tuple[Attachment]]:
             Attachment.dispute_id == dispute_id,
             Attachment.deleted_at.is_(None),
             or_(Attachment.message_id.is_(None), DisputeMessage.deleted_at.is_(None)),
+        )
+    )
+
+
+CHARGEBACK_KINDS = (
+    LedgerKind.CHARGEBACK.value,
+    LedgerKind.CHARGEBACK_FEE.value,
+    LedgerKind.CHARGEBACK_REVERSAL.value,
+)
+
+
+def chargeback_entries(session: Session, dispute: Dispute) -> list[LedgerEntry]:
+    """The ledger's money movements of a card chargeback: the withdrawal, Stripe's fee and,
+    when won, the reinstatement, oldest first.
+
+    NOTE: portal.disputes.services posts each with the Stripe dispute id at the end of its
+    description ("Dispute fee (dp_…)"); the kinds and the account narrow it down first.
+    """
+    if not dispute.stripe_dispute_id:
+        return []
+    return list(
+        session.scalars(
+            select(LedgerEntry)
+            .where(
+                LedgerEntry.account_id == dispute.account_id,
+                LedgerEntry.kind.in_(CHARGEBACK_KINDS),
+                LedgerEntry.description.endswith(f"({dispute.stripe_dispute_id})", autoescape=True),
+            )
+            .order_by(LedgerEntry.effective_at, LedgerEntry.id)
         )
     )

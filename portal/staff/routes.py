@@ -14,6 +14,7 @@ from flask import (
     render_template,
     request,
     session,
+    stream_with_context,
     url_for,
 )
 from flask_babel import gettext as _
@@ -36,6 +37,7 @@ from portal.payments.gateway import gateway
 from portal.payments.models import Payment
 from portal.staff import dispute_ops, queries, queue, resolution, services, view_as
 from portal.staff.access import MFA_KEY, is_admin, second_factor_passed
+from portal.staff.audit_csv import audit_csv
 from portal.staff.forms import (
     AssignForm,
     AuditFilterForm,
@@ -317,8 +319,11 @@ def view_as_end() -> Response:
 def audit() -> Response:
     form = AuditFilterForm(request.args)
     error = ""
+    wants_csv = request.args.get("format") == "csv"
     if form.validate():
         filters = form.filters()
+        if wants_csv:
+            return _audit_csv(filters)
     else:
         error = form.first_error()
         filters = queries.AuditFilters()
@@ -327,7 +332,9 @@ def audit() -> Response:
     )
     users = queries.users_by_id(db.session, {e.actor_user_id for e in page.rows if e.actor_user_id})
     accounts = queries.accounts_by_id(db.session, {e.account_id for e in page.rows if e.account_id})
-    return render_page(
+    # The download keeps the filters on screen (never the page number: it holds every row).
+    kept = {k: v for k, v in request.args.items() if k in form.data and v}
+    response = render_page(
         "staff/audit.html",
         "staff/_audit_rows.html",
         form=form,
@@ -335,7 +342,40 @@ def audit() -> Response:
         error=error,
         users=users,
         accounts=accounts,
+        csv_url=url_for("staff.audit", **kept, format="csv"),
     )
+    if wants_csv and error:
+        response.status_code = 422  # no export of everything when the filters were wrong
+    return response
+
+
+def _audit_csv(filters: queries.AuditFilters) -> Response:
+    """Every event the filters select, as CSV; the export is itself an audit event."""
+    # NOTE: a GET that writes (who exported what): its transaction must be a writer. The
+    # request boundary commits the event before the first row is streamed.
+    if not has_pending_changes(db.session):
+        begin_write(db.session)
+    _actor().record(
+        db.session,
+        "staff.audit_exported",
+        account_id=None,
+        target_type="audit_log",
+        target_id="csv",
+        after={
+            "filters": {
+                "actor": filters.actor,
+                "account": filters.account,
+                "action": filters.action,
+                "start": filters.start.isoformat() if filters.start else "",
+                "end": filters.end.isoformat() if filters.end else "",
+            }
+        },
+    )
+    stamp = clock.now().strftime("%Y%m%dT%H%M%SZ")
+    response = Response(stream_with_context(audit_csv(db.session, filters, _)), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="audit-log-{stamp}.csv"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 # -- one dispute ----------------------------------------------------------------------------
@@ -381,6 +421,7 @@ def _dispute_page(dispute: Dispute, *, status: int = 200, **forms: Any) -> Respo
         invoice=invoice,
         payment=payment,
         lines=queries.dispute_lines(db.session, dispute),
+        chargeback_entries=queries.chargeback_entries(db.session, dispute),
         invoice_lines=invoice.lines if invoice is not None else [],
         credited=queries.credited_by_line(db.session, invoice),
         refundable=resolution.refundable_payments(db.session, dispute),

@@ -11,16 +11,18 @@ then puts the viewed account where `portal.auth.sessions.current_account` looks 
   /staff/customers/<id>/view-as sets it, behind the staff guard), and a key found on a
   non-staff session, or one from an earlier sign-in, is thrown away before any page runs.
 - Nothing can change: every request but GET/HEAD/OPTIONS is refused (403) while viewing,
-  except leaving the view and signing out or in; POST forms are shown disabled (base.html wraps
-  the page in a disabled fieldset).
+  except leaving the view and signing out or in. Every control of a form that would change
+  something (method POST) is shown disabled; GET forms (the invoice filters, the statement's
+  period) stay usable, since what they do is read, exactly as the customer would.
 - Each page seen is audited (staff.view_as_page), as are the start and the end.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import Flask, g, request, session
+from flask import Flask, Response, g, request, session, url_for
 from flask_babel import gettext as _
 from sqlalchemy import select
 
@@ -118,6 +120,67 @@ def guard() -> None:
         db.session.flush()
 
 
+# An opening tag with its attributes (quoted values may hold ">").
+_ATTRS = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
+_FORM = re.compile(rf"<form\b{_ATTRS}>", re.IGNORECASE)
+_FORM_END = re.compile(r"</form\s*>", re.IGNORECASE)
+_CONTROL = re.compile(rf"<(button|input|select|textarea)\b({_ATTRS})>", re.IGNORECASE)
+_DISABLED = re.compile(r"""\sdisabled(?=[\s=/>]|$)""", re.IGNORECASE)
+
+
+def _attribute(tag: str, name: str) -> str:
+    found = re.search(rf"""\s{name}\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""", tag, re.IGNORECASE)
+    return found.group(1).strip("\"'") if found else ""
+
+
+def _disable_control(match: re.Match[str]) -> str:
+    if _DISABLED.search(match.group(2)):
+        return match.group(0)
+    return f"<{match.group(1)} disabled{match.group(2)}>"
+
+
+def disable_changing_forms(html: str, keep_actions: frozenset[str]) -> str:
+    """Every control of each form that would change something (any method but GET/dialog)
+    disabled, except the forms posting to `keep_actions`; GET forms are left as they are.
+
+    NOTE: forms never nest in HTML (a parser ignores a <form> inside another), so each form
+    ends at the next </form>.
+    """
+    out: list[str] = []
+    at = 0
+    for form in _FORM.finditer(html):
+        if form.start() < at:
+            continue  # a <form> inside a form the parser would ignore: already handled
+        end = _FORM_END.search(html, form.end())
+        stop = end.end() if end else len(html)
+        method = _attribute(form.group(0), "method").lower() or "get"
+        if method in ("get", "dialog") or _attribute(form.group(0), "action") in keep_actions:
+            continue
+        out.append(html[at : form.end()])
+        out.append(_CONTROL.sub(_disable_control, html[form.end() : stop]))
+        at = stop
+    out.append(html[at:])
+    return "".join(out)
+
+
+def disable_changes_in_page(response: Response) -> Response:
+    """While viewing, show every state-changing form disabled (the server refuses them too)."""
+    if (
+        g.get("view_as_account") is None
+        or response.mimetype != "text/html"
+        or response.is_streamed
+        or response.direct_passthrough
+    ):
+        return response
+    keep = frozenset(url_for(endpoint) for endpoint in _KEPT_FORMS)
+    response.set_data(disable_changing_forms(response.get_data(as_text=True), keep))
+    return response
+
+
+# Forms that stay usable while viewing: leaving the view and signing out.
+_KEPT_FORMS = ("staff.view_as_end", "auth.logout")
+
+
 def template_globals() -> dict[str, Any]:
     return {"view_as_account": g.get("view_as_account")}
 
@@ -130,3 +193,4 @@ def init_app(app: Flask) -> None:
     after = [i for i, hook in enumerate(hooks) if hook.__name__ == "enforce_session_timeouts"]
     hooks.insert(after[0] + 1 if after else len(hooks), guard)
     app.context_processor(template_globals)
+    app.after_request(disable_changes_in_page)

@@ -119,3 +119,113 @@ def test_files_are_stored_under_random_names_only_we_can_read(tmp_path: Path) ->
     for bad in ("../../etc/passwd", "", "A" * 32, first + "/x"):
         with pytest.raises(FileNotFoundError):
             store.path(bad)
+
+
+# -- PDFs whose active content hides behind filters or in object streams ---------------------
+
+SCRIPT = b"<< /Type /Action /S /JavaScript /JS (app.alert(document.cookie)) >>"
+HARMLESS = b"BT /F1 12 Tf 20 100 Td (Invoice ALS-0012, line 1) Tj ET"
+CHAINS = [
+    [b"/FlateDecode"],
+    [b"/ASCIIHexDecode"],
+    [b"/ASCII85Decode"],
+    [b"/LZWDecode"],
+    [b"/RunLengthDecode"],
+    [b"/ASCII85Decode", b"/FlateDecode"],
+    [b"/ASCIIHexDecode", b"/LZWDecode", b"/RunLengthDecode"],
+    [b"/AHx"],  # the short name
+    [b"/Fl#61teDecode"],  # the name spelt with a #xx escape
+]
+CHAIN_IDS = [b"+".join(chain).decode().replace("/", "") for chain in CHAINS]
+
+
+@pytest.mark.parametrize("chain", CHAINS, ids=CHAIN_IDS)
+def test_a_script_under_any_filter_chain_is_refused(chain: list[bytes]) -> None:
+    from tests.disputes.pdf_craft import encoded, with_stream
+
+    data = with_stream(SCRIPT, chain)
+    assert b"JavaScript" not in data and b"/JS" not in encoded(SCRIPT, chain)
+    with pytest.raises(EvidenceRefused, match="scripts"):
+        inspect(data, max_bytes=LIMIT)
+
+
+@pytest.mark.parametrize("chain", CHAINS, ids=CHAIN_IDS)
+def test_a_harmless_stream_under_the_same_chain_is_accepted(chain: list[bytes]) -> None:
+    from tests.disputes.pdf_craft import with_stream
+
+    assert inspect(with_stream(HARMLESS, chain), max_bytes=LIMIT).content_type == PDF_TYPE
+
+
+PDF_TYPE = "application/pdf"
+
+
+def test_an_action_inside_a_compressed_object_stream_with_a_predictor_is_refused() -> None:
+    """PDF 1.5 writers keep the catalog in an object stream; with a PNG predictor its names
+    are not even in the inflated bytes: only reading the document as a viewer does finds it."""
+    from tests.disputes.pdf_craft import object_stream_pdf
+
+    catalog = b"<< /Type /Catalog /Pages 2 0 R /OpenAction " + SCRIPT + b" >>"
+    data = object_stream_pdf(catalog)
+    inflated = zlib.decompress(data.split(b"stream\n")[1].split(b"\nendstream")[0])
+    assert b"OpenAction" not in data and b"OpenAction" not in inflated
+    with pytest.raises(EvidenceRefused, match="scripts"):
+        inspect(data, max_bytes=LIMIT)
+    clean = object_stream_pdf(b"<< /Type /Catalog /Pages 2 0 R >>")
+    assert inspect(clean, max_bytes=LIMIT).content_type == PDF_TYPE
+
+
+@pytest.mark.parametrize(
+    "catalog_extra",
+    [
+        b"/AA << /WC << /S /Launch /F (cmd.exe) >> >>",
+        b"/Names << /EmbeddedFiles << /Names [(a.exe) << /EF << /F 6 0 R >> >>] >> >>",
+        b"/Extra << /S /Launch /F (calc.exe) >>",
+    ],
+    ids=["additional-actions", "embedded-file", "launch-action"],
+)
+def test_each_kind_of_active_content_is_found_in_an_object_stream(catalog_extra: bytes) -> None:
+    from tests.disputes.pdf_craft import object_stream_pdf
+
+    data = object_stream_pdf(b"<< /Type /Catalog /Pages 2 0 R " + catalog_extra + b" >>")
+    with pytest.raises(EvidenceRefused, match="scripts"):
+        inspect(data, max_bytes=LIMIT)
+
+
+def test_a_real_pdf_with_streams_is_accepted() -> None:
+    """What a customer sends: a PDF printed by a real writer (streams ending with "endstream"
+    then a line break, which the stream scan once took for the start of a stream)."""
+    import weasyprint
+
+    data = weasyprint.HTML(string="<h1>Receipt</h1><p>Paid $49.00</p>").write_pdf()
+    assert b"endstream\n" in data or b"endstream\r\n" in data
+    assert inspect(data, max_bytes=LIMIT).content_type == PDF_TYPE
+
+
+@pytest.mark.parametrize("chain", [[b"/LZWDecode"], [b"/RunLengthDecode"]], ids=["lzw", "rle"])
+def test_a_stream_that_unpacks_past_the_budget_is_refused(
+    monkeypatch: pytest.MonkeyPatch, chain: list[bytes]
+) -> None:
+    from portal.disputes import evidence
+    from tests.disputes.pdf_craft import with_stream
+
+    monkeypatch.setattr(evidence, "MAX_PDF_INFLATED", 1000)
+    with pytest.raises(EvidenceRefused, match="unpacks"):
+        inspect(with_stream(b"0" * 5000, chain), max_bytes=LIMIT)
+
+
+def test_our_lzw_reads_what_pypdf_reads() -> None:
+    from pypdf.filters import LZWDecode
+
+    from portal.disputes.evidence import _lzw
+    from tests.disputes.pdf_craft import lzw_encode
+
+    text = SCRIPT * 200 + bytes(range(256)) * 40  # long enough to widen codes and clear
+    packed = lzw_encode(text)
+    assert LZWDecode.decode(packed) == text
+    assert _lzw(packed, 10**7) == text
+
+
+def test_a_pdf_no_reader_can_parse_is_refused_as_damaged() -> None:
+    data = b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog /Pages 9 0 R\nstartxref\n999999\n%%EOF\n"
+    with pytest.raises(EvidenceRefused, match="damaged"):
+        inspect(data, max_bytes=LIMIT)

@@ -428,3 +428,35 @@ def test_the_console_pages_and_forms(
     session.expire_all()
     assert session.get(Dispute, w["dispute"].id).status == "resolved"
     assert client.get("/staff/approvals").status_code == 200
+
+
+def test_the_customer_sees_the_outcome_of_a_credit_first(
+    client: FlaskClient, session: Session
+) -> None:
+    """Resolved by a credit note: the customer's page leads with the credit note, its amount,
+    what it reduces and support's note; an internal note never shows."""
+    w = _world(session)
+    line = w["invoice"].lines[1]
+    plan = resolution.credit_plan(
+        w["dispute"],
+        w["invoice"].lines,
+        whole_minor=None,
+        line_minor={line.id: 1500},
+        memo="One seat removed on 2 December.",
+    )
+    note = resolution.resolve_by_credit(
+        session,
+        w["dispute"].public_id,
+        plan,
+        user=w["support"],
+        actor=_actor(w["support"]),
+        limits=LIMITS,
+    ).credit_note
+    session.commit()
+    login_as(client, w["ada"])
+    html = client.get(f"/disputes/{w['dispute'].public_id}").get_data(as_text=True)
+    outcome = html.split('data-testid="outcome"', 1)[1].split("</section>", 1)[0]
+    assert note is not None and note.number in outcome
+    assert "−$15.00" in outcome
+    assert "One seat removed on 2 December." in outcome
+    assert "It reduces what you owe on invoice" in outcome

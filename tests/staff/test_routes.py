@@ -433,3 +433,55 @@ def test_a_stored_staff_destination_with_control_characters_is_not_followed(
     response = client.post("/staff/two-factor", data={"code": code})
     assert response.status_code == 303
     assert response.headers["Location"] == "/staff/"
+
+
+def test_a_chargeback_page_lists_its_ledger_entries(client: FlaskClient, session: Session) -> None:
+    """The withdrawal and the fee a chargeback posted, and nothing of another chargeback."""
+    from portal.billing import ledger as ledger_posts
+    from portal.billing import services as billing
+    from portal.billing.models import LedgerKind
+    from portal.billing.money import Money
+    from tests.conftest import login_as
+    from tests.factories import make_invoice
+    from tests.staff.helpers import make_dispute as make_chargeback
+
+    account = make_account(session, name="Chargeback Studio")
+    invoice = make_invoice(session, account, (4200,))
+    payment = billing.record_payment(
+        session,
+        account,
+        Money(4200, "USD"),
+        [(invoice, Money(4200, "USD"))],
+        received_at=invoice.finalized_at,
+    )
+    dispute = make_chargeback(
+        session,
+        account,
+        invoice,
+        source="chargeback",
+        payment=payment,
+        stripe_dispute_id="dp_route_1",
+        reason="not_recognized",
+    )
+    for kind, amount, ref, dp in (
+        (LedgerKind.CHARGEBACK, 4200, "chargeback:txn_a", "dp_route_1"),
+        (LedgerKind.CHARGEBACK_FEE, 1500, "chargeback_fee:txn_a", "dp_route_1"),
+        (LedgerKind.CHARGEBACK_FEE, 999, "chargeback_fee:txn_b", "dp_route_10"),
+    ):
+        ledger_posts.post(
+            session,
+            account_id=account.id,
+            kind=kind,
+            amount=Money(amount, "USD"),
+            source_ref=ref,
+            effective_at=invoice.finalized_at,
+            description=f"Fee ({dp})",
+            invoice_id=invoice.id,
+        )
+    support = make_user(session, "cb-route@example.com", staff_role="support")
+    session.commit()
+    login_as(client, support)
+    html = client.get(f"/staff/disputes/{dispute.public_id}").get_data(as_text=True)
+    ledger = html.split('data-testid="chargeback-ledger"', 1)[1].split("</section>", 1)[0]
+    assert ledger.count('data-testid="chargeback-entry"') == 2
+    assert "$42.00" in ledger and "$15.00" in ledger and "$9.99" not in ledger
