@@ -457,7 +457,7 @@ def add_message(
 ) -> DisputeMessage:
     """A message in the dispute's thread. Staff may mark it internal (never shown to the
     customer); a staff reply emails the customer, and a customer's answer hands a dispute
-    waiting on them back to support."""
+    waiting on them back to support. A first staff reply puts a submitted dispute in review."""
     dispute = lock_dispute(session, dispute.id)
     author = _author_kind(actor)
     if is_internal and author != "staff":
@@ -504,6 +504,9 @@ def add_message(
         },
     )
     if author == "customer" and dispute.status == S.WAITING_ON_CUSTOMER.value:
+        transition(session, dispute, S.IN_REVIEW, actor, note="")
+    if author == "staff" and not is_internal and dispute.status == S.OPEN.value:
+        # Someone has answered: the customer's timeline no longer says only "submitted".
         transition(session, dispute, S.IN_REVIEW, actor, note="")
     if author == "staff" and not is_internal:
         account = session.get(Account, dispute.account_id)

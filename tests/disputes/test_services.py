@@ -327,6 +327,20 @@ def test_staff_replies_email_the_customer_and_internal_notes_stay_internal(
     assert dispute.status == "in_review"
 
 
+def test_a_first_staff_reply_puts_a_submitted_dispute_in_review(session: Session) -> None:
+    account, invoice = setup(session)
+    dispute = make_dispute(session, account, invoice, 500)
+    staff = staff_actor(session)
+    services.add_message(session, dispute, body="Checking", actor=staff, is_internal=True)
+    assert dispute.status == "open"  # an internal note is not an answer
+    services.add_message(session, dispute, body="We are looking into it.", actor=staff)
+    assert dispute.status == "in_review"
+    assert [e.status for e in dispute_events(session, dispute.id)] == ["open", "in_review"]
+    services.transition(session, dispute, S.WAITING_ON_CUSTOMER, staff)
+    services.add_message(session, dispute, body="Anything else?", actor=staff)
+    assert dispute.status == "waiting_on_customer"  # a later reply leaves the status alone
+
+
 def test_files_keep_their_visibility_when_their_message_is_deleted(
     session: Session, tmp_path: Path
 ) -> None:
