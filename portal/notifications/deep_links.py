@@ -256,10 +256,19 @@ def consume(session: Session, opened: Opened) -> None:
         raise LinkUsed(user_id=opened.user.id)
 
 
-def path_after_use(session: Session, user_id: int, kind: str, object_id: int) -> str | None:
-    """Where a used link still leads its own, signed-in owner (None if nowhere)."""
+def after_use(session: Session, user_id: int, kind: str, object_id: int) -> tuple[int, str] | None:
+    """The account id and page a used link still leads its own, signed-in owner to (None if
+    nowhere, or when the object is no longer in one of the user's accounts)."""
     resolved = _resolve(session, kind, object_id)
-    return resolved[2] if resolved is not None else None
+    if resolved is None:
+        return None
+    account, _label, url = resolved
+    is_member = session.scalar(
+        select(Membership.id).where(
+            Membership.user_id == user_id, Membership.account_id == account.id
+        )
+    )
+    return (account.id, url) if is_member is not None else None
 
 
 def enrich(session: Session, context: Mapping[str, Any]) -> dict[str, Any]:

@@ -424,12 +424,10 @@ def test_a_job_running_in_english_writes_a_german_accounts_email_in_german(
     import flask_babel
 
     world = EmailWorld(session, locale="de_DE", currency="EUR")
-    with pseudo_app.test_request_context("/", headers={"Accept-Language": "en"}):
-        with flask_babel.force_locale("en"):
-            assert flask_babel.gettext("Your subscription is paused") == (
-                "Your subscription is paused"
-            )
-            _job_queues(session, world)[name]()
+    english = pseudo_app.test_request_context("/", headers={"Accept-Language": "en"})
+    with english, flask_babel.force_locale("en"):
+        assert flask_babel.gettext("Your subscription is paused") == "Your subscription is paused"
+        _job_queues(session, world)[name]()
     email = session.scalars(
         select(OutboxEmail).where(OutboxEmail.template == name).order_by(OutboxEmail.id.desc())
     ).first()
