@@ -156,15 +156,15 @@ def _due_reminders(as_of: date, steps: Sequence[Step]) -> Select[tuple[int, str,
         .correlate(Invoice)
         .scalar_subquery()
     )
+    # NOTE: not correlated: SQLite would walk every live attempt again for each invoice; as a
+    # list it is made once (the live attempts are few; PostgreSQL hashes it).
     in_flight = (
-        select(PaymentAttemptItem.id)
+        select(PaymentAttemptItem.invoice_id)
         .join(PaymentAttempt, PaymentAttempt.id == PaymentAttemptItem.attempt_id)
         .where(
-            PaymentAttemptItem.invoice_id == Invoice.id,
             PaymentAttemptItem.is_live,
             PaymentAttempt.status.in_(LIVE_ATTEMPT_STATUSES),
         )
-        .correlate(Invoice)
     )
     retries = (
         select(PaymentRetry.id)
@@ -190,7 +190,7 @@ def _due_reminders(as_of: date, steps: Sequence[Step]) -> Select[tuple[int, str,
             step_name.is_not(None),
             # NOTE: nothing to ask for while a payment is in flight; the step stays open and
             # goes out later if it is still due then.
-            ~in_flight.exists(),
+            Invoice.id.not_in(in_flight),
             # NOTE: while card retries are planned, each retry's payment_failed email speaks
             # for the invoice; the reminders take over when none is left.
             ~retries.exists(),
