@@ -406,3 +406,28 @@ def test_a_used_link_of_the_other_account_says_so_instead_of_a_404(
     page = client.get(path)
     assert page.status_code == 410
     assert two.second_invoice.number not in page.get_data(as_text=True)
+
+
+def test_the_switch_notice_is_marked_for_translation(
+    pseudo_app: Flask,  # noqa: F811
+    session: Session,
+    clock: Any,
+) -> None:
+    two = TwoAccounts(session)
+    for account in (two.first, two.second):
+        account.locale = "de_DE"
+    session.commit()
+    client = app_client(pseudo_app)
+    login_as(client, two.user)
+    path = two.link(session, two.second, two.second_invoice)
+    html = client.get(path, headers={"Accept-Language": "de"}).get_data(as_text=True)
+    assert 'data-testid="deep-link-switch"' in html
+    data = _brand_data(pseudo_app) | {
+        two.first.name,
+        two.second.name,
+        two.user.email,
+        two.user.name,
+        two.user.name[:1],
+        two.second_invoice.number or "",
+    }
+    assert unmarked_text(html, data) == []
