@@ -1,4 +1,4 @@
-"""Mail delivery benchmark (issue 12; run by hand, not by the tests and not by `make bench`):
+"""Mail delivery benchmark (issue 12; by hand, and `bench_part` for `make bench`):
 
     .venv/bin/python -m bench.mail_delivery [--emails 2000] [--logins 100] [--backend both]
 
@@ -37,6 +37,8 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import TICKS, process_ticks  # noqa: E402
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -186,6 +188,32 @@ def unsent(url: str) -> int:
     return int(left)
 
 
+def _tagged(url: str, name: str) -> str:
+    """The URL with an application_name on PostgreSQL, so its backends can be found."""
+    if not url.startswith("postgresql"):
+        return url
+    return (
+        sa.engine.make_url(url)
+        .update_query_dict({"application_name": name})
+        .render_as_string(hide_password=False)
+    )
+
+
+def backend_seconds(url: str, name: str) -> float:
+    """CPU seconds so far of the PostgreSQL backends serving connections tagged `name`."""
+    if not url.startswith("postgresql"):
+        return 0.0
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        pids = conn.execute(
+            sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": name},
+        ).scalars()
+        total = sum(process_ticks(int(pid)) for pid in pids)
+    engine.dispose()
+    return total / TICKS
+
+
 def delivery_rate(backend: str, emails: int, workers: int, folder: Path) -> dict[str, Any]:
     from flask import Flask
 
@@ -195,9 +223,10 @@ def delivery_rate(backend: str, emails: int, workers: int, folder: Path) -> dict
     smtp.controller.start()
     queue = f"sqlite:///{folder / f'huey-{backend}-{workers}.sqlite3'}"
     log = folder / f"workers-{backend}-{workers}.log"
+    tag = f"bench_mail_{os.getpid()}_{workers}"
     try:
         with database(backend, folder / f"{backend}-{workers}") as url:
-            env = environment(url, smtp, queue)
+            env = environment(_tagged(url, tag), smtp, queue)
             processes = [start(WORKER, env, log) for _ in range(workers)]
             try:
                 wait_for(lambda: log.read_text().count("worker started") >= workers, 60, "workers")
@@ -206,11 +235,17 @@ def delivery_rate(backend: str, emails: int, workers: int, folder: Path) -> dict
                 app = Flask("bench")
                 app.config.update(BASE_URL="http://127.0.0.1")
                 jobs = Jobs(app, make_huey(queue))
+                load_before = os.getloadavg()
+                cpu_before = sum(process_ticks(p.pid) for p in processes) / TICKS
+                pg_before = backend_seconds(url, tag)
                 began = time.monotonic()
                 for _ in range(workers):
                     jobs.deliver_outbox(None)
                 wait_for(lambda: unsent(url) == 0, 600, "every email sent")
                 took = time.monotonic() - began
+                cpu = sum(process_ticks(p.pid) for p in processes) / TICKS - cpu_before
+                pg = backend_seconds(url, tag) - pg_before
+                load_after = os.getloadavg()
             finally:
                 for process in processes:
                     stop(process)
@@ -223,6 +258,10 @@ def delivery_rate(backend: str, emails: int, workers: int, folder: Path) -> dict
         "seconds": took,
         "rate": emails / took,
         "received": smtp.count,
+        "cpu_ms": 1000 * cpu / emails,
+        "pg_ms": 1000 * pg / emails if backend != "sqlite" else None,
+        "load_before": load_before,
+        "load_after": load_after,
     }
 
 
@@ -322,6 +361,76 @@ def signin_latency(backend: str, logins: int, folder: Path) -> dict[str, Any]:
     }
 
 
+def _load(values: tuple[float, float, float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in values)
+
+
+def measure(
+    emails: int, logins: int, backends: list[str], log: Callable[..., None] = print
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rates, latencies = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-mail-") as tmp:
+        folder = Path(tmp)
+        for backend in backends:
+            for workers in (1, 2):
+                result = delivery_rate(backend, emails, workers, folder)
+                log(result)
+                if result["received"] != emails:
+                    raise SystemExit(f"{backend}: {result['received']} of {emails} arrived")
+                rates.append(result)
+            result = signin_latency(backend, logins, folder)
+            log(result)
+            latencies.append(result)
+    return rates, latencies
+
+
+def section(
+    rates: list[dict[str, Any]],
+    latencies: list[dict[str, Any]],
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> str:
+    lines = [
+        "## Mail delivery (issue 12, `bench/mail_delivery.py`)",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m bench.mail_delivery` on "
+        f"this shared 2-core machine: load average {_load(load_before)} at the start, "
+        f"{_load(load_after)} at the end. CPU per email: the worker processes' CPU (all their "
+        "threads) and, on PostgreSQL, their backends', over the delivery window, divided by the "
+        "emails (the benchmark's own SMTP server is not counted).",
+        "",
+        "| Backend | Worker processes (1 thread each) | Emails | Arrived | Seconds | Emails/s "
+        "| Worker CPU ms/email | PG backend CPU ms/email | Load before | Load after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rates:
+        pg = f"{r['pg_ms']:.2f}" if r["pg_ms"] is not None else "–"
+        lines.append(
+            f"| {r['backend']} | {r['workers']} | {r['emails']} | {r['received']} | "
+            f"{r['seconds']:.1f} | {r['rate']:.0f} | {r['cpu_ms']:.2f} | {pg} | "
+            f"{_load(r['load_before'])} | {_load(r['load_after'])} |"
+        )
+    lines += [
+        "",
+        "| Backend | POST /login to SMTP server: samples | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in latencies:
+        lines.append(
+            f"| {r['backend']} | {r['logins']} | {r['p50'] * 1000:.0f} | {r['p99'] * 1000:.0f} | "
+            f"{r['max'] * 1000:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bench_part(quick: bool) -> str:
+    """The Markdown section for `make bench` (quick: 100 emails and 10 sign-ins per backend)."""
+    emails, logins = (100, 10) if quick else (2000, 100)
+    before = os.getloadavg()
+    rates, latencies = measure(emails, logins, ["sqlite", "postgresql"], log=lambda *_: None)
+    return section(rates, latencies, before, os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emails", type=int, default=2000)
@@ -330,43 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     load_before = os.getloadavg()
-    rates, latencies = [], []
-    with tempfile.TemporaryDirectory(prefix="bench-mail-") as tmp:
-        folder = Path(tmp)
-        for backend in backends:
-            for workers in (1, 2):
-                result = delivery_rate(backend, args.emails, workers, folder)
-                print(result, flush=True)
-                rates.append(result)
-            result = signin_latency(backend, args.logins, folder)
-            print(result, flush=True)
-            latencies.append(result)
-    load_after = os.getloadavg()
+    rates, latencies = measure(args.emails, args.logins, backends)
     print()
-    print("## Mail delivery (issue 12)")
-    print()
-    print(
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m bench.mail_delivery` "
-        f"on this 2-core machine, shared with other work: load average "
-        f"{load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f} at the start, "
-        f"{load_after[0]:.2f} / {load_after[1]:.2f} / {load_after[2]:.2f} at the end."
-    )
-    print()
-    print("| Backend | Worker processes (1 thread each) | Emails | Seconds | Emails/s |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rates:
-        print(
-            f"| {r['backend']} | {r['workers']} | {r['emails']} | {r['seconds']:.1f} | "
-            f"{r['rate']:.0f} |"
-        )
-    print()
-    print("| Backend | POST /login to SMTP server: samples | p50 ms | p99 ms | max ms |")
-    print("|---|---:|---:|---:|---:|")
-    for r in latencies:
-        print(
-            f"| {r['backend']} | {r['logins']} | {r['p50'] * 1000:.0f} | {r['p99'] * 1000:.0f} | "
-            f"{r['max'] * 1000:.0f} |"
-        )
+    print(section(rates, latencies, load_before, os.getloadavg()))
     return 0
 
 

@@ -132,6 +132,8 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         # automatic charge, and whether the subscription becomes past_due after the last retry.
         "DUNNING_BEFORE_DAYS": env("DUNNING_BEFORE_DAYS", "3"),
         "DUNNING_AFTER_DAYS": env("DUNNING_AFTER_DAYS", "1,7,14"),
+        # Reminders written per short write transaction of the reminder run.
+        "REMINDER_BATCH_SIZE": _int("REMINDER_BATCH_SIZE", 200),
         "CARD_RETRY_DAYS": env("CARD_RETRY_DAYS", "1,3,5,7"),
         "CARD_RETRY_PAST_DUE": _bool("CARD_RETRY_PAST_DUE", True),
         # Subscriptions: how many days ahead a trial's end and a pause's end are announced.

@@ -1,30 +1,27 @@
 """The only module that sends email. Queueing writes an outbox row in the caller's transaction.
 
 `queue_email` looks the template up in the catalog (portal.notifications.emails): the subject is
-written there and translated into the account's language; an essential email always goes, a
-non-essential one (reminders before the due date, an expiring card) not to an account that opted
-out; billing emails go to the account's extra recipients too, one row each (each gets its own
-deep link, bound to that person, or a plain link when the address has no sign-in of its own).
+written there and translated into the account's language (subject and bodies are rendered in
+it, whatever the language of the request or job that queues the email); an essential email
+always goes, a non-essential one (reminders before the due date, an expiring card) not to an
+account that opted out; billing emails go to the account's extra recipients too, one row each
+(each gets its own deep link, bound to that person, or a plain link when the address has no
+sign-in of its own).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from email.utils import parseaddr
 from typing import Any
 
-import flask_babel
 from flask import current_app, render_template
 from sqlalchemy import event
 from sqlalchemy.orm import Session, scoped_session
 
-from portal.accounts.models import Account
 from portal.db import after_commit
-from portal.i18n import language_for
-from portal.notifications import deep_links, preferences
-from portal.notifications.emails import brand, kind_of, subject_for
+from portal.notifications.emails import brand, kind_of
 from portal.notifications.links import absolute_url
-from portal.notifications.models import MESSAGE_ID_DOMAIN, OutboxEmail, new_message_id
+from portal.notifications.models import MESSAGE_ID_DOMAIN, OutboxEmail
 
 
 def email_globals(template: str) -> dict[str, Any]:
@@ -40,7 +37,11 @@ def email_globals(template: str) -> dict[str, Any]:
 
 def render_email(template: str, context: dict[str, Any]) -> tuple[str, str]:
     """The plain-text and HTML bodies of `email/<template>`."""
-    context = {**email_globals(template), **context}
+    return render_bodies(template, {**email_globals(template), **context})
+
+
+def render_bodies(template: str, context: dict[str, Any]) -> tuple[str, str]:
+    """The bodies of `email/<template>` from a context that already holds `email_globals`."""
     return (
         render_template(f"email/{template}.txt", **context),
         render_template(f"email/{template}.html", **context),
@@ -73,65 +74,30 @@ def queue_email(
     """Render `email/<template>.txt` and `.html` and put them in the outbox; sent after commit.
 
     Returns the row for `to`, or None when the account opted out of this (non-essential) email.
-    Without `subject` the catalog's is used, in the account's language (pass none from a job:
-    a subject translated there is in the job's language). `is_essential` defaults to the
+    The subject and both bodies are in the recipient account's language, whatever language the
+    caller runs in: a template in the catalog always gets the catalog's subject (`subject` is
+    used only for a template the catalog does not know). `is_essential` defaults to the
     catalog's answer. `cancel_key` (e.g. "invoice:<id>") lets
     `portal.notifications.delivery.cancel_queued` drop the email while it is unsent;
     `attachment_kind="invoice_pdf"` with `attachment_ref=str(invoice.id)` attaches that
-    invoice's PDF, rendered when the email is sent.
+    invoice's PDF, rendered when the email is sent. Many at once:
+    `portal.notifications.queueing.queue_many`.
     """
-    kind = kind_of(template)
-    essential = is_essential if is_essential is not None else (kind.essential if kind else True)
-    account = context.get("account")
-    if account is None and account_id is not None:
-        account = session.get(Account, account_id)
-    prefs = preferences.for_account(session, account.id) if account is not None else None
-    # NOTE: the opt-out guard: only a non-essential email can be silenced; receipts, sign-in
-    # links, dispute replies and failed payments always go.
-    opted_out = kind is not None and kind.opt_out and getattr(prefs, kind.opt_out, False)
-    if not essential and opted_out:
-        return None
-    recipients = [to]
-    if kind is not None and kind.billing and prefs is not None:
-        recipients += preferences.extra_recipients(prefs)
-    if attachment_kind is None and kind is not None:
-        attachment_kind, attachment_ref = kind.attachment(context) or (None, None)
-    language = language_for(account.locale) if account is not None else None
-    context = deep_links.enrich(session, context)
-    first: OutboxEmail | None = None
-    seen: set[str] = set()
-    for address in recipients:
-        if address.strip().lower() in seen:
-            continue
-        seen.add(address.strip().lower())
-        with flask_babel.force_locale(language) if language else nullcontext():
-            own = dict(context)
-            target = kind.target(context) if kind is not None else None
-            if target is not None and "action_url" not in context and account is not None:
-                own["action_url"] = deep_links.link_for(session, account, address, target)
-            own_subject = subject or (subject_for(kind, own) if kind is not None else "")
-            text_body, html_body = render_email(template, own)
-        email = OutboxEmail(
-            message_id=new_message_id(message_id_domain(current_app.config.get("MAIL_FROM", ""))),
-            cancel_key=cancel_key,
-            is_essential=essential,
-            attachment_kind=attachment_kind,
-            attachment_ref=attachment_ref,
-            to_address=address,
-            subject=own_subject,
-            template=template,
-            text_body=text_body,
-            html_body=html_body,
-            account_id=account_id if account_id is not None else getattr(account, "id", None),
-            dedupe_key=(
-                dedupe_key if first is None or dedupe_key is None else f"{dedupe_key}/{len(seen)}"
-            ),
-        )
-        session.add(email)
-        session.flush()
-        deliver_after_commit(session, email.id)
-        first = first or email
-    return first
+    from portal.notifications.queueing import EmailRequest, queue_many
+
+    request = EmailRequest(
+        to=to,
+        template=template,
+        context=context,
+        account_id=account_id,
+        subject=subject,
+        dedupe_key=dedupe_key,
+        cancel_key=cancel_key,
+        is_essential=is_essential,
+        attachment_kind=attachment_kind,
+        attachment_ref=attachment_ref,
+    )
+    return queue_many(session, [request])[0]
 
 
 _QUEUED = "portal.mail.queued"

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from flask import Flask, abort, g, request, session
 from flask_login import UserMixin, current_user, login_user, logout_user
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 
 from portal import clock
 from portal.accounts.models import Account, Membership, User
@@ -25,6 +25,9 @@ from portal.db import begin_write
 from portal.extensions import db, login_manager
 
 SID_KEY = "sid"
+# The public id of the account this browser acts for (see choose_account); honoured only while
+# the user is still a member of it, else the first membership's account.
+ACCOUNT_KEY = "account"
 # NOTE: the cookie's last_seen_at (and the row's) move on at most once a minute.
 TOUCH_EVERY = timedelta(seconds=60)
 _NOT_LOADED = object()
@@ -70,10 +73,19 @@ def _user_query() -> Select[tuple[User, UserSession, Account]]:
         .correlate(User)
         .scalar_subquery()
     )
+    # NOTE: the chosen account counts only through a membership of this user.
+    chosen_account_id = (
+        select(Membership.account_id)
+        .join(Account, Account.id == Membership.account_id)
+        .where(Membership.user_id == User.id, Account.public_id == bindparam("account_public_id"))
+        .limit(1)
+        .correlate(User)
+        .scalar_subquery()
+    )
     return (
         select(User, UserSession, Account)
         .join(UserSession, UserSession.user_id == User.id)
-        .outerjoin(Account, Account.id == first_account_id)
+        .outerjoin(Account, Account.id == func.coalesce(chosen_account_id, first_account_id))
         .where(
             User.public_id == bindparam("public_id"),
             UserSession.sid_hash == bindparam("sid_hash"),
@@ -90,7 +102,10 @@ def load_user(session_id: str) -> SessionUser | None:
     sid_hash = _sid_hash() or ""
     # NOTE: the statement is built once, with bound parameters: building a select (and its cache
     # key) on every request cost more than running it.
-    row = db.session.execute(_user_query(), {"public_id": public_id, "sid_hash": sid_hash}).first()
+    row = db.session.execute(
+        _user_query(),
+        {"public_id": public_id, "sid_hash": sid_hash, "account_public_id": _chosen_account()},
+    ).first()
     if row is None:
         return None  # signed out here or on /account, or a cookie from before user_sessions
     user, browser_session, account = row
@@ -98,6 +113,18 @@ def load_user(session_id: str) -> SessionUser | None:
     if user.is_disabled or str(user.session_epoch) != epoch:
         return None
     return SessionUser(user, browser_session, account)
+
+
+def _chosen_account() -> str:
+    chosen = session.get(ACCOUNT_KEY)
+    return chosen if isinstance(chosen, str) else ""
+
+
+def choose_account(account: Account) -> None:
+    """Act for this account in this browser from the next request on (the caller has checked
+    the user is a member of it, and audits the switch)."""
+    session[ACCOUNT_KEY] = account.public_id
+    g.pop("account", None)
 
 
 def sign_in(user: User) -> None:
@@ -229,7 +256,7 @@ def current_account() -> Account:
             select(Account)
             .join(Membership, Membership.account_id == Account.id)
             .where(Membership.user_id == user.id)
-            .order_by(Membership.id)
+            .order_by((Account.public_id == _chosen_account()).desc(), Membership.id)
             .limit(1)
         )
         if account is None:

@@ -10,6 +10,7 @@ UPDATE (of two tries exactly one wins), signs in and goes to the object.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Mapping
@@ -72,8 +73,13 @@ class Opened:
 
 
 def _serializer() -> URLSafeSerializer:
-    keys = list(current_app.config["SECRET_KEYS"])
-    # NOTE: itsdangerous signs with the *last* key and verifies with all (key rotation).
+    return _serializer_for(tuple(current_app.config["SECRET_KEYS"]))
+
+
+@functools.lru_cache(maxsize=8)
+def _serializer_for(keys: tuple[str, ...]) -> URLSafeSerializer:
+    # NOTE: itsdangerous signs with the *last* key and verifies with all (key rotation); one
+    # serializer per set of keys (a batch of reminders signs hundreds of links).
     return URLSafeSerializer(list(reversed(keys)), salt=SALT)
 
 
@@ -99,8 +105,9 @@ def _member(session: Session, account_id: int, address: str) -> User | None:
     )
 
 
-def issue(session: Session, user: User, target: Target) -> str:
-    """A new single-use token for this user and object (its hash stored, the token returned)."""
+def issue(session: Session, user: User, target: Target, *, flush: bool = True) -> str:
+    """A new single-use token for this user and object (its hash stored, the token returned).
+    `flush=False` leaves the row for the caller's flush (a batch of emails flushes once)."""
     now = clock.now()
     raw = secrets.token_urlsafe(32)
     session.add(
@@ -114,20 +121,28 @@ def issue(session: Session, user: User, target: Target) -> str:
             target_id=target.object_id,
         )
     )
-    session.flush()
+    if flush:
+        session.flush()
     return _serializer().dumps([raw, target.kind, target.object_id])
 
 
-def link_for(session: Session, account: Account, address: str, target: Target) -> str:
+_LOOK_UP: Any = object()
+
+
+def link_for(
+    session: Session, account: Account, address: str, target: Target, *, member: Any = _LOOK_UP
+) -> str:
     """The main button's address for this recipient: a deep link when the address belongs to a
-    member of the account, else the plain page (which asks them to sign in)."""
-    user = _member(session, account.id, address)
+    member of the account, else the plain page (which asks them to sign in). `member`: that
+    member (or None for nobody) when the caller looked it up already, for many at once."""
+    user = _member(session, account.id, address) if member is _LOOK_UP else member
     if user is None:
         resolved = _resolve(session, target.kind, target.object_id)
         if resolved is None or resolved[0].id != account.id:
             return absolute_url("billing.dashboard")
         return resolved[2]
-    return absolute_url("links.confirm", token=issue(session, user, target))
+    token = issue(session, user, target, flush=member is _LOOK_UP)
+    return absolute_url("links.confirm", token=token)
 
 
 def _url(endpoint: str, fallback: str = "billing.dashboard", **values: Any) -> str:
@@ -241,10 +256,19 @@ def consume(session: Session, opened: Opened) -> None:
         raise LinkUsed(user_id=opened.user.id)
 
 
-def path_after_use(session: Session, user_id: int, kind: str, object_id: int) -> str | None:
-    """Where a used link still leads its own, signed-in owner (None if nowhere)."""
+def after_use(session: Session, user_id: int, kind: str, object_id: int) -> tuple[int, str] | None:
+    """The account id and page a used link still leads its own, signed-in owner to (None if
+    nowhere, or when the object is no longer in one of the user's accounts)."""
     resolved = _resolve(session, kind, object_id)
-    return resolved[2] if resolved is not None else None
+    if resolved is None:
+        return None
+    account, _label, url = resolved
+    is_member = session.scalar(
+        select(Membership.id).where(
+            Membership.user_id == user_id, Membership.account_id == account.id
+        )
+    )
+    return (account.id, url) if is_member is not None else None
 
 
 def enrich(session: Session, context: Mapping[str, Any]) -> dict[str, Any]:

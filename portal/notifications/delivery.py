@@ -97,10 +97,13 @@ def claim_due(
     for row in rows:
         row.attempts += 1
         row.next_attempt_at = now + lease
+    # NOTE: the ids are read before the commit expires the rows: after it, each `row.id` would
+    # load its row again (one SELECT per email, bodies and all, for nothing).
+    claimed = [row.id for row in rows]
     # NOTE: the claim is its own unit of work, committed before any SMTP call: no lock is held
     # while a message is sent.
     commit_before_network_call(session)
-    return [row.id for row in rows]
+    return claimed
 
 
 Transport = Callable[[EmailMessage, OutboxEmail], None]

@@ -27,8 +27,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, case, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, scoped_session
 
 from portal import clock
@@ -36,11 +37,13 @@ from portal.accounts.models import Account
 from portal.audit.services import SYSTEM
 from portal.billing.models import OPEN_STATUSES, Invoice
 from portal.db import begin_write, commit
-from portal.disputes.queries import held_by_invoice
+from portal.disputes.models import Dispute
+from portal.disputes.queries import OPEN_DISPUTE_STATUSES, held_by_invoice
 from portal.mail import queue_email
 from portal.notifications.delivery import cancel_queued
 from portal.notifications.models import OutboxEmail, PaymentRetry, ReminderSent, RetryStatus
 from portal.notifications.queries import planned_retry_days
+from portal.notifications.queueing import EmailRequest, queue_many
 from portal.payments.models import LIVE_ATTEMPT_STATUSES, PaymentAttempt, PaymentAttemptItem
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ DEFAULT_AFTER_DAYS = (1, 7, 14)
 DEFAULT_RETRY_DAYS = (1, 3, 5, 7)
 # An invoice this many days past its last reminder step is no longer looked at.
 CATCH_UP_DAYS = 7
+DEFAULT_BATCH_SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -114,44 +118,127 @@ def _in_flight(session: Session, invoice_ids: Sequence[int]) -> set[int]:
     )
 
 
-def reminder_candidates(session: Session, as_of: date, steps: Sequence[Step]) -> list[int]:
-    """Ids of open invoices whose due date puts them inside the schedule on `as_of`."""
-    first = min(step.offset for step in steps)
-    last = max(step.offset for step in steps)
-    return list(
-        session.scalars(
-            select(Invoice.id)
-            .where(
-                Invoice.status.in_(OPEN_STATUSES),
-                Invoice.is_payable,
-                Invoice.due_date.is_not(None),
-                Invoice.due_date <= as_of - timedelta(days=first),
-                Invoice.due_date >= as_of - timedelta(days=last + CATCH_UP_DAYS),
-            )
-            .order_by(Invoice.due_date, Invoice.id)
+def step_windows(steps: Sequence[Step], as_of: date) -> list[tuple[Step, date, date]]:
+    """For each step, the due dates (low, high, both included) for which it is the step
+    `step_due` answers on `as_of`: the SQL form of step_due, one date range per step."""
+    windows = []
+    for index, step in enumerate(steps):
+        high = as_of - timedelta(days=step.offset)
+        if index + 1 < len(steps):
+            # NOTE: the next step has not come due yet: due + next.offset > as_of.
+            low = as_of - timedelta(days=steps[index + 1].offset) + timedelta(days=1)
+        else:
+            low = as_of - timedelta(days=step.offset + CATCH_UP_DAYS)
+        if step.offset < 0:
+            # NOTE: a before-due step only while the invoice is not yet due (as_of < due).
+            low = max(low, as_of + timedelta(days=1))
+        if low <= high:
+            windows.append((step, low, high))
+    return windows
+
+
+def _due_reminders(as_of: date, steps: Sequence[Step]) -> Select[tuple[int, str, int]]:
+    """(invoice id, step, minor units disputes hold) of every reminder due on `as_of` and not
+    sent yet: one set-based query. Skipped here (and so never sent while it lasts): invoices not
+    payable, with a payment in flight or card retries still planned, or that disputes hold whole.
+
+    NOTE: the step is chosen in SQL (a CASE over the due date, `step_windows`), so the invoices
+    that had their current step already are left out by the same query, not looked at one by
+    one."""
+    windows = step_windows(steps, as_of)
+    step_name = case(
+        *[(Invoice.due_date.between(low, high), literal(step.name)) for step, low, high in windows],
+        else_=None,
+    ).label("step")
+    held = (
+        select(func.coalesce(func.sum(Dispute.amount_minor), 0))
+        .where(Dispute.invoice_id == Invoice.id, Dispute.status.in_(OPEN_DISPUTE_STATUSES))
+        .correlate(Invoice)
+        .scalar_subquery()
+    )
+    # NOTE: not correlated: SQLite would walk every live attempt again for each invoice; as a
+    # list it is made once (the live attempts are few; PostgreSQL hashes it).
+    in_flight = (
+        select(PaymentAttemptItem.invoice_id)
+        .join(PaymentAttempt, PaymentAttempt.id == PaymentAttemptItem.attempt_id)
+        .where(
+            PaymentAttemptItem.is_live,
+            PaymentAttempt.status.in_(LIVE_ATTEMPT_STATUSES),
         )
+    )
+    retries = (
+        select(PaymentRetry.id)
+        .where(
+            PaymentRetry.invoice_id == Invoice.id,
+            PaymentRetry.status == RetryStatus.SCHEDULED.value,
+        )
+        .correlate(Invoice)
+    )
+    sent = (
+        select(ReminderSent.id)
+        .where(ReminderSent.invoice_id == Invoice.id, ReminderSent.step == step_name)
+        .correlate(Invoice)
+    )
+    low = min((low for _step, low, _high in windows), default=as_of)
+    high = max((high for _step, _low, high in windows), default=as_of - timedelta(days=1))
+    return (
+        select(Invoice.id, step_name, held.label("held"))
+        .where(
+            Invoice.status.in_(OPEN_STATUSES),
+            Invoice.is_payable,
+            Invoice.due_date.between(low, high),
+            step_name.is_not(None),
+            # NOTE: nothing to ask for while a payment is in flight; the step stays open and
+            # goes out later if it is still due then.
+            Invoice.id.not_in(in_flight),
+            # NOTE: while card retries are planned, each retry's payment_failed email speaks
+            # for the invoice; the reminders take over when none is left.
+            ~retries.exists(),
+            ~sent.exists(),
+            Invoice.amount_due_minor > held,
+        )
+        .order_by(Invoice.id)
     )
 
 
+def reminder_candidates(session: Session, as_of: date, steps: Sequence[Step]) -> list[int]:
+    """Ids of the open invoices that get a reminder on `as_of` (not sent yet, nothing in the
+    way), in id order."""
+    if not steps:
+        return []
+    return [row[0] for row in session.execute(_due_reminders(as_of, steps))]
+
+
+def batch_size(config: Any) -> int:
+    """Reminders per unit of work (REMINDER_BATCH_SIZE, default 200): each batch is one short
+    write transaction, so another writer waits at most for one batch."""
+    return max(1, int(config.get("REMINDER_BATCH_SIZE") or DEFAULT_BATCH_SIZE))
+
+
 def send_reminders(session: Session, as_of: date) -> int:
-    """Send every reminder due on `as_of`; returns how many were sent. Commits per invoice."""
+    """Send every reminder due on `as_of`; returns how many were sent. Commits per batch."""
     session = _plain(session)
     steps = schedule(current_app.config)
     if not steps:
         return 0
     if session.in_transaction():
         commit(session)
+    due = reminder_candidates(session, as_of, steps)
+    if session.in_transaction():
+        commit(session)
+    size = batch_size(current_app.config)
     sent = 0
-    for invoice_id in reminder_candidates(session, as_of, steps):
-        if _remind(session, invoice_id, as_of, steps):
-            sent += 1
+    for start in range(0, len(due), size):
+        sent += _remind_batch(session, due[start : start + size], as_of, steps)
     return sent
 
 
-def _remind(session: Session, invoice_id: int, as_of: date, steps: Sequence[Step]) -> bool:
+def _remind_batch(
+    session: Session, invoice_ids: Sequence[int], as_of: date, steps: Sequence[Step]
+) -> int:
     begin_write(session)
     try:
-        sent = _remind_locked(session, invoice_id, as_of, steps)
+        sent = _remind_locked(session, invoice_ids, as_of, steps)
     except Exception:
         session.rollback()
         raise
@@ -159,58 +246,104 @@ def _remind(session: Session, invoice_id: int, as_of: date, steps: Sequence[Step
     return sent
 
 
-def _remind_locked(session: Session, invoice_id: int, as_of: date, steps: Sequence[Step]) -> bool:
-    if True:
-        invoice = session.scalar(select(Invoice).where(Invoice.id == invoice_id).with_for_update())
-        if invoice is None or not invoice.is_payable or invoice.due_date is None:
-            return False
-        step = step_due(steps, invoice.due_date, as_of)
-        if step is None:
-            return False
-        held = held_by_invoice(session, [invoice.id]).get(invoice.id, 0)
-        asked = invoice.amount_due_minor - held
-        # NOTE: nothing to ask for while disputes hold all of it, nor while a payment is in
-        # flight; the step stays open and goes out later if it is still due then.
-        if asked <= 0 or invoice.id in _in_flight(session, [invoice.id]):
-            return False
-        # NOTE: while card retries are planned, each retry's payment_failed email speaks for
-        # the invoice; the reminders take over when none is left.
-        if next_retry_on(session, invoice.id) is not None:
-            return False
-        # NOTE: the uniqueness guard: the step's row goes in first; a second worker (or a
-        # second run) fails on unique(invoice_id, step) and sends nothing.
-        try:
-            with session.begin_nested():
-                mark = ReminderSent(invoice_id=invoice.id, step=step.name, sent_at=clock.now())
-                session.add(mark)
-                session.flush()
-        except IntegrityError:
-            return False
-        account = session.get(Account, invoice.account_id)
-        assert account is not None
-        email = queue_email(
-            session,
-            to=account.billing_email,
-            template=step.template,
-            context={
-                "account": account,
-                "invoice": invoice,
-                "amount_due_minor": asked,
-                "days": abs(step.offset),
-            },
-            account_id=account.id,
-            cancel_key=f"invoice:{invoice.id}",
+def _insert_marks(session: Session, marks: list[dict[str, Any]]) -> dict[int, int]:
+    """Insert the steps' rows, skipping any (invoice, step) already there; {invoice id: row id}
+    of those this call inserted, and so may send."""
+    if not marks:
+        return {}
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(ReminderSent)
+        .values(marks)
+        .on_conflict_do_nothing(index_elements=["invoice_id", "step"])
+        .returning(ReminderSent.invoice_id, ReminderSent.id)
+    )
+    return {invoice_id: mark_id for invoice_id, mark_id in session.execute(statement)}
+
+
+def _remind_locked(
+    session: Session, invoice_ids: Sequence[int], as_of: date, steps: Sequence[Step]
+) -> int:
+    # NOTE: the selection again, now in the write transaction with the invoices locked (FOR
+    # UPDATE on PostgreSQL, the write lock on SQLite): an invoice paid, disputed or reminded
+    # since the first look drops out here.
+    rows = session.execute(
+        _due_reminders(as_of, steps)
+        .where(Invoice.id.in_(list(invoice_ids)))
+        .with_for_update(of=Invoice)
+    ).all()
+    if not rows:
+        return 0
+    now = clock.now()
+    # NOTE: the uniqueness guard: each step's row goes in first, and only the rows this
+    # statement inserted are sent; one a second worker (or a second run) inserted already
+    # conflicts on unique(invoice_id, step) and is skipped, never sent twice.
+    inserted = _insert_marks(
+        session,
+        [{"invoice_id": invoice_id, "step": step, "sent_at": now} for invoice_id, step, _ in rows],
+    )
+    chosen = [
+        (invoice_id, step, int(held)) for invoice_id, step, held in rows if invoice_id in inserted
+    ]
+    if not chosen:
+        return 0
+    invoices = {
+        invoice.id: invoice
+        for invoice in session.scalars(
+            select(Invoice).where(Invoice.id.in_([invoice_id for invoice_id, _, _ in chosen]))
         )
-        mark.outbox_email_id = email.id if email is not None else None
+    }
+    accounts = {
+        account.id: account
+        for account in session.scalars(
+            select(Account).where(Account.id.in_({i.account_id for i in invoices.values()}))
+        )
+    }
+    by_name = {step.name: step for step in steps}
+    requests = []
+    for invoice_id, step_name, held in chosen:
+        invoice = invoices[invoice_id]
+        account = accounts[invoice.account_id]
+        step = by_name[step_name]
+        requests.append(
+            EmailRequest(
+                to=account.billing_email,
+                template=step.template,
+                context={
+                    "account": account,
+                    "invoice": invoice,
+                    "amount_due_minor": invoice.amount_due_minor - held,
+                    "days": abs(step.offset),
+                },
+                account_id=account.id,
+                account=account,
+                cancel_key=f"invoice:{invoice.id}",
+            )
+        )
+    emails = queue_many(session, requests)
+    links = []
+    sent = 0
+    for (invoice_id, step_name, held), email in zip(chosen, emails, strict=True):
+        invoice = invoices[invoice_id]
+        if email is not None:
+            links.append({"id": inserted[invoice_id], "outbox_email_id": email.id})
+            sent += 1
         SYSTEM.record(
             session,
             "invoice.reminder_sent" if email is not None else "invoice.reminder_opted_out",
-            account_id=account.id,
+            account_id=invoice.account_id,
             target_type="invoice",
             target_id=invoice.number or invoice.public_id,
-            after={"step": step.name, "amount_minor": asked, "held_minor": held},
+            after={
+                "step": step_name,
+                "amount_minor": invoice.amount_due_minor - held,
+                "held_minor": held,
+            },
         )
-        return email is not None
+    if links:
+        session.execute(update(ReminderSent), links)
+    return sent
 
 
 # -- automatic retries of failed card payments ---------------------------------------------------

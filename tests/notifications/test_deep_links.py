@@ -14,8 +14,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from portal.accounts.models import Membership
 from portal.audit.models import AuditEvent
 from portal.auth.models import LoginToken
+from portal.auth.sessions import ACCOUNT_KEY
 from portal.extensions import db
 from portal.notifications import deep_links
 from portal.notifications.emails import Target
@@ -291,3 +293,141 @@ def test_every_word_on_the_link_pages_is_marked(
 
 def app_client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+# -- a person in two accounts ------------------------------------------------------------------
+
+
+class TwoAccounts:
+    """One person who belongs to two accounts (the first one joined first), an invoice in each."""
+
+    def __init__(self, session: Session) -> None:
+        self.first = make_account(session, name="First Studio")
+        self.user = make_user(session, email="both@example.com", account=self.first)
+        self.second = make_account(session, name="Second Works")
+        session.add(Membership(user_id=self.user.id, account_id=self.second.id, role="billing"))
+        self.first_invoice = make_invoice(session, self.first, (1200,))
+        self.second_invoice = make_invoice(session, self.second, (3400,))
+        self.stranger = make_account(session, name="Stranger Ltd")
+        self.stranger_invoice = make_invoice(session, self.stranger, (5600,))
+        session.flush()
+
+    def link(self, session: Session, account: Any, invoice: Any) -> str:
+        url = deep_links.link_for(session, account, self.user.email, Target("invoice", invoice.id))
+        session.commit()
+        assert "/l/" in url
+        return urlsplit(url).path
+
+
+def _switches(session: Session) -> list[tuple[Any, Any, Any]]:
+    return [
+        (event.account_id, (event.before or {}).get("account"), (event.after or {}).get("account"))
+        for event in session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "auth.account_switched")
+            .order_by(AuditEvent.id)
+        )
+    ]
+
+
+def test_a_link_for_the_other_account_switches_to_it_and_opens_its_invoice(
+    app: Flask, session: Session, client: FlaskClient, clock: Any
+) -> None:
+    """Signed in (acting for the first account), the person opens a link about their second
+    account's invoice: the confirm page says which account the tap switches to, the tap opens
+    that invoice (not a 404), the switch is audited, and a link back to the first account
+    switches back."""
+    two = TwoAccounts(session)
+    session.commit()
+    login_as(client, two.user)
+    second_pay = f"/invoices/{two.second_invoice.number}/pay"
+    assert client.get(second_pay).status_code == 404  # acting for the first account
+    path = two.link(session, two.second, two.second_invoice)
+    page = client.get(path)
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'data-testid="deep-link-switch"' in body
+    assert "First Studio" in body and "Second Works" in body
+    assert _switches(session) == []  # the GET changes nothing
+    response = client.post(path)
+    assert (response.status_code, response.headers["Location"]) == (303, second_pay)
+    assert client.get(second_pay).status_code == 200
+    assert client.get(f"/invoices/{two.first_invoice.number}/pay").status_code == 404
+    assert _switches(session) == [(two.second.id, two.first.public_id, two.second.public_id)]
+    # And back: a link about the first account's invoice switches again.
+    back = two.link(session, two.first, two.first_invoice)
+    assert 'data-testid="deep-link-switch"' in client.get(back).get_data(as_text=True)
+    response = client.post(back)
+    assert response.headers["Location"] == f"/invoices/{two.first_invoice.number}/pay"
+    assert client.get(response.headers["Location"]).status_code == 200
+    assert _switches(session)[-1] == (two.first.id, two.second.public_id, two.first.public_id)
+    # A link about the account this browser acts for already: no switch, no notice.
+    again = two.link(session, two.first, two.first_invoice)
+    assert 'data-testid="deep-link-switch"' not in client.get(again).get_data(as_text=True)
+    assert client.post(again).status_code == 303
+    assert len(_switches(session)) == 2
+
+
+def test_signing_in_by_a_link_for_the_second_account_acts_for_it(
+    app: Flask, session: Session, client: FlaskClient, clock: Any
+) -> None:
+    """Signed out, the person taps a link about their second account: the fresh session acts
+    for that account (audited: the sign-in would otherwise act for the first), and the page
+    opens; nothing of a stranger's account opens, whatever is chosen."""
+    two = TwoAccounts(session)
+    path = two.link(session, two.second, two.second_invoice)
+    page = client.get(path)
+    assert 'data-testid="deep-link-switch"' not in page.get_data(as_text=True)
+    response = client.post(path)
+    assert response.headers["Location"] == f"/invoices/{two.second_invoice.number}/pay"
+    assert client.get(response.headers["Location"]).status_code == 200
+    assert _switches(session) == [(two.second.id, two.first.public_id, two.second.public_id)]
+    assert client.get(f"/invoices/{two.stranger_invoice.number}").status_code == 404
+    # The session's choice counts only through a membership: a forged choice of a stranger's
+    # account acts for the first account again, never for the stranger's.
+    with client.session_transaction() as cookie:
+        cookie[ACCOUNT_KEY] = two.stranger.public_id
+    assert client.get(f"/invoices/{two.stranger_invoice.number}").status_code == 404
+    assert client.get(f"/invoices/{two.first_invoice.number}").status_code == 200
+
+
+def test_a_used_link_of_the_other_account_says_so_instead_of_a_404(
+    app: Flask, session: Session, client: FlaskClient, clock: Any
+) -> None:
+    """Opening an already used link again leads on to its object only within the account
+    this browser acts for; for the other account it shows the kind "already used" page."""
+    two = TwoAccounts(session)
+    session.commit()
+    login_as(client, two.user)
+    path = two.link(session, two.second, two.second_invoice)
+    assert client.post(path).status_code == 303  # now acting for the second account
+    assert client.get(path).headers["Location"] == f"/invoices/{two.second_invoice.number}/pay"
+    back = two.link(session, two.first, two.first_invoice)
+    assert client.post(back).status_code == 303  # acting for the first again
+    page = client.get(path)
+    assert page.status_code == 410
+    assert two.second_invoice.number not in page.get_data(as_text=True)
+
+
+def test_the_switch_notice_is_marked_for_translation(
+    pseudo_app: Flask,  # noqa: F811
+    session: Session,
+    clock: Any,
+) -> None:
+    two = TwoAccounts(session)
+    for account in (two.first, two.second):
+        account.locale = "de_DE"
+    session.commit()
+    client = app_client(pseudo_app)
+    login_as(client, two.user)
+    path = two.link(session, two.second, two.second_invoice)
+    html = client.get(path, headers={"Accept-Language": "de"}).get_data(as_text=True)
+    assert 'data-testid="deep-link-switch"' in html
+    data = _brand_data(pseudo_app) | {
+        two.first.name,
+        two.second.name,
+        two.user.email,
+        two.user.name,
+        two.user.name[:1],
+        two.second_invoice.number or "",
+    }
+    assert unmarked_text(html, data) == []

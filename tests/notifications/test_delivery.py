@@ -427,3 +427,28 @@ def test_a_row_another_sender_holds_is_skipped_not_waited_for(
         thread.join(timeout=30)
     assert finished, "the claim waited for a row another sender holds"
     assert sorted(claimed) == ids[1:]
+
+
+def test_each_email_costs_one_read_and_one_write(app: Flask, session: Session) -> None:
+    """Per email: the read just before its send (the cancel check) and the write of its
+    outcome; per batch: the claim. The claim's own rows are not loaded again one by one."""
+    from sqlalchemy import event
+
+    _queue(session, 12)
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.lstrip().split(None, 1)[0].upper())
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        report = delivery.deliver_due(
+            session, _config(app, MAIL_BATCH_SIZE=5), transport=lambda m, e: None
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert report.sent == 12
+    # 3 claims (5 + 5 + 2) and 12 reads; 3 claim updates and 12 outcomes.
+    assert statements.count("SELECT") == 3 + 12
+    assert statements.count("UPDATE") == 3 + 12

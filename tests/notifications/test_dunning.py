@@ -207,18 +207,32 @@ def test_a_queued_reminder_of_an_invoice_paid_meanwhile_is_canceled(
 
 
 def test_two_workers_at_once_send_each_reminder_once(
-    backend: str, tmp_path: Path, clock: Any
+    backend: str, tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Many invoices due, two workers running `billing remind` at the same moment: each invoice
-    gets its reminder exactly once (unique invoice + step)."""
-    with app_with_own_database(backend, tmp_path, "remind") as app:
+    """Many invoices due, two workers running `billing remind` at the same moment, in batches:
+    each invoice gets its reminder exactly once (unique invoice + step, and only the rows a
+    worker's own INSERT put in are sent).
+
+    NOTE: both workers have chosen the same invoices before either writes (the barrier after
+    the selection): on PostgreSQL the second worker's locked re-selection then still sees them
+    (its snapshot is older than the first one's commit), so only the unique key stops it."""
+    with app_with_own_database(backend, tmp_path, "remind", REMINDER_BATCH_SIZE=5) as app:
         with app.app_context():
             for _ in range(12):
                 _open_invoice(db.session, due=date(2026, 12, 1))
             db.session.commit()
         start = threading.Barrier(2)
+        chosen = threading.Barrier(2)
         counts: list[int] = []
         errors: list[BaseException] = []
+        select_due = dunning.reminder_candidates
+
+        def both_chose(*args: Any) -> list[int]:
+            found = select_due(*args)
+            chosen.wait(30)
+            return found
+
+        monkeypatch.setattr(dunning, "reminder_candidates", both_chose)
 
         def work() -> None:
             try:
@@ -238,9 +252,103 @@ def test_two_workers_at_once_send_each_reminder_once(
         with app.app_context():
             outbox = db.session.scalar(select(func.count()).select_from(OutboxEmail))
             marks = db.session.scalar(select(func.count()).select_from(ReminderSent))
+            linked = db.session.scalar(
+                select(func.count())
+                .select_from(ReminderSent)
+                .where(ReminderSent.outbox_email_id.is_not(None))
+            )
+            audited = db.session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "invoice.reminder_sent")
+            )
             db.session.remove()
         assert sum(counts) == 12
-        assert (outbox, marks) == (12, 12)
+        assert (outbox, marks, linked, audited) == (12, 12, 12, 12)
+
+
+def test_an_invoice_paid_after_the_selection_gets_no_reminder(
+    app: Flask, session: Session, clock: Any
+) -> None:
+    """The batch chooses again under the write lock: an invoice paid (or disputed, or reminded
+    by another worker) between the selection and its batch drops out."""
+    paid, open_ = _open_invoice(session), _open_invoice(session)
+    session.commit()
+    as_of = date(2026, 12, 2)
+    steps = schedule(app.config)
+    ids = dunning.reminder_candidates(session, as_of, steps)
+    assert ids == [paid.id, open_.id]
+    session.commit()
+    paid.amount_paid_minor = paid.total_minor
+    paid.status = "paid"
+    session.commit()
+    assert dunning._remind_batch(session, ids, as_of, steps) == 1
+    assert [(r.invoice_id, r.step) for r in session.scalars(select(ReminderSent))] == [
+        (open_.id, "after_1")
+    ]
+    assert [r.account_id for r in session.scalars(select(OutboxEmail))] == [open_.account_id]
+
+
+def _selects(session: Session, run: Any) -> int:
+    """SELECT statements sent while `run()` runs."""
+    from sqlalchemy import event
+
+    engine = session.get_bind()
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    return len(seen)
+
+
+def test_the_queries_of_a_batch_do_not_grow_with_its_invoices(
+    app: Flask, session: Session, clock: Any
+) -> None:
+    """One selection, and per batch one locked re-selection and one query each for the
+    invoices, accounts, preferences and members: 3 invoices or 20, the same SELECTs."""
+    for index in range(3):
+        _open_invoice(session, due=date(2026, 12, 1), locale="de_DE" if index else "en_US")
+    session.commit()
+    few = _selects(session, lambda: send_reminders(session, date(2026, 12, 2)))
+    for index in range(20):
+        _open_invoice(session, due=date(2026, 12, 3), locale="de_DE" if index % 2 else "en_US")
+    session.commit()
+    many = _selects(session, lambda: send_reminders(session, date(2026, 12, 4)))
+    assert session.scalar(select(func.count()).select_from(ReminderSent)) == 23
+    assert many == few <= 8
+
+
+SCHEDULES = [
+    {},
+    {"DUNNING_BEFORE_DAYS": "7,2", "DUNNING_AFTER_DAYS": "1,30"},
+    {"DUNNING_BEFORE_DAYS": "5", "DUNNING_AFTER_DAYS": ""},
+    {"DUNNING_BEFORE_DAYS": "", "DUNNING_AFTER_DAYS": "3"},
+]
+
+
+@pytest.mark.parametrize("config", SCHEDULES)
+def test_the_sql_windows_choose_the_step_step_due_chooses(config: dict[str, str]) -> None:
+    """`step_windows` (what the set-based query selects by) and `step_due` agree on every due
+    date around the run, including the catch-up days after the last step."""
+    steps = schedule(config)
+    as_of = date(2026, 12, 15)
+    windows = dunning.step_windows(steps, as_of)
+    for offset in range(-60, 60):
+        due = as_of + timedelta(days=offset)
+        expected = step_due(steps, due, as_of)
+        inside_catch_up = expected is None or (
+            expected != steps[-1]
+            or as_of <= due + timedelta(days=expected.offset + dunning.CATCH_UP_DAYS)
+        )
+        found = [step for step, low, high in windows if low <= due <= high]
+        assert found == ([expected] if expected is not None and inside_catch_up else []), due
 
 
 def test_the_command_reminds_as_of_a_day(app: Flask, session: Session, clock: Any) -> None:

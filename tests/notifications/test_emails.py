@@ -165,13 +165,17 @@ def test_the_sign_in_email_keeps_its_link(
     assert "expires in 10 minutes" in text and "expires in 10 minutes" in html
 
 
-def test_a_subject_given_by_the_caller_wins(app: Flask, session: Session, clock: Any) -> None:
+def test_the_catalogs_subject_wins_over_one_a_caller_passes(
+    app: Flask, session: Session, clock: Any
+) -> None:
+    """A caller's subject would be in the caller's language (the worker's, another person's
+    request): an email the catalog knows always gets the catalog's, in the account's."""
     world = EmailWorld(session)
     context = world.contexts()["receipt"]
     email = queue_email(
         session, to="ada@example.com", subject="Thanks!", template="receipt", context=context
     )
-    assert email is not None and email.subject == "Thanks!"
+    assert email is not None and email.subject == "Receipt for your payment"
 
 
 def test_the_invoice_email_attaches_the_pdf(app: Flask, session: Session, clock: Any) -> None:
@@ -339,3 +343,94 @@ def _world_data(world: EmailWorld) -> set[str]:
         world.dispute.resolution_note,
         "--",
     }
+
+
+# -- the recipient's language, whatever the job's ----------------------------------------------
+
+
+def _job_queues(session: Session, world: EmailWorld) -> dict[str, Any]:
+    """Each producer that passes a subject of its own, called as the job or request that runs
+    it does (their subjects are computed in the language active there)."""
+    from portal.billing.issuing import queue_invoice_issued
+    from portal.disputes import services as disputes
+    from portal.payments import collection
+    from portal.payments.models import PaymentAttempt, PaymentAttemptItem
+    from portal.subscriptions import billing_run
+    from portal.subscriptions import services as subscriptions
+
+    def action_required() -> None:
+        attempt = PaymentAttempt(
+            account_id=world.account.id,
+            currency=world.account.currency,
+            amount_minor=world.invoice.amount_due_minor,
+            idempotency_key=f"lang_{world.account.id}",
+            status="requires_action",
+        )
+        session.add(attempt)
+        session.flush()
+        session.add(
+            PaymentAttemptItem(
+                attempt_id=attempt.id,
+                invoice_id=world.invoice.id,
+                amount_minor=world.invoice.amount_due_minor,
+            )
+        )
+        session.flush()
+        session.refresh(attempt)
+        collection._ask_customer_to_confirm(session, attempt)
+
+    return {
+        "invoice_issued": lambda: queue_invoice_issued(session, world.invoice),
+        "payment_failed": lambda: billing_run._queue_payment_failed(
+            session, world.invoice, "Your card was declined."
+        ),
+        "action_required": action_required,
+        "dispute_received": lambda: disputes._email(
+            session, world.account, world.dispute, "dispute_received", None
+        ),
+        "dispute_resolved": lambda: disputes._email(
+            session, world.account, world.dispute, "dispute_resolved", None
+        ),
+        "subscription_paused": lambda: subscriptions._confirm_by_email(
+            session, "subscription_paused", world.subscription, None
+        ),
+        "subscription_resumed": lambda: subscriptions._confirm_by_email(
+            session, "subscription_resumed", world.subscription, None
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "invoice_issued",
+        "payment_failed",
+        "action_required",
+        "dispute_received",
+        "dispute_resolved",
+        "subscription_paused",
+        "subscription_resumed",
+    ],
+)
+def test_a_job_running_in_english_writes_a_german_accounts_email_in_german(
+    pseudo_app: Flask,  # noqa: F811
+    session: Session,
+    clock: Any,
+    name: str,
+) -> None:
+    """The producers that pass a subject translated where they run: under English (a worker's
+    job, an English-speaking staff member's request) a (pseudo) German account still gets its
+    subject and both parts in German."""
+    import flask_babel
+
+    world = EmailWorld(session, locale="de_DE", currency="EUR")
+    english = pseudo_app.test_request_context("/", headers={"Accept-Language": "en"})
+    with english, flask_babel.force_locale("en"):
+        assert flask_babel.gettext("Your subscription is paused") == "Your subscription is paused"
+        _job_queues(session, world)[name]()
+    email = session.scalars(
+        select(OutboxEmail).where(OutboxEmail.template == name).order_by(OutboxEmail.id.desc())
+    ).first()
+    assert email is not None
+    assert MARKERS.intersection(email.subject), email.subject
+    assert MARKERS.intersection(email.text_body) and MARKERS.intersection(email.html_body)
