@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flask_babel import gettext as _
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -320,15 +319,10 @@ def _email(
     message: DisputeMessage | None,
     dedupe_key: str | None = None,
 ) -> None:
-    subjects = {
-        "dispute_received": _("We received your question about a charge"),
-        "dispute_replied": _("We replied to your question about a charge"),
-        "dispute_resolved": _("Your question about a charge has been answered"),
-    }
+    # The subject is the email catalog's (portal.notifications.emails), in the account's language.
     queue_email(
         session,
         to=account.billing_email,
-        subject=subjects[template],
         template=template,
         context={"account": account, "dispute": dispute, "message": message},
         account_id=account.id,

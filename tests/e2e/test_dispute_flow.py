@@ -216,7 +216,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     assert ada.get_by_role("link", name=re.compile("photo-of-the-bill.png")).is_visible()
     _check(ada, "e2e-ada-dispute-iphone13")
 
-    received = world.mail(ADA, "We received your question about a charge")
+    received = world.mail(ADA, "We received your dispute about ALS-0012")
     assert "ALS-0012" in received
 
     # -- Support, on a laptop: sign in by the emailed link and TOTP -----------------------------
@@ -258,7 +258,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     staff.wait_for_url("**#thread")
 
     # -- Ada: the reply's email, its link, her answer -----------------------------------------
-    replied = world.mail(ADA, "We replied to your question about a charge")
+    replied = world.mail(ADA, "New reply about your dispute of ALS-0012")
     assert "the third seat removed on 2 December" in replied
     deep_link = _link_after(replied, "Read and answer:")
     ada.goto(deep_link)
@@ -290,7 +290,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     _check(staff, "e2e-staff-resolved-laptop")
 
     # -- Ada: the resolution, on the invoice page, its PDF and the statement -------------------
-    resolved = world.mail(ADA, "Your question about a charge has been answered")
+    resolved = world.mail(ADA, "Your dispute about ALS-0012 is resolved")
     assert "credited the disputed amount" in resolved
     ada.goto(_link_after(resolved, "View your dispute:"))
     if ada.get_by_role("button", name="Open the dispute").count():
