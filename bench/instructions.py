@@ -77,8 +77,22 @@ def count(url: str, key: str, requests: int) -> int:
     return int(match.group(1).replace(",", ""))
 
 
+def warm_bytecode(url: str) -> None:
+    """One start-up outside valgrind, so that every counted process finds the same compiled
+    bytecode. NOTE: the first process after a checkout or an edit compiles and writes the
+    .pyc files of every module it imports (several thousand million instructions); when that
+    was the baseline, every page came out below it (negative counts per request)."""
+    subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--worker", url, "none", "0"],
+        cwd=seed.ROOT,
+        capture_output=True,
+        check=True,
+    )
+
+
 def measure(url: str, requests: int = 40, log: Any = print) -> dict[str, float]:
     """Millions of instructions per request, per page key (and "reference")."""
+    warm_bytecode(url)
     baseline = count(url, "none", requests)
     log(f"  baseline {baseline / 1e6:,.0f} M instructions")
     result = {}
