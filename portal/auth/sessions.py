@@ -39,12 +39,15 @@ class SessionUser(UserMixin):
         user: User,
         browser_session: UserSession | None = None,
         account: Account | object | None = _NOT_LOADED,
+        account_role: str | None = None,
     ) -> None:
         self.user = user
         # This browser's row in user_sessions (None in the request that signs in).
         self.browser_session = browser_session
         # The account the user acts for (see current_account), when it came with the user.
         self.account = account
+        # The user's role on that account (None when it did not come with the user).
+        self.account_role = account_role
 
     def get_id(self) -> str:
         return f"{self.user.public_id}:{self.user.session_epoch}"
@@ -60,11 +63,12 @@ def _sid_hash() -> str | None:
 
 
 @functools.cache
-def _user_query() -> Select[tuple[User, UserSession, Account]]:
-    # NOTE: one statement per request: the user, this browser's session row and the account
-    # current_account() answers with (the user's first membership's; none for staff), joined.
-    first_account_id = (
-        select(Membership.account_id)
+def _user_query() -> Select[tuple[User, UserSession, Account, str]]:
+    # NOTE: one statement per request: the user, this browser's session row, and the account
+    # current_account() answers with (the user's first membership's; none for staff) with the
+    # user's role on it (the account page asks whether they may edit), joined.
+    first_membership_id = (
+        select(Membership.id)
         .where(Membership.user_id == User.id)
         .order_by(Membership.id)
         .limit(1)
@@ -72,9 +76,10 @@ def _user_query() -> Select[tuple[User, UserSession, Account]]:
         .scalar_subquery()
     )
     return (
-        select(User, UserSession, Account)
+        select(User, UserSession, Account, Membership.role)
         .join(UserSession, UserSession.user_id == User.id)
-        .outerjoin(Account, Account.id == first_account_id)
+        .outerjoin(Membership, Membership.id == first_membership_id)
+        .outerjoin(Account, Account.id == Membership.account_id)
         .where(
             User.public_id == bindparam("public_id"),
             UserSession.sid_hash == bindparam("sid_hash"),
@@ -94,11 +99,11 @@ def load_user(session_id: str) -> SessionUser | None:
     row = db.session.execute(_user_query(), {"public_id": public_id, "sid_hash": sid_hash}).first()
     if row is None:
         return None  # signed out here or on /account, or a cookie from before user_sessions
-    user, browser_session, account = row
+    user, browser_session, account, role = row
     # NOTE: a bumped epoch (sign out everywhere, disabled user, role change) ends every session.
     if user.is_disabled or str(user.session_epoch) != epoch:
         return None
-    return SessionUser(user, browser_session, account)
+    return SessionUser(user, browser_session, account, role)
 
 
 def sign_in(user: User) -> None:
