@@ -9,7 +9,6 @@ from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
 from portal.accounts import services
-from portal.accounts.models import Account, User
 from portal.accounts.forms import (
     COUNTRIES,
     LANGUAGES,
@@ -17,6 +16,7 @@ from portal.accounts.forms import (
     EmailPreferencesForm,
     split_addresses,
 )
+from portal.accounts.models import Account, User
 from portal.auth.devices import device_label
 from portal.auth.models import UserSession
 from portal.auth.sessions import current_account, end_current_session, sign_out, signed_in_user

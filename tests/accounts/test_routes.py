@@ -145,9 +145,7 @@ def test_the_role_comes_with_the_signed_in_user_and_follows_a_change(
         event.remove(db.engine, "before_cursor_execute", note)
     assert not [s for s in sent if s.startswith("SELECT memberships.role FROM memberships")]
 
-    session.execute(
-        update(Membership).where(Membership.user_id == user.id).values(role="viewer")
-    )
+    session.execute(update(Membership).where(Membership.user_id == user.id).values(role="viewer"))
     session.flush()
     page = client.get("/account").get_data(as_text=True)
     assert "Save details" not in page and "Only the account" in page
