@@ -1,4 +1,5 @@
-"""Instructions per request, counted by valgrind (`python -m bench.instructions [URL] [K]`).
+"""Instructions per request, counted by valgrind (`python -m bench.instructions [URL] [K] [KEYS]`;
+KEYS: page keys separated by commas, e.g. `dashboard,account`; the reference always runs).
 
 The one measure here that the neighbours cannot move: on a busy machine wall time and even CPU
 time per request drift with the load (caches, frequency, preemption), while the number of
@@ -77,12 +78,30 @@ def count(url: str, key: str, requests: int) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def measure(url: str, requests: int = 40, log: Any = print) -> dict[str, float]:
-    """Millions of instructions per request, per page key (and "reference")."""
+def warm_bytecode(url: str) -> None:
+    """One start-up outside valgrind, so that every counted process finds the same compiled
+    bytecode. NOTE: the first process after a checkout or an edit compiles and writes the
+    .pyc files of every module it imports (several thousand million instructions); when that
+    was the baseline, every page came out below it (negative counts per request)."""
+    subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--worker", url, "none", "0"],
+        cwd=seed.ROOT,
+        capture_output=True,
+        check=True,
+    )
+
+
+def measure(
+    url: str, requests: int = 40, log: Any = print, keys: list[str] | None = None
+) -> dict[str, float]:
+    """Millions of instructions per request, per page key (and "reference"); `keys` limits
+    the pages counted (the reference is always counted)."""
+    warm_bytecode(url)
     baseline = count(url, "none", requests)
     log(f"  baseline {baseline / 1e6:,.0f} M instructions")
     result = {}
-    for key in ["reference", *(k for k, *_ in inprocess.PAGES)]:
+    wanted = [k for k, *_ in inprocess.PAGES if keys is None or k in keys]
+    for key in ["reference", *wanted]:
         total = count(url, key, requests)
         result[key] = (total - baseline) / requests / 1e6
         log(f"  {key}: {result[key]:.2f} M instructions per request")
@@ -95,7 +114,8 @@ def main() -> int:
         return 0
     url = sys.argv[1] if len(sys.argv) > 1 else f"sqlite:///{seed.RESULTS / 'run.sqlite3'}"
     requests = int(sys.argv[2]) if len(sys.argv) > 2 else 40
-    result = measure(url, requests)
+    keys = sys.argv[3].split(",") if len(sys.argv) > 3 else None
+    result = measure(url, requests, keys=keys)
     reference = result["reference"]
     print("| Page | M instructions per request | × reference (reference / page) |")
     print("|---|---:|---:|")

@@ -253,6 +253,42 @@ def _cached_url(app: Flask) -> Callable[..., str]:
     return build
 
 
+def _site_nav(app: Flask, app_url: Callable[..., str]) -> Callable[..., Markup]:
+    """The main navigation (templates/_site_nav.html) for this request, its markup rendered once
+    per (language, current item, places, script root). NOTE: base.html drew it on every page:
+    the current-item loop, eight translated labels, icons and links cost about a fifth of a
+    small page's render."""
+    cache: dict[tuple[Any, ...], Markup] = {}
+
+    def site_nav(items: Iterable[tuple[str, Any]]) -> Markup:
+        items = tuple(items)
+        endpoint, path = request.endpoint, request.path
+        # The current item: this page's own, else the one whose address starts this page's
+        # (an invoice and its pay page are under Invoices).
+        current, length = None, 0
+        for item, _label in items:
+            href = app_url(item)
+            if item == endpoint:
+                current = item
+                break
+            if href != "/" and path.startswith(href + "/") and len(href) > length:
+                current, length = item, len(href)
+        # NOTE: the page's language is part of the key: a German page never shows the English
+        # navigation. The labels are the template's words for each place (or a place's fixed
+        # lazy label), so the language and the places determine them.
+        key = (html_lang(), current, request.script_root, tuple(e for e, _n in items))
+        found = cache.get(key)
+        if found is None:
+            template = app.jinja_env.get_template("_site_nav.html")
+            found = Markup(template.render(items=items, current=current))
+            # NOTE: when templates reload (debug), an edited template must show: no caching.
+            if not app.jinja_env.auto_reload and len(cache) < 512:
+                cache[key] = found
+        return found
+
+    return site_nav
+
+
 _OPTION = Markup('\n    <option value="%s"%s>%s</option>')
 _SELECTED = Markup(" selected")
 
@@ -306,7 +342,9 @@ def init_template_globals(app: Flask) -> None:
 
     app.add_template_global(page_badge, "page_badge")
     app.add_template_global(_cached_path("payments.receipt", "public_id"), "receipt_url")
-    app.add_template_global(_cached_url(app), "app_url")
+    app_url = _cached_url(app)
+    app.add_template_global(app_url, "app_url")
+    app.add_template_global(_site_nav(app, app_url), "site_nav")
     app.add_template_global(select_options, "select_options")
 
     @app.context_processor

@@ -426,6 +426,29 @@ def test_a_badge_is_cached_per_language(pseudo_app: Flask, session: Session, clo
         assert pseudo("Overdue") in render_template_string(template)
 
 
+def test_the_navigation_is_cached_per_language_and_current_item(
+    pseudo_app: Flask, session: Session
+) -> None:
+    """portal.web.site_nav keeps the navigation's markup per process: an English navigation must
+    not reach a German page, nor one page's current item another's."""
+    english = make_account(session, locale="en_US")
+    german = make_account(session, locale="de_DE")
+    template = "{{ site_nav(nav_items) }}"
+    with pseudo_app.test_request_context("/invoices"):
+        g.account = english
+        nav = render_template_string(template)
+        assert ">Invoices<" in nav and 'href="/invoices" aria-current="page"' in nav
+    with pseudo_app.test_request_context("/invoices"):
+        g.account = german
+        nav = render_template_string(template)
+        assert pseudo("Invoices") in nav and ">Invoices<" not in nav
+    with pseudo_app.test_request_context("/payments"):
+        g.account = german
+        nav = render_template_string(template)
+        assert 'href="/payments" aria-current="page"' in nav
+        assert 'href="/invoices" aria-current' not in nav
+
+
 def _iter_open_invoices(session: Session, account: Any, count: int, overdue: int) -> Iterator[Any]:
     for n in range(count):
         issue = date(2026, 8, 1) + timedelta(days=n) if n < overdue else None

@@ -16,6 +16,7 @@ from portal.accounts.forms import (
     EmailPreferencesForm,
     split_addresses,
 )
+from portal.accounts.models import Account, User
 from portal.auth.devices import device_label
 from portal.auth.models import UserSession
 from portal.auth.sessions import current_account, end_current_session, sign_out, signed_in_user
@@ -45,6 +46,19 @@ def _devices() -> list[UserSession]:
         idle=timedelta(minutes=current_app.config[f"{prefix}_IDLE_MINUTES"]),
         absolute=timedelta(hours=current_app.config[f"{prefix}_ABSOLUTE_HOURS"]),
     )
+
+
+def _can_edit(user: User, account: Account) -> bool:
+    """Whether the user may change the account's details (services.can_edit_details).
+
+    NOTE: the role on the account current_account() answers came with the signed-in user
+    (load_user's one statement, read in this request's transaction): asking again was one more
+    statement per page. Any other account (staff viewing as a customer) is asked for."""
+    if getattr(current_user, "account", None) is account:
+        role = getattr(current_user, "account_role", None)
+        if role is not None:
+            return role in services.EDITOR_ROLES
+    return services.can_edit_details(db.session, user, account)
 
 
 def _preferences_form(account_id: int) -> EmailPreferencesForm:
@@ -88,7 +102,7 @@ def details() -> Response:
     account = current_account()
     user = signed_in_user()
     assert user is not None
-    can_edit = services.can_edit_details(db.session, user, account)
+    can_edit = _can_edit(user, account)
     if request.method == "GET":
         return _render(AccountDetailsForm(obj=account), can_edit)
     if not can_edit:
@@ -109,7 +123,7 @@ def email_preferences() -> Response:
     account = current_account()
     user = signed_in_user()
     assert user is not None
-    can_edit = services.can_edit_details(db.session, user, account)
+    can_edit = _can_edit(user, account)
     if not can_edit:
         raise NotAllowed(_("Only the account's owner or billing contact can change these details."))
     form = EmailPreferencesForm()

@@ -12,8 +12,9 @@ import functools
 import secrets
 from datetime import datetime, timedelta
 
-from flask import Flask, abort, g, request, session
+from flask import Flask, abort, current_app, g, request, session
 from flask_login import UserMixin, current_user, login_user, logout_user
+from flask_wtf.csrf import generate_csrf
 from sqlalchemy import Select, bindparam, func, select, update
 
 from portal import clock
@@ -41,12 +42,15 @@ class SessionUser(UserMixin):
         user: User,
         browser_session: UserSession | None = None,
         account: Account | object | None = _NOT_LOADED,
+        account_role: str | None = None,
     ) -> None:
         self.user = user
         # This browser's row in user_sessions (None in the request that signs in).
         self.browser_session = browser_session
         # The account the user acts for (see current_account), when it came with the user.
         self.account = account
+        # The user's role on that account (None when it did not come with the user).
+        self.account_role = account_role
 
     def get_id(self) -> str:
         return f"{self.user.public_id}:{self.user.session_epoch}"
@@ -62,11 +66,12 @@ def _sid_hash() -> str | None:
 
 
 @functools.cache
-def _user_query() -> Select[tuple[User, UserSession, Account]]:
-    # NOTE: one statement per request: the user, this browser's session row and the account
-    # current_account() answers with (the user's first membership's; none for staff), joined.
-    first_account_id = (
-        select(Membership.account_id)
+def _user_query() -> Select[tuple[User, UserSession, Account, str]]:
+    # NOTE: one statement per request: the user, this browser's session row, and the account
+    # current_account() answers with (the chosen one, else the first membership's; none for
+    # staff) with the user's role on it (the account page asks whether they may edit), joined.
+    first_membership_id = (
+        select(Membership.id)
         .where(Membership.user_id == User.id)
         .order_by(Membership.id)
         .limit(1)
@@ -74,8 +79,8 @@ def _user_query() -> Select[tuple[User, UserSession, Account]]:
         .scalar_subquery()
     )
     # NOTE: the chosen account counts only through a membership of this user.
-    chosen_account_id = (
-        select(Membership.account_id)
+    chosen_membership_id = (
+        select(Membership.id)
         .join(Account, Account.id == Membership.account_id)
         .where(Membership.user_id == User.id, Account.public_id == bindparam("account_public_id"))
         .limit(1)
@@ -83,9 +88,13 @@ def _user_query() -> Select[tuple[User, UserSession, Account]]:
         .scalar_subquery()
     )
     return (
-        select(User, UserSession, Account)
+        select(User, UserSession, Account, Membership.role)
         .join(UserSession, UserSession.user_id == User.id)
-        .outerjoin(Account, Account.id == func.coalesce(chosen_account_id, first_account_id))
+        .outerjoin(
+            Membership,
+            Membership.id == func.coalesce(chosen_membership_id, first_membership_id),
+        )
+        .outerjoin(Account, Account.id == Membership.account_id)
         .where(
             User.public_id == bindparam("public_id"),
             UserSession.sid_hash == bindparam("sid_hash"),
@@ -108,11 +117,11 @@ def load_user(session_id: str) -> SessionUser | None:
     ).first()
     if row is None:
         return None  # signed out here or on /account, or a cookie from before user_sessions
-    user, browser_session, account = row
+    user, browser_session, account, role = row
     # NOTE: a bumped epoch (sign out everywhere, disabled user, role change) ends every session.
     if user.is_disabled or str(user.session_epoch) != epoch:
         return None
-    return SessionUser(user, browser_session, account)
+    return SessionUser(user, browser_session, account, role)
 
 
 def _chosen_account() -> str:
@@ -125,6 +134,10 @@ def choose_account(account: Account) -> None:
     the user is a member of it, and audits the switch)."""
     session[ACCOUNT_KEY] = account.public_id
     g.pop("account", None)
+    if isinstance(current_user, SessionUser):
+        # What came with the user was the previous account's: ask again in this request.
+        current_user.account = _NOT_LOADED
+        current_user.account_role = None
 
 
 def sign_in(user: User) -> None:
@@ -143,6 +156,13 @@ def sign_in(user: User) -> None:
     session["last_seen_at"] = now.isoformat()
     session["staff"] = user.is_staff
     session.permanent = False
+    # NOTE: the new session's CSRF secret goes into the sign-in's own cookie. Made lazily, by the
+    # first page after sign-in, it changed the cookie once more; a client that keeps only the
+    # sign-in's cookie (wrk in `make bench`, a tab restored from it) got a new secret and a
+    # re-signed Set-Cookie on every page (about 2 ms of CPU per request under gunicorn). A token
+    # this request signed for the old session (kept in g) must not outlive it.
+    g.pop(current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"), None)
+    generate_csrf()
     user.last_sign_in_at = now
     db.session.add(
         UserSession(

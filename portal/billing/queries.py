@@ -9,8 +9,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, Select, and_, bindparam, case, func, or_, select
-from sqlalchemy.orm import Session, defer, joinedload, selectinload
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.orm import Session, aliased, defer, joinedload
 
 from portal.billing import ledger
 from portal.billing.models import (
@@ -98,7 +109,7 @@ class DashboardSummary:
 
 
 @functools.cache
-def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any]]:
+def _dashboard_statements() -> tuple[Select[Any], Select[Any]]:
     """The dashboard's statements, built once with bound parameters (account_id, currency,
     today): building them and their cache keys on every request cost more than running them."""
     account_id = bindparam("account_id")
@@ -109,14 +120,29 @@ def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any]]:
         Dispute.status.in_(OPEN_DISPUTE_STATUSES),
     )
     # NOTE: the balance (one row of account_balances) and the open disputes' count ride along
-    # with the overdue sums: one statement (a round trip each on PostgreSQL).
-    sums = select(
-        func.coalesce(func.sum(case((overdue, Invoice.amount_due_minor), else_=0)), 0),
-        func.count(Invoice.id).filter(overdue),
-        ledger.balance_expr(account_id, bindparam("currency")),
-        disputes.scalar_subquery(),
-    ).where(Invoice.account_id == account_id, Invoice.is_payable)
-    invoices = open_invoices(account_id).options(*LIST_ONLY).limit(5)
+    # with the overdue sums, and the five open invoices are joined to that one row (none: one
+    # row of sums with no invoice): one statement, where each was a round trip on PostgreSQL.
+    sums = (
+        select(
+            func.coalesce(func.sum(case((overdue, Invoice.amount_due_minor), else_=0)), 0).label(
+                "overdue_minor"
+            ),
+            func.count(Invoice.id).filter(overdue).label("overdue_count"),
+            ledger.balance_expr(account_id, bindparam("currency")).label("balance_minor"),
+            disputes.scalar_subquery().label("open_disputes"),
+        )
+        .where(Invoice.account_id == account_id, Invoice.is_payable)
+        .subquery("sums")
+    )
+    first_open = open_invoices(account_id).limit(5).subquery("first_open")
+    shown = aliased(Invoice, first_open)
+    summary = (
+        select(sums, shown)
+        .select_from(sums)
+        .outerjoin(first_open, true())
+        .options(defer(shown.seller), defer(shown.buyer), defer(shown.memo))
+        .order_by(first_open.c.due_date, first_open.c.id)
+    )
     # The page shows each subscription's plan: loaded in the same query, not one by one.
     subscriptions = (
         subscriptions_of(account_id)
@@ -126,17 +152,18 @@ def _dashboard_statements() -> tuple[Select[Any], Select[Any], Select[Any]]:
             joinedload(Subscription.price).joinedload(Price.tax_rate),
         )
     )
-    return sums, invoices, subscriptions
+    return summary, subscriptions
 
 
 def dashboard_summary(
     session: Session, account_id: int, currency: str, today: date
 ) -> DashboardSummary:
     """Everything the dashboard shows, in a fixed handful of queries."""
-    sums, invoices_of, subscriptions_of_account = _dashboard_statements()
+    summary, subscriptions_of_account = _dashboard_statements()
     params = {"account_id": account_id, "currency": currency, "today": today}
-    overdue_minor, overdue_count, balance_minor, open_disputes = session.execute(sums, params).one()
-    invoices = list(session.scalars(invoices_of, params))
+    rows = session.execute(summary, params).all()
+    overdue_minor, overdue_count, balance_minor, open_disputes, _first = rows[0]
+    invoices = [row[-1] for row in rows if row[-1] is not None]
     subscriptions = list(session.scalars(subscriptions_of_account, params))
     return DashboardSummary(
         balance=Money(int(balance_minor), currency),
@@ -377,7 +404,9 @@ def _invoice_detail_statements() -> tuple[Select[Any], Select[Any], Select[Any]]
             Invoice.number == bindparam("number"),
             Invoice.status != InvoiceStatus.DRAFT.value,
         )
-        .options(selectinload(Invoice.lines))
+        # NOTE: the lines joined to the invoice: one statement, where selectinload sent a
+        # second (a round trip on PostgreSQL); the invoice's columns repeat per line.
+        .options(joinedload(Invoice.lines))
     )
     allocations = (
         select(PaymentAllocation.amount_minor, Payment)
@@ -400,11 +429,13 @@ def _invoice_detail_statements() -> tuple[Select[Any], Select[Any], Select[Any]]
 
 
 def invoice_detail(session: Session, account_id: int, number: str) -> InvoiceDetail | None:
-    """The invoice with its lines, taxes per rate, payments and credit notes: four queries."""
+    """The invoice with its lines, taxes per rate, payments and credit notes: three queries."""
     if not is_invoice_number(number):
         return None
     find_invoice, find_allocations, find_notes = _invoice_detail_statements()
-    invoice = session.scalar(find_invoice, {"account_id": account_id, "number": number})
+    invoice = (
+        session.scalars(find_invoice, {"account_id": account_id, "number": number}).unique().first()
+    )
     if invoice is None:
         return None
     params = {"account_id": account_id, "invoice_id": invoice.id}

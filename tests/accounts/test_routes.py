@@ -118,3 +118,35 @@ def test_a_billing_contact_can_edit(client: FlaskClient, session: Session) -> No
     account = make_account(session)
     login_as(client, make_user(session, account=account, role="billing"))
     assert client.post("/account", data=VALID).status_code == 303
+
+
+def test_the_role_comes_with_the_signed_in_user_and_follows_a_change(
+    client: FlaskClient, session: Session
+) -> None:
+    """The role on the account is read with the user (load_user's one statement, no second
+    query on the page) and read again on every request: a demoted owner reads, no longer edits."""
+    from sqlalchemy import event, update
+
+    from portal.accounts.models import Membership
+    from portal.extensions import db
+
+    account = make_account(session, name="Demoted")
+    user = make_user(session, account=account)
+    login_as(client, user)
+    sent: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        assert "Save details" in client.get("/account").get_data(as_text=True)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+    assert not [s for s in sent if s.startswith("SELECT memberships.role FROM memberships")]
+
+    session.execute(update(Membership).where(Membership.user_id == user.id).values(role="viewer"))
+    session.flush()
+    page = client.get("/account").get_data(as_text=True)
+    assert "Save details" not in page and "Only the account" in page
+    assert client.post("/account", data=VALID).status_code == 403

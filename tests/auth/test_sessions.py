@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import flask
@@ -202,3 +203,42 @@ def test_an_idle_timeout_ends_the_row(
     clock.advance(minutes=31)
     assert client.get("/").status_code == 303
     assert _rows(session, user)[0].ended_at == clock()
+
+
+def test_the_sign_in_cookie_already_holds_the_csrf_secret(
+    make_app: Callable[..., Flask], session: Session
+) -> None:
+    """A client that keeps only the sign-in's cookie (wrk in `make bench`, a tab restored from
+    it) is not sent a new CSRF secret and a re-signed cookie on every page, and the token its
+    pages carry is the one a POST needs."""
+    import re
+
+    from portal.auth.services import TokenSigner, issue_login_token
+
+    user = _customer(session, "csrf-cookie@example.com")
+    app = make_app(WTF_CSRF_ENABLED=True)
+    token = issue_login_token(
+        session, TokenSigner(app.config["SECRET_KEYS"]), user, lifetime=timedelta(minutes=10)
+    )
+    signing_in = app.test_client()
+    confirm = signing_in.get(f"/login/{token}").get_data(as_text=True)
+    form_token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', confirm)
+    assert form_token is not None
+    assert signing_in.post(f"/login/{token}", data={"csrf_token": form_token[1]}).status_code == 303
+    cookie = signing_in.get_cookie("portal_session")
+    assert cookie is not None
+
+    browser = app.test_client(use_cookies=False)
+    tokens = set()
+    for _ in range(2):
+        page = browser.get("/", headers={"Cookie": f"portal_session={cookie.value}"})
+        assert page.status_code == 200
+        assert "Set-Cookie" not in page.headers
+        found = re.search(r'name="csrf-token" content="([^"]+)"', page.get_data(as_text=True))
+        assert found is not None
+        tokens.add(found[1])
+    signed_out = browser.post(
+        "/logout",
+        headers={"Cookie": f"portal_session={cookie.value}", "X-CSRFToken": tokens.pop()},
+    )
+    assert signed_out.status_code == 303

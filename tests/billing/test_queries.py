@@ -171,3 +171,22 @@ def test_dashboard_summary_counts_open_disputes_in_its_first_statement(session: 
     assert queries.dashboard_summary(session, other.id, "USD", date(2026, 12, 2)).open_disputes == 1
     fresh = make_account(session)
     assert queries.dashboard_summary(session, fresh.id, "USD", date(2026, 12, 2)).open_disputes == 0
+
+
+def test_dashboard_summary_sums_every_open_invoice_and_lists_the_five_due_first(
+    session: Session,
+) -> None:
+    # NOTE: performance work of issue 9: the five invoices ride in the statement of the sums;
+    # the sums still count every payable invoice, not only the five shown.
+    account = make_account(session)
+    due = [date(2026, 11, day) for day in (9, 3, 7, 1, 5, 8, 2)]
+    made = [
+        make_invoice(session, account, [100 * (n + 1)], issue_date=d) for n, d in enumerate(due)
+    ]
+    summary = queries.dashboard_summary(session, account.id, "USD", date(2026, 12, 31))
+    assert summary.overdue_count == 7
+    assert summary.overdue.minor == sum(invoice.amount_due_minor for invoice in made)
+    shown = [invoice.due_date for invoice in summary.open_invoices]
+    assert shown == sorted(invoice.due_date for invoice in made)[:5]
+    fresh = queries.dashboard_summary(session, make_account(session).id, "USD", date(2026, 12, 31))
+    assert fresh.open_invoices == [] and fresh.overdue_count == 0 and fresh.overdue.minor == 0
