@@ -621,6 +621,7 @@ def _confirm_by_email(
     template: str,
     subscription: Subscription,
     change: SubscriptionChange | None,
+    credit: Money | None = None,
 ) -> None:
     account = subscription.account
     from portal.i18n import language_for
@@ -631,7 +632,12 @@ def _confirm_by_email(
             to=account.billing_email,
             subject=_(_SUBJECTS[template]),
             template=template,
-            context={"account": account, "subscription": subscription, "change": change},
+            context={
+                "account": account,
+                "subscription": subscription,
+                "change": change,
+                "credit": credit,
+            },
             account_id=account.id,
             # NOTE: the version is bumped by every change: one email per change, never two.
             dedupe_key=f"{template}:{subscription.public_id}:v{subscription.version}",
@@ -974,7 +980,13 @@ def cancel_subscription(
     _bump(subscription)
     session.flush()
     _audit(session, actor, "subscription.canceled", subscription, before, change)
-    _confirm_by_email(session, "subscription_canceled", subscription, change)
+    _confirm_by_email(
+        session,
+        "subscription_canceled",
+        subscription,
+        change,
+        credit=credit.amount if credit is not None else None,
+    )
     return Outcome(change, credit=credit)
 
 

@@ -448,7 +448,10 @@ def test_taking_the_retention_offer_is_a_change_in_the_history(
         select(AuditEvent).where(AuditEvent.action == "subscription.discount_accepted")
     )
     assert event is not None and event.after["change_id"] == change.id
-    assert _count(session, OutboxEmail, OutboxEmail.account_id == c.account.id) == 1
+    [email] = session.scalars(select(OutboxEmail).where(OutboxEmail.account_id == c.account.id))
+    assert "20% off your next 3 invoices" in email.text_body
+    assert "20% off your next 3 invoices" in email.html_body
+    assert "is now on the" not in email.text_body
     # A double tap (the first tap moved the version on) is the same change, not a second one.
     again = services.accept_retention_offer(
         session, c.account, c.subscription.public_id, expected_version=1, actor=ACTOR
@@ -693,6 +696,12 @@ def test_canceling_now_issues_the_credit_note_and_audits_it(session: Session, ha
     )
     assert event is not None and event.after["amount_minor"] == 1450
     assert event.after["credit_notes"] == [note.number]
+    email = session.scalar(
+        select(OutboxEmail).where(OutboxEmail.template == "subscription_canceled")
+    )
+    assert email is not None
+    assert "We credited $14.50 for the unused time" in email.text_body
+    assert "We credited $14.50 for the unused time" in email.html_body
     session.commit()
     # A double tap is the same cancel: no second credit note.
     again = services.cancel_subscription(
