@@ -46,7 +46,10 @@ def issue_invoices(
     account's balance moved once (ledger.post_many); then the "invoice issued" emails."""
     for draft, _ in drafts:
         billing.check_finalizable(draft)
-    numbers = take_many(session, [billing.invoice_series_key(d.account) for d, _ in drafts])
+    # NOTE: the drafts are still pending: numbered first, they go in with one INSERT each
+    # (an autoflush here would insert them and then update every one with its number).
+    with session.no_autoflush:
+        numbers = take_many(session, [billing.invoice_series_key(d.account) for d, _ in drafts])
     for (draft, when), sequence in zip(drafts, numbers, strict=True):
         billing.stamp_finalized(
             session, draft, sequence, seller=seller, actor=actor, finalized_at=when
