@@ -111,6 +111,7 @@ class BillingRunSummary:
     skipped_busy: int = 0  # held by another worker
     skipped_done: int = 0  # no longer due when claimed (billed meanwhile)
     failed: int = 0
+    batches_retried: int = 0  # batches undone by an error and billed again one by one
     collection: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0  # money-safe: a duration
     invoice_ids: list[int] = field(default_factory=list)
@@ -132,7 +133,12 @@ class BillingRunSummary:
             f"applied {self.changes_applied}, canceled {self.canceled}, paused {self.paused}, "
             f"resumed {self.resumed}",
             f"  skipped: {self.skipped_busy} held by another worker, {self.skipped_done} "
-            f"already billed; failed {self.failed}",
+            f"already billed; failed {self.failed}"
+            + (
+                f" (batches retried one by one: {self.batches_retried})"
+                if self.batches_retried
+                else ""
+            ),
         ]
         if self.collection:
             out.append(
@@ -288,6 +294,7 @@ def _bill_batch(
         # NOTE: the whole batch was undone (nothing of it was saved); its subscriptions are
         # billed again one per transaction, so the one that fails costs only itself.
         log.warning("a batch of %d subscriptions failed; billing them one by one", len(chunk))
+        summary.batches_retried += 1
         for sub_id in chunk:
             _bill_batch(session, [sub_id], as_of, seller, actor, gateway, summary, words)
         return

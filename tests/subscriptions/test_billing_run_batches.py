@@ -130,6 +130,7 @@ def test_one_failing_subscription_in_a_batch_loses_and_doubles_nothing(
         monkeypatch.setattr(billing_run, "issue_invoices", fail_with_the_bad_one)
     summary = run(session, DAY)
     assert (summary.invoices, summary.failed, summary.skipped_done) == (4, 1, 0)
+    assert summary.batches_retried == 1
     assert [len(invoices_of(session, s)) for s in subs] == [1, 1, 0, 1, 1]
     assert session.scalar(select(func.count(LedgerEntry.id))) == 4
     assert session.scalar(select(func.count(OutboxEmail.id))) == 4
