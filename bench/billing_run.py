@@ -176,10 +176,20 @@ def _backend_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _Stop(Exception):
+    """Raised from the progress callback to end a run after so many subscriptions."""
+
+
 def bill(
-    url: str, label: str = "", profile: str | None = None, barrier: Any = None
+    url: str,
+    label: str = "",
+    profile: str | None = None,
+    barrier: Any = None,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """One billing run over the database; its summary numbers and what it cost."""
+    """One billing run over the database; its summary numbers and what it cost. With
+    `stop_after` the run is ended once that many subscriptions are done (their batches
+    committed): the cost per invoice of a run over a large database, in less time."""
     from portal import clock, create_app
     from portal.extensions import db
     from portal.subscriptions.billing_run import run_billing
@@ -209,7 +219,19 @@ def bill(
 
             profiler = cProfile.Profile()
             profiler.enable()
-        summary = run_billing(db.session, AS_OF, seller=app.config["SELLER"])
+
+        def progress(done: int, _total: int) -> None:
+            if stop_after is not None and done >= stop_after:
+                raise _Stop()
+
+        try:
+            summary = run_billing(db.session, AS_OF, seller=app.config["SELLER"], progress=progress)
+            invoices, skipped = summary.invoices, (summary.skipped_busy, summary.skipped_done)
+            failed, retried = summary.failed, summary.batches_retried
+        except _Stop:
+            db.session.rollback()
+            invoices = db.session.execute(sa.text("SELECT count(*) FROM invoices")).scalar_one()
+            skipped, failed, retried = (0, 0), 0, 0
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -221,15 +243,15 @@ def bill(
         db.engine.dispose()
     return {
         "label": label,
-        "invoices": summary.invoices,
+        "invoices": invoices,
         "seconds": seconds,
         "cpu": cpu,
         "backend_cpu": backend,
         "statements": statements[0],
-        "skipped_busy": summary.skipped_busy,
-        "skipped_done": summary.skipped_done,
-        "failed": summary.failed,
-        "retried": summary.batches_retried,
+        "skipped_busy": skipped[0],
+        "skipped_done": skipped[1],
+        "failed": failed,
+        "retried": retried,
         "began": began,
         "ended": began + seconds,
     }
@@ -260,7 +282,11 @@ def load() -> str:
 
 
 def measure(
-    sizes: list[int], backends: list[str], workers: int = 2, log: Any = print
+    sizes: list[int],
+    backends: list[str],
+    workers: int = 2,
+    log: Any = print,
+    stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Seed, bill once (and a second time: it must find nothing), and with PostgreSQL bill a
     fresh copy with `workers` processes at once; one row per measurement."""
@@ -270,7 +296,10 @@ def measure(
             url = fresh_url(backend, f"one{n}")
             seed(url, n)
             before = load()
-            result = bill(url, "1 worker")
+            partial = stop_after is not None and stop_after < n
+            result = bill(url, "1 worker", stop_after=stop_after if partial else None)
+            if partial:
+                result["label"] = f"1 worker, stopped after {stop_after:,}"
             counts = check(url)
             rows.append(
                 {
@@ -283,6 +312,9 @@ def measure(
                 }
             )
             log(_row(rows[-1]))
+            if partial:
+                drop(url)
+                continue
             again = bill(url, "second run")
             assert again["invoices"] == 0, again
             rows.append(
@@ -374,18 +406,21 @@ def _row(row: dict[str, Any]) -> str:
 def summarize(rows: list[dict[str, Any]]) -> list[str]:
     """Growth 10k -> 100k and the speed-up of several workers, from the rows measured."""
     out = []
-    ones = {(r["backend"], r["n"]): r for r in rows if r["label"] == "1 worker"}
+    ones = {(r["backend"], r["n"]): r for r in rows if r["label"].startswith("1 worker")}
     for backend in sorted({b for b, _ in ones}):
         sizes = sorted(n for b, n in ones if b == backend)
         if len(sizes) > 1:
             small, big = ones[(backend, sizes[0])], ones[(backend, sizes[-1])]
             cpu_small = small["cpu"] / small["invoices"]
             cpu_big = big["cpu"] / big["invoices"]
+            wall_small = small["seconds"] / small["invoices"]
+            wall_big = big["seconds"] / big["invoices"]
             out.append(
-                f"- {backend}: {sizes[0]:,} -> {sizes[-1]:,} subscriptions: wall x"
-                f"{big['seconds'] / small['seconds']:.1f} for x{sizes[-1] / sizes[0]:.0f} the "
-                f"work; runner CPU per invoice {1000 * cpu_small:.2f} -> {1000 * cpu_big:.2f} ms"
-                f" (x{cpu_big / cpu_small:.2f}; 1.00 is linear growth)."
+                f"- {backend}: {sizes[0]:,} -> {sizes[-1]:,} subscriptions "
+                f"({small['invoices']:,} and {big['invoices']:,} invoices billed): runner CPU "
+                f"per invoice {1000 * cpu_small:.2f} -> {1000 * cpu_big:.2f} ms "
+                f"(x{cpu_big / cpu_small:.2f}; 1.00 is linear growth), wall per invoice "
+                f"{1000 * wall_small:.1f} -> {1000 * wall_big:.1f} ms (load-dependent)."
             )
     for row in rows:
         if "split" in row:
@@ -425,6 +460,9 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--workers", type=int, default=2, help="PostgreSQL workers at once")
     parser.add_argument("--profile", help="cProfile one run (the first backend) into this file")
+    parser.add_argument(
+        "--stop-after", type=int, help="end each one-worker run after this many subscriptions"
+    )
     args = parser.parse_args()
     sizes = args.n or [10_000]
     backends = args.backends.split(",")
@@ -436,7 +474,13 @@ def main() -> None:
         print(result)
         return
     print(HEADER, flush=True)
-    rows = measure(sizes, backends, args.workers, log=lambda line: print(line, flush=True))
+    rows = measure(
+        sizes,
+        backends,
+        args.workers,
+        log=lambda line: print(line, flush=True),
+        stop_after=args.stop_after,
+    )
     print()
     print(HEADER)
     for row in rows:
