@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from portal.audit.services import SYSTEM, Actor
+from portal.billing import ledger
 from portal.billing import services as billing
 from portal.billing.models import Invoice
+from portal.billing.numbering import take_many
 
 
 def issue_invoice(
@@ -28,6 +31,38 @@ def issue_invoice(
     if invoice.total_minor > 0:
         queue_invoice_issued(session, invoice)
     return invoice
+
+
+def issue_invoices(
+    session: Session,
+    drafts: Sequence[tuple[Invoice, datetime]],
+    *,
+    seller: dict[str, Any],
+    actor: Actor = SYSTEM,
+) -> list[Invoice]:
+    """issue_invoice for a batch of drafts (draft, finalized at), with the same result per
+    invoice, in far fewer statements: the numbers of every series in one UPDATE, the invoices,
+    lines and audit events in one flush (bulk INSERTs), the ledger entries in one more and each
+    account's balance moved once (ledger.post_many); then the "invoice issued" emails."""
+    for draft, _ in drafts:
+        billing.check_finalizable(draft)
+    # NOTE: the drafts are still pending: numbered first, they go in with one INSERT each
+    # (an autoflush here would insert them and then update every one with its number).
+    with session.no_autoflush:
+        numbers = take_many(session, [billing.invoice_series_key(d.account) for d, _ in drafts])
+    for (draft, when), sequence in zip(drafts, numbers, strict=True):
+        billing.stamp_finalized(
+            session, draft, sequence, seller=seller, actor=actor, finalized_at=when
+        )
+    session.flush()
+    invoices = [draft for draft, _ in drafts]
+    ledger.post_many(
+        session, [billing.ledger_posting(inv) for inv in invoices if inv.total_minor > 0]
+    )
+    for invoice in invoices:
+        if invoice.total_minor > 0:
+            queue_invoice_issued(session, invoice)
+    return invoices
 
 
 def queue_invoice_issued(session: Session, invoice: Invoice) -> None:

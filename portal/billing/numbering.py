@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,3 +40,50 @@ def _create_series(session: Session, key: str) -> None:
     except IntegrityError:
         pass  # another transaction created it first; its row is what we lock next
     assert session.scalar(select(NumberSeries.id).where(NumberSeries.key == key)) is not None
+
+
+def take_many(session: Session, keys: Sequence[str]) -> list[int]:
+    """The next numbers for several finalizations at once, one per entry of `keys` (a series
+    may repeat: its numbers follow each other in the order given). Gapless as next_in_series:
+    the counter rows stay locked until the transaction ends.
+
+    NOTE: one `UPDATE … WHERE key IN (…) RETURNING` per distinct count of numbers taken (in a
+    billing run: one statement for the whole batch); a series seen for the first time is
+    created (INSERT … ON CONFLICT DO NOTHING, so a concurrent creation is no error) and then
+    advanced the same way.
+    """
+    wanted = Counter(keys)
+    first: dict[str, int] = {}
+    _advance(session, wanted, first)
+    missing = sorted(key for key in wanted if key not in first)
+    if missing:
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        session.execute(
+            dialect.insert(NumberSeries)
+            .values([{"key": key, "next_value": 1} for key in missing])
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        _advance(session, Counter({key: wanted[key] for key in missing}), first)
+    if len(first) != len(wanted):
+        raise RuntimeError("a number series could not be advanced")
+    out = []
+    for key in keys:
+        out.append(first[key])
+        first[key] += 1
+    return out
+
+
+def _advance(session: Session, wanted: Counter[str], first: dict[str, int]) -> None:
+    by_count: dict[int, list[str]] = {}
+    for key, count in wanted.items():
+        by_count.setdefault(count, []).append(key)
+    for count, group in sorted(by_count.items()):
+        rows = session.execute(
+            update(NumberSeries)
+            .where(NumberSeries.key.in_(sorted(group)))
+            .values(next_value=NumberSeries.next_value + count)
+            .returning(NumberSeries.key, NumberSeries.next_value)
+            .execution_options(synchronize_session=False)
+        ).all()
+        for key, after in rows:
+            first[key] = after - count

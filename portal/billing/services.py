@@ -106,9 +106,14 @@ def create_draft_invoice(
     period: tuple[date, date] | None = None,
     memo: str = "",
     billing_period_start: datetime | None = None,
+    flush: bool = True,
 ) -> Invoice:
-    """A draft invoice with its lines and totals; nothing is owed until it is finalized."""
+    """A draft invoice with its lines and totals; nothing is owed until it is finalized.
+
+    `flush=False` leaves it pending in the session (the billing run inserts a batch of invoices
+    in one flush)."""
     invoice = Invoice(
+        account=account,
         account_id=account.id,
         subscription_id=subscription_id,
         billing_key=billing_key,
@@ -124,7 +129,8 @@ def create_draft_invoice(
     for line in lines:
         _append_line(invoice, line)
     _recompute_totals(invoice)
-    session.flush()
+    if flush:
+        session.flush()
     return invoice
 
 
@@ -235,39 +241,64 @@ def finalize_invoice(
     finalized_at: datetime | None = None,
 ) -> Invoice:
     """Give a draft its gapless number, freeze seller and buyer, and post it to the ledger."""
+    check_finalizable(invoice)
+    when = finalized_at or clock.now()
+    sequence = next_in_series(session, invoice_series_key(invoice.account))
+    stamp_finalized(session, invoice, sequence, seller=seller, actor=actor, finalized_at=when)
+    if invoice.total_minor > 0:
+        ledger.post(session, **ledger_posting(invoice))
+    session.flush()
+    return invoice
+
+
+def check_finalizable(invoice: Invoice) -> None:
+    """A draft with at least one line; anything else refuses to be finalized."""
     _require_draft(invoice)
     if not invoice.lines:
         raise ValidationFailed(N_("An invoice needs at least one line before it can be issued."))
+
+
+def stamp_finalized(
+    session: Session,
+    invoice: Invoice,
+    sequence: int,
+    *,
+    seller: dict[str, Any],
+    actor: Actor = SYSTEM,
+    finalized_at: datetime,
+) -> None:
+    """Everything finalization does to a draft but the ledger: tax frozen, the number taken from
+    its series (`sequence`), seller and buyer frozen, open (or paid at once when it totals
+    nothing). Shared by finalize_invoice and the billing run's batch (portal.billing.issuing)."""
+    check_finalizable(invoice)
     _freeze_tax(session, invoice)
     account = invoice.account
-    when = finalized_at or clock.now()
-    sequence = next_in_series(session, invoice_series_key(account))
     invoice.series_key = invoice_series_key(account)
     invoice.sequence = sequence
     invoice.number = f"{account.invoice_prefix}-{sequence:04d}"
     invoice.due_date = invoice.due_date or invoice.issue_date + timedelta(
         days=account.payment_terms_days
     )
-    invoice.finalized_at = when
+    invoice.finalized_at = finalized_at
     invoice.seller = dict(seller)
     invoice.buyer = buyer_snapshot(account)
     transition(session, invoice, InvoiceStatus.OPEN, actor)
-    if invoice.total_minor > 0:
-        ledger.post(
-            session,
-            account_id=account.id,
-            kind=LedgerKind.INVOICE,
-            amount=invoice.total,
-            source_ref=f"invoice:{invoice.id}",
-            effective_at=when,
-            description=f"Invoice {invoice.number}",
-            invoice_id=invoice.id,
-        )
-    else:
+    if invoice.total_minor <= 0:
         transition(session, invoice, InvoiceStatus.PAID, actor)
-        invoice.paid_at = when
-    session.flush()
-    return invoice
+        invoice.paid_at = finalized_at
+
+
+def ledger_posting(invoice: Invoice) -> dict[str, Any]:
+    """The ledger entry a finalized invoice with something to pay posts (needs its id)."""
+    return {
+        "account_id": invoice.account_id,
+        "kind": LedgerKind.INVOICE,
+        "amount": invoice.total,
+        "source_ref": f"invoice:{invoice.id}",
+        "effective_at": invoice.finalized_at,
+        "description": f"Invoice {invoice.number}",
+        "invoice_id": invoice.id,
+    }
 
 
 def buyer_snapshot(account: Account) -> dict[str, Any]:

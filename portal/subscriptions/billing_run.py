@@ -1,22 +1,31 @@
-"""The billing run: turn every subscription that is due into its invoice, one at a time.
+"""The billing run: turn every subscription that is due into its invoice, a batch at a time.
 
 A subscription is due on `as_of` when, in its account's time zone, its period ended, its trial
 ended or its pause is over at or before the start of that day (its renewal date is on or before
-`as_of`). For each one, in its own transaction: apply the scheduled change that takes effect at
-the period's end (plan, seats, interval, cancel, pause), end the trial, build and finalize the
-invoice (subscription lines billed in advance, a metered price's fee and usage in arrears,
-discount, tax), post it to the ledger (finalize_invoice does), advance the period, queue the
-"invoice issued" email; then, after the commit, try to collect it with the saved card.
+`as_of`). For each one: apply the scheduled change that takes effect at the period's end (plan,
+seats, interval, cancel, pause), end the trial, build and finalize the invoice (subscription
+lines billed in advance, a metered price's fee and usage in arrears, discount, tax), post it to
+the ledger, advance the period, queue the "invoice issued" email; then, after the commit, try to
+collect it with the saved card.
+
+Batches (BATCH_SIZE subscriptions per transaction): the batch is claimed in one statement, its
+scheduled changes and already-billed periods are read in one statement each, its invoices are
+numbered in one statement (portal.billing.numbering.take_many), and its invoices, lines, audit
+events and ledger entries go in with bulk INSERTs, each balance moved once
+(portal.billing.issuing.issue_invoices). Line descriptions are written in the account's
+language (one translation per language and wording per run, not one per invoice).
 
 Safe to run twice and from several workers at once:
-- each subscription is claimed with SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL (a row another
-  worker holds is skipped, not waited for) and re-checked under the lock (a period another
-  worker billed meanwhile is no longer due); on SQLite one runner at a time (a lock file beside
-  the database) and each subscription's transaction takes the write lock up front;
+- a batch is claimed with SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL (rows another worker
+  holds are skipped, not waited for) and re-checked under the lock (a period another worker
+  billed meanwhile is no longer due); on SQLite one runner at a time (a lock file beside the
+  database) and each batch's transaction takes the write lock up front;
 - invoices.(subscription_id, billing_period_start) is unique: a period is billed once, whatever
   happens;
-- one subscription per transaction: a crash leaves every subscription either billed completely
-  or untouched, and the next run finishes the job.
+- a batch is one transaction: a crash leaves every subscription of it untouched (and the
+  batches before it billed completely), and the next run finishes the job. When anything in a
+  batch fails, the batch is rolled back as a whole and its subscriptions are billed again one
+  per transaction, so one bad subscription costs only itself.
 
 The PDF is not rendered here: the stored-PDF path renders it on the first download (its content
 depends on what has been paid, so rendering it now would be thrown away after collection).
@@ -38,6 +47,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from flask_babel import force_locale, ngettext
+from flask_babel import gettext as _
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, joinedload
 
@@ -45,12 +56,13 @@ from portal import clock
 from portal.accounts.models import Account
 from portal.audit.services import SYSTEM, Actor
 from portal.billing import services as billing
-from portal.billing.issuing import issue_invoice
+from portal.billing.issuing import issue_invoices
 from portal.billing.models import Invoice, LineKind
 from portal.billing.money import Money
 from portal.billing.tax import rate_for
 from portal.db import begin_write, commit, has_pending_changes
 from portal.errors import N_, Conflict, PendingChanges
+from portal.i18n import language_for
 from portal.subscriptions.models import (
     ChangeKind,
     ChangeStatus,
@@ -75,6 +87,9 @@ RENEWING = (
 # NOTE: a subscription many periods behind (the run did not run for a while) is caught up one
 # period after another in one transaction, up to this many.
 MAX_PERIODS_PER_RUN = 36
+# NOTE: subscriptions per transaction. Larger batches save little more (the statements per
+# batch are already few) and hold more row locks for longer; 1 is the old one-by-one run.
+BATCH_SIZE = 250
 
 
 class BillingRunBusy(Conflict):
@@ -96,6 +111,7 @@ class BillingRunSummary:
     skipped_busy: int = 0  # held by another worker
     skipped_done: int = 0  # no longer due when claimed (billed meanwhile)
     failed: int = 0
+    batches_retried: int = 0  # batches undone by an error and billed again one by one
     collection: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0  # money-safe: a duration
     invoice_ids: list[int] = field(default_factory=list)
@@ -117,7 +133,12 @@ class BillingRunSummary:
             f"applied {self.changes_applied}, canceled {self.canceled}, paused {self.paused}, "
             f"resumed {self.resumed}",
             f"  skipped: {self.skipped_busy} held by another worker, {self.skipped_done} "
-            f"already billed; failed {self.failed}",
+            f"already billed; failed {self.failed}"
+            + (
+                f" (batches retried one by one: {self.batches_retried})"
+                if self.batches_retried
+                else ""
+            ),
         ]
         if self.collection:
             out.append(
@@ -203,11 +224,11 @@ def run_billing(
     seller: dict[str, Any] | None = None,
     actor: Actor = SYSTEM,
 ) -> BillingRunSummary:
-    """Bill everything due on `as_of`; commits once per subscription (a job-level function).
+    """Bill everything due on `as_of`; commits once per batch (a job-level function).
 
-    `gateway`: collect each new invoice with the account's saved card after its commit (None:
-    leave them open for the customer or dunning). `progress(done, total)` is called after each
-    subscription.
+    `gateway`: collect each new invoice with the account's saved card after its batch's commit
+    (None: leave them open for the customer or dunning). `progress(done, total)` is called for
+    each subscription once its batch is done.
     """
     if seller is None:
         from flask import current_app
@@ -216,7 +237,7 @@ def run_billing(
     summary = BillingRunSummary(as_of=as_of)
     started = timer.perf_counter()
     if has_pending_changes(session):
-        raise PendingChanges("run_billing() commits per subscription; commit pending work first")
+        raise PendingChanges("run_billing() commits per batch; commit pending work first")
     with _one_runner(session):
         ids = due_subscription_ids(session, as_of)
         commit(session)  # the read ends before the first write begins (nothing is pending)
@@ -226,79 +247,136 @@ def run_billing(
             start = _start_at(len(ids))
             ids = ids[start:] + ids[:start]
         summary.total = len(ids)
-        for done, sub_id in enumerate(ids, start=1):
-            _bill_subscription(session, sub_id, as_of, seller, actor, gateway, summary)
-            if progress is not None:
-                progress(done, summary.total)
+        words = _Words()
+        done = 0
+        for first in range(0, len(ids), max(1, BATCH_SIZE)):
+            chunk = ids[first : first + max(1, BATCH_SIZE)]
+            _bill_batch(session, chunk, as_of, seller, actor, gateway, summary, words)
+            for _sub in chunk:
+                done += 1
+                if progress is not None:
+                    progress(done, summary.total)
     summary.seconds = timer.perf_counter() - started
     return summary
 
 
-def _bill_subscription(
+@dataclass
+class _Billed:
+    """What one committed batch did, read before its commit (objects expire on commit)."""
+
+    busy: int = 0
+    done: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    # (invoice id, amount due, total, currency, collect automatically)
+    invoices: list[tuple[int, int, int, str, bool]] = field(default_factory=list)
+
+
+def _bill_batch(
     session: Session,
-    sub_id: int,
+    chunk: list[int],
     as_of: date,
     seller: dict[str, Any],
     actor: Actor,
     gateway: Any,
     summary: BillingRunSummary,
+    words: _Words,
 ) -> None:
     try:
-        begin_write(session)
-        subscription = _claim(session, sub_id)
-        if subscription is None:
-            session.rollback()
-            summary.skipped_busy += 1
-            return
-        if _after_claim is not None:
-            _after_claim(sub_id)
-        outcome = bill_due_periods(session, subscription, as_of, seller=seller, actor=actor)
-        if not outcome.changed:
-            session.rollback()
-            summary.skipped_done += 1
-            return
-        invoices = [
-            (inv.id, inv.amount_due_minor, inv.total_minor, inv.currency)
-            for inv in outcome.invoices
-        ]
-        automatic = subscription.collection_method == "charge_automatically"
-        commit(session)
+        billed = _bill_in_one_transaction(session, chunk, as_of, seller, actor, words)
     except Exception:
-        # NOTE: this subscription's transaction is undone as a whole; the run goes on and the
-        # next run tries it again.
         session.rollback()
-        log.exception("billing subscription %s failed; nothing of it was saved", sub_id)
-        summary.failed += 1
+        if len(chunk) == 1:
+            # NOTE: this subscription's transaction is undone as a whole; the run goes on and
+            # the next run tries it again.
+            log.exception("billing subscription %s failed; nothing of it was saved", chunk[0])
+            summary.failed += 1
+            return
+        # NOTE: the whole batch was undone (nothing of it was saved); its subscriptions are
+        # billed again one per transaction, so the one that fails costs only itself.
+        log.warning("a batch of %d subscriptions failed; billing them one by one", len(chunk))
+        summary.batches_retried += 1
+        for sub_id in chunk:
+            _bill_batch(session, [sub_id], as_of, seller, actor, gateway, summary, words)
         return
-    for invoice_id, _, total, currency in invoices:
+    summary.skipped_busy += billed.busy
+    summary.skipped_done += billed.done
+    for name, n in billed.events.items():
+        setattr(summary, name, getattr(summary, name) + n)
+    for invoice_id, _due, total, currency, _automatic in billed.invoices:
         summary.invoices += 1
         summary.invoice_ids.append(invoice_id)
         summary.amount_minor[currency] += total
-    for name, n in outcome.events.items():
-        setattr(summary, name, getattr(summary, name) + n)
-    if gateway is None or not automatic:
+    if gateway is None:
         return
-    for invoice_id, due, _, _ in invoices:
-        if due > 0:
+    # NOTE: after the batch's commit, outside any write transaction (collect commits the
+    # attempt before it calls Stripe).
+    for invoice_id, due, _total, _currency, automatic in billed.invoices:
+        if automatic and due > 0:
             summary.collection[collect(session, invoice_id, gateway, actor)] += 1
 
 
-def _claim(session: Session, sub_id: int) -> Subscription | None:
-    """The subscription, locked for this transaction; None when another worker holds it."""
+def _bill_in_one_transaction(
+    session: Session,
+    chunk: list[int],
+    as_of: date,
+    seller: dict[str, Any],
+    actor: Actor,
+    words: _Words,
+) -> _Billed:
+    """Claim and bill a batch in one transaction and commit it; what it did."""
+    billed = _Billed()
+    begin_write(session)
+    subscriptions = _claim(session, chunk)
+    billed.busy = len(chunk) - len(subscriptions)
+    batch = _Batch(session, subscriptions, seller, actor, words)
+    outcomes = []
+    with session.no_autoflush:
+        for subscription in subscriptions:
+            if _after_claim is not None:
+                _after_claim(subscription.id)
+            outcome = _bill_periods(session, subscription, as_of, batch)
+            if outcome.changed:
+                outcomes.append((subscription, outcome))
+            else:
+                billed.done += 1
+    if not outcomes:
+        session.rollback()
+        return billed
+    batch.finish()
+    for subscription, outcome in outcomes:
+        billed.events.update(outcome.events)
+        automatic = subscription.collection_method == "charge_automatically"
+        billed.invoices += [
+            (inv.id, inv.amount_due_minor, inv.total_minor, inv.currency, automatic)
+            for inv in outcome.invoices
+        ]
+    commit(session)
+    return billed
+
+
+def _claim(session: Session, ids: list[int]) -> list[Subscription]:
+    """The batch's subscriptions, locked for this transaction, in the order of `ids`; those
+    another worker holds are left out."""
     query = (
         select(Subscription)
-        .where(Subscription.id == sub_id)
+        .where(Subscription.id.in_(ids))
         .options(
-            # NOTE: what billing reads, in the claiming query (one statement, not four lazy
-            # loads); FOR UPDATE OF subscriptions locks only the subscription's row.
+            # NOTE: what billing reads, in the claiming query (one statement for the batch, not
+            # four lazy loads per subscription); FOR UPDATE OF subscriptions locks only the
+            # subscriptions' rows.
             joinedload(Subscription.account),
             joinedload(Subscription.price).joinedload(Price.plan).joinedload(Plan.tax_rate),
             joinedload(Subscription.price).joinedload(Price.tax_rate),
         )
+        .order_by(Subscription.id)
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Subscription)
-    return session.scalar(query.execution_options(populate_existing=True))
+    found = {
+        sub.id: sub
+        for sub in session.scalars(query.execution_options(populate_existing=True)).unique()
+    }
+    return [found[sub_id] for sub_id in ids if sub_id in found]
 
 
 def collect(session: Session, invoice_id: int, gateway: Any, actor: Actor = SYSTEM) -> str:
@@ -364,23 +442,188 @@ def bill_due_periods(
     actor: Actor = SYSTEM,
 ) -> _Outcome:
     """Everything due on this (locked) subscription up to `as_of`, in the caller's transaction:
-    flushes, never commits."""
+    flushes, never commits (a batch of one)."""
+    batch = _Batch(session, [subscription], seller, actor, _Words())
+    with session.no_autoflush:
+        outcome = _bill_periods(session, subscription, as_of, batch)
+    batch.finish()
+    return outcome
+
+
+def _bill_periods(
+    session: Session, subscription: Subscription, as_of: date, batch: _Batch
+) -> _Outcome:
     account = subscription.account
     limit = cutoff(as_of, account.timezone)
     outcome = _Outcome()
-    for _ in range(MAX_PERIODS_PER_RUN):
-        if not _step(session, subscription, account, limit, seller, actor, outcome):
+    for _period in range(MAX_PERIODS_PER_RUN):
+        if not _step(session, subscription, account, limit, batch, outcome):
             break
     return outcome
 
 
-def _scheduled_change(session: Session, subscription: Subscription) -> SubscriptionChange | None:
-    return session.scalar(
-        select(SubscriptionChange).where(
-            SubscriptionChange.subscription_id == subscription.id,
-            SubscriptionChange.status == ChangeStatus.SCHEDULED.value,
+class _Words:
+    """Invoice line descriptions in the account's language, each wording translated once per
+    language and run (entering force_locale per invoice would cost more than the invoice)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], str] = {}
+
+    def _say(self, locale: str | None, key: tuple[Any, ...], say: Callable[[], str]) -> str:
+        language = language_for(locale)
+        cached = self._cache.get((language, *key))
+        if cached is None:
+            with force_locale(language):
+                cached = self._cache[(language, *key)] = str(say())
+        return cached
+
+    def plan(self, locale: str | None, price: Price, quantity: int) -> str:
+        name = price.plan.name
+        if price.pricing_model == PricingModel.PER_UNIT and price.unit_label:
+            unit = price.unit_label
+            return self._say(
+                locale,
+                ("plan_units", name, unit, quantity),
+                lambda: ngettext(
+                    "%(plan)s plan (%(num)d %(unit)s)",
+                    "%(plan)s plan (%(num)d %(unit)ss)",
+                    quantity,
+                    plan=name,
+                    unit=unit,
+                ),
+            )
+        return self._say(locale, ("plan", name), lambda: _("%(plan)s plan", plan=name))
+
+    def platform_fee(self, locale: str | None, price: Price) -> str:
+        name = price.plan.name
+        return self._say(locale, ("fee", name), lambda: _("%(plan)s plan: platform fee", plan=name))
+
+    def usage(self, locale: str | None, price: Price) -> str:
+        unit = price.unit_label
+        return self._say(
+            locale,
+            ("usage", unit),
+            lambda: _("Usage (%(unit)s)", unit=unit) if unit else _("Usage (units)"),
         )
-    )
+
+    def discount(self, locale: str | None, bp: int, line: str) -> str:
+        percent = f"{bp / 100:g}"  # money-safe: a percentage shown
+        return self._say(
+            locale,
+            ("discount", percent, line),
+            lambda: _("Discount %(percent)s%% on %(line)s", percent=percent, line=line),
+        )
+
+
+class _Batch:
+    """What a batch shares: what it read up front for its subscriptions (their scheduled
+    changes, their periods already billed), its drafts, and finishing them all at once."""
+
+    def __init__(
+        self,
+        session: Session,
+        subscriptions: list[Subscription],
+        seller: dict[str, Any],
+        actor: Actor,
+        words: _Words,
+    ) -> None:
+        self.session = session
+        self.seller = seller
+        self.actor = actor
+        self.words = words
+        self.drafts: list[tuple[Invoice, datetime]] = []
+        self.linked: list[tuple[SubscriptionChange, Invoice]] = []
+        ids = [sub.id for sub in subscriptions]
+        self.changes: dict[int, SubscriptionChange] = {}
+        self.billed: set[tuple[int, datetime]] = set()
+        if not ids:
+            return
+        # NOTE: read under the batch's row locks: a customer changes a scheduled change only
+        # with the subscription locked (services.lock_subscription), so this is what it is.
+        for change in session.scalars(
+            select(SubscriptionChange)
+            .where(
+                SubscriptionChange.subscription_id.in_(ids),
+                SubscriptionChange.status == ChangeStatus.SCHEDULED.value,
+            )
+            .order_by(SubscriptionChange.id)
+        ):
+            self.changes.setdefault(change.subscription_id, change)
+        # NOTE: periods are billed from the next boundary on, so only invoices from the
+        # earliest boundary of the batch can be met again.
+        earliest = min(
+            (sub.pause_until if sub.status == SubscriptionStatus.PAUSED.value else None)
+            or sub.current_period_end
+            for sub in subscriptions
+        )
+        self.billed = {
+            (sub_id, _utc(start))
+            for sub_id, start in session.execute(
+                select(Invoice.subscription_id, Invoice.billing_period_start).where(
+                    Invoice.subscription_id.in_(ids),
+                    Invoice.billing_period_start >= earliest,
+                )
+            )
+            if sub_id is not None and start is not None
+        }
+
+    def scheduled_change(self, subscription: Subscription) -> SubscriptionChange | None:
+        return self.changes.get(subscription.id)
+
+    def applied(self, change: SubscriptionChange) -> None:
+        self.changes.pop(change.subscription_id, None)
+
+    def issue(
+        self,
+        subscription: Subscription,
+        account: Account,
+        lines: list[billing.LineInput],
+        boundary: datetime,
+        change: SubscriptionChange | None,
+        *,
+        link: bool = True,
+    ) -> Invoice | None:
+        """The draft for the period starting at `boundary` (finalized by finish()); None when
+        that period has its invoice already. Its lines name `change`; with `link` the change
+        names the invoice too."""
+        key = (subscription.id, _utc(boundary))
+        if key in self.billed:
+            return None
+        self.billed.add(key)
+        if change is not None:
+            lines = [
+                billing.LineInput(**{**line.__dict__, "subscription_change_id": change.id})
+                for line in lines
+            ]
+        issue_day = _local_day(boundary, account)
+        draft = billing.create_draft_invoice(
+            self.session,
+            account,
+            lines,
+            issue_date=issue_day,
+            subscription_id=subscription.id,
+            billing_key=f"sub:{subscription.id}:{boundary.astimezone(UTC).isoformat()}",
+            billing_period_start=boundary,
+            period=(lines[0].period_start or issue_day, lines[0].period_end or issue_day),
+            flush=False,
+        )
+        self.drafts.append((draft, max(clock.now(), boundary)))
+        if change is not None and link:
+            self.linked.append((change, draft))
+        return draft
+
+    def finish(self) -> None:
+        """Number, finalize and post every draft of the batch, queue their emails, flush."""
+        if self.drafts:
+            issue_invoices(self.session, self.drafts, seller=self.seller, actor=self.actor)
+        for change, invoice in self.linked:
+            if change.invoice_id is None:
+                change.invoice_id = invoice.id
+        self.session.flush()
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _snapshot(subscription: Subscription) -> dict[str, Any]:
@@ -399,8 +642,7 @@ def _step(
     subscription: Subscription,
     account: Account,
     limit: datetime,
-    seller: dict[str, Any],
-    actor: Actor,
+    batch: _Batch,
     outcome: _Outcome,
 ) -> bool:
     """Bill one boundary of the subscription if it is due; False when nothing is due."""
@@ -409,7 +651,7 @@ def _step(
         resume_at = subscription.pause_until
         if resume_at is None or resume_at > limit:
             return False
-        return _resume(session, subscription, account, resume_at, seller, actor, outcome, before)
+        return _resume(session, subscription, account, resume_at, batch, outcome, before)
     if subscription.status not in RENEWING:
         return False
     boundary = subscription.current_period_end
@@ -419,7 +661,7 @@ def _step(
     ended_start = subscription.current_period_start
     was_trial = subscription.status == SubscriptionStatus.TRIALING.value
     old_price = subscription.price
-    change = _scheduled_change(session, subscription)
+    change = batch.scheduled_change(subscription)
     if change is not None and change.effective_at > boundary:
         change = None
     ending: str | None = None
@@ -432,18 +674,20 @@ def _step(
         elif kind in (ChangeKind.PLAN, ChangeKind.QUANTITY, ChangeKind.INTERVAL):
             if change.to_price_id is not None:
                 subscription.price_id = change.to_price_id
-                session.flush()
-                session.refresh(subscription, ["price"])
+                subscription.price = session.get(Price, change.to_price_id)
             if change.to_quantity is not None:
                 subscription.quantity = change.to_quantity
         _mark_applied(change, boundary)
+        batch.applied(change)
         outcome.events["changes_applied"] += 1
     elif subscription.cancel_at_period_end:
         ending = SubscriptionStatus.CANCELED.value
 
     lines: list[billing.LineInput] = []
     if old_price.pricing_model == PricingModel.METERED and not was_trial:
-        lines += _arrears_lines(session, subscription, old_price, ended_start, boundary, account)
+        lines += _arrears_lines(
+            session, subscription, old_price, ended_start, boundary, account, batch.words
+        )
     if was_trial:
         subscription.trial_end = subscription.trial_end or boundary
         outcome.events["trials_ended"] += 1
@@ -475,19 +719,16 @@ def _step(
         )
         subscription.current_period_start = boundary
         subscription.current_period_end = new_end
-        lines += _advance_lines(subscription, price, boundary, new_end, account)
+        lines += _advance_lines(subscription, price, boundary, new_end, account, batch.words)
         outcome.events["renewed"] += 1
         action = "subscription.renewed"
-    lines += _discount_lines(subscription, lines)
-    change_id = change.id if change is not None else None
+    lines += _discount_lines(subscription, lines, batch.words)
     if lines:
-        invoice = _issue(session, subscription, account, lines, boundary, seller, actor, change_id)
+        invoice = batch.issue(subscription, account, lines, boundary, change)
         if invoice is not None:
             outcome.invoices.append(invoice)
-            if change is not None and change.invoice_id is None:
-                change.invoice_id = invoice.id
     subscription.bump_version()
-    actor.record(
+    batch.actor.record(
         session,
         action,
         account_id=account.id,
@@ -496,7 +737,6 @@ def _step(
         before=before,
         after={**_snapshot(subscription), "change": change.public_id if change else None},
     )
-    session.flush()
     return subscription.status in RENEWING
 
 
@@ -505,17 +745,17 @@ def _resume(
     subscription: Subscription,
     account: Account,
     resume_at: datetime,
-    seller: dict[str, Any],
-    actor: Actor,
+    batch: _Batch,
     outcome: _Outcome,
     before: dict[str, Any],
 ) -> bool:
     """A pause is over: a new period starts at the resume date and is billed as usual."""
-    change = _scheduled_change(session, subscription)
-    change_id = None
+    change = batch.scheduled_change(subscription)
+    resumed_by = None
     if change is not None and change.kind == ChangeKind.RESUME.value:
         _mark_applied(change, resume_at)
-        change_id = change.id
+        batch.applied(change)
+        resumed_by = change
         outcome.events["changes_applied"] += 1
     price = subscription.price
     new_end = period_end(resume_at, price.billing_interval, price.interval_count, account.timezone)
@@ -524,15 +764,15 @@ def _resume(
     subscription.pause_until = None
     subscription.current_period_start = resume_at
     subscription.current_period_end = new_end
-    lines = _advance_lines(subscription, price, resume_at, new_end, account)
-    lines += _discount_lines(subscription, lines)
+    lines = _advance_lines(subscription, price, resume_at, new_end, account, batch.words)
+    lines += _discount_lines(subscription, lines, batch.words)
     if lines:
-        invoice = _issue(session, subscription, account, lines, resume_at, seller, actor, change_id)
+        invoice = batch.issue(subscription, account, lines, resume_at, resumed_by, link=False)
         if invoice is not None:
             outcome.invoices.append(invoice)
     subscription.bump_version()
     outcome.events["resumed"] += 1
-    actor.record(
+    batch.actor.record(
         session,
         "subscription.resumed",
         account_id=account.id,
@@ -541,7 +781,6 @@ def _resume(
         before=before,
         after=_snapshot(subscription),
     )
-    session.flush()
     return True
 
 
@@ -567,15 +806,13 @@ def _local_day(moment: datetime, account: Account) -> date:
     return moment.astimezone(ZoneInfo(account.timezone)).date()
 
 
-def _plan_label(price: Price, quantity: int) -> str:
-    label = f"{price.plan.name} plan"
-    if price.pricing_model == PricingModel.PER_UNIT and price.unit_label:
-        label += f" ({quantity} {price.unit_label}{'s' if quantity != 1 else ''})"
-    return label
-
-
 def _advance_lines(
-    subscription: Subscription, price: Price, start: datetime, end: datetime, account: Account
+    subscription: Subscription,
+    price: Price,
+    start: datetime,
+    end: datetime,
+    account: Account,
+    words: _Words,
 ) -> list[billing.LineInput]:
     """The licensed part of the period that starts: billed in advance (metered: in arrears)."""
     if price.pricing_model == PricingModel.METERED:
@@ -585,7 +822,7 @@ def _advance_lines(
     quantity = subscription.quantity if per_unit else 1
     return [
         billing.LineInput(
-            description=_plan_label(price, subscription.quantity),
+            description=words.plan(account.locale, price, subscription.quantity),
             kind=LineKind.SUBSCRIPTION,
             quantity=quantity,
             unit_amount_minor=price.unit_amount_minor if per_unit else amount.minor,
@@ -605,6 +842,7 @@ def _arrears_lines(
     start: datetime,
     end: datetime,
     account: Account,
+    words: _Words,
 ) -> list[billing.LineInput]:
     """A metered price's fee and usage for the period that ended."""
     rate = rate_for(price, account.country)
@@ -613,7 +851,7 @@ def _arrears_lines(
     if price.flat_amount_minor:
         lines.append(
             billing.LineInput(
-                description=f"{price.plan.name} plan: platform fee",
+                description=words.platform_fee(account.locale, price),
                 kind=LineKind.SUBSCRIPTION,
                 unit_amount_minor=price.flat_amount_minor,
                 period_start=period[0],
@@ -626,7 +864,7 @@ def _arrears_lines(
     if used:
         lines.append(
             billing.LineInput(
-                description=f"Usage ({price.unit_label or 'units'})",
+                description=words.usage(account.locale, price),
                 kind=LineKind.USAGE,
                 quantity=used,
                 unit_amount_minor=price.unit_amount_minor,
@@ -640,7 +878,7 @@ def _arrears_lines(
 
 
 def _discount_lines(
-    subscription: Subscription, lines: list[billing.LineInput]
+    subscription: Subscription, lines: list[billing.LineInput], words: _Words
 ) -> list[billing.LineInput]:
     """The subscription's discount (e.g. the retention offer) on this invoice's charges, one line
     per charged line (each with that line's tax rate, so the tax falls with it)."""
@@ -661,7 +899,7 @@ def _discount_lines(
         if off.minor > 0:
             out.append(
                 billing.LineInput(
-                    description=f"Discount {bp / 100:g}% on {line.description}",  # money-safe
+                    description=words.discount(subscription.account.locale, bp, line.description),
                     kind=LineKind.DISCOUNT,
                     unit_amount_minor=-off.minor,
                     amount_minor=-off.minor,
@@ -672,46 +910,6 @@ def _discount_lines(
                 )
             )
     return out
-
-
-def _issue(
-    session: Session,
-    subscription: Subscription,
-    account: Account,
-    lines: list[billing.LineInput],
-    boundary: datetime,
-    seller: dict[str, Any],
-    actor: Actor,
-    change_id: int | None,
-) -> Invoice | None:
-    """The invoice for the period starting at `boundary`, finalized; None when it exists."""
-    existing = session.scalar(
-        select(Invoice.id).where(
-            Invoice.subscription_id == subscription.id,
-            Invoice.billing_period_start == boundary,
-        )
-    )
-    if existing is not None:
-        return None
-    if change_id is not None:
-        lines = [
-            billing.LineInput(**{**line.__dict__, "subscription_change_id": change_id})
-            for line in lines
-        ]
-    issue_day = _local_day(boundary, account)
-    draft = billing.create_draft_invoice(
-        session,
-        account,
-        lines,
-        issue_date=issue_day,
-        subscription_id=subscription.id,
-        billing_key=f"sub:{subscription.id}:{boundary.astimezone(UTC).isoformat()}",
-        billing_period_start=boundary,
-        period=(lines[0].period_start or issue_day, lines[0].period_end or issue_day),
-    )
-    return issue_invoice(
-        session, draft, seller=seller, actor=actor, when=max(clock.now(), boundary)
-    )
 
 
 def _queue_payment_failed(session: Session, invoice: Invoice, reason: str) -> None:

@@ -100,9 +100,16 @@ def block_in(
     return hook
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, billing_run.BATCH_SIZE])
 def test_two_workers_at_once_bill_every_period_exactly_once(
-    app: Flask, backend: str, monkeypatch
+    app: Flask, backend: str, monkeypatch, batch_size: int
 ) -> None:
+    # NOTE: batches of 7 over 40 subscriptions from two starting points make the workers meet
+    # mid-batch: each claims what the other does not hold and skips the rest.
+    monkeypatch.setattr(billing_run, "BATCH_SIZE", batch_size)
+    monkeypatch.setattr(
+        billing_run, "_start_at", lambda n: 0 if threading.current_thread().name == "a" else n // 2
+    )
     ids = seed(app, 40)
     results: dict[str, Any] = {}
     threads = [in_thread(app, results, name) for name in ("a", "b")]
@@ -120,13 +127,26 @@ def test_two_workers_at_once_bill_every_period_exactly_once(
     else:
         assert all(isinstance(r, BillingRunSummary) for r in runs), results
         assert sum(r.failed for r in runs) == 0
+        # NOTE: SKIP LOCKED keeps the workers apart: neither ever bills a row the other holds
+        # (without it both bill the same batch, and the unique period key undoes one of them).
+        assert sum(r.batches_retried for r in runs) == 0
         assert sum(r.invoices for r in runs) == 40
     assert invoices_per_subscription(app) == dict.fromkeys(ids, 1)
+    assert numbers_are_unique(app)
 
 
+def numbers_are_unique(app: Flask) -> bool:
+    with app.app_context():
+        numbers = list(db.session.scalars(select(Invoice.number)))
+        db.session.remove()
+        return len(numbers) == len(set(numbers))
+
+
+@pytest.mark.parametrize("batch_size", [1, billing_run.BATCH_SIZE])
 def test_a_subscription_another_worker_holds_is_skipped_not_waited_for(
-    app: Flask, backend: str, monkeypatch
+    app: Flask, backend: str, monkeypatch, batch_size: int
 ) -> None:
+    monkeypatch.setattr(billing_run, "BATCH_SIZE", batch_size)
     ids = seed(app, 5)
     claimed, release = threading.Event(), threading.Event()
     monkeypatch.setattr(billing_run, "_after_claim", block_in("a", ids[0], claimed, release))
@@ -146,9 +166,13 @@ def test_a_subscription_another_worker_holds_is_skipped_not_waited_for(
         # NOTE: one runner at a time: b is refused while a runs, and a does all the work.
         assert isinstance(results["b"], BillingRunBusy)
         assert results["a"].invoices == 5
-    else:
+    elif batch_size == 1:
         assert results["b"].skipped_busy == 1 and results["b"].invoices == 4
         assert results["a"].invoices == 1 and results["a"].skipped_done == 4
+    else:
+        # NOTE: a holds its whole batch (all five) while it bills it: b skips them all.
+        assert results["b"].skipped_busy == 5 and results["b"].invoices == 0
+        assert results["a"].invoices == 5 and results["a"].skipped_done == 0
     assert invoices_per_subscription(app) == dict.fromkeys(ids, 1)
     # and once they are done, a third run finds nothing to do
     again: dict[str, Any] = {}
