@@ -380,8 +380,8 @@ def _parallel(n: int, workers: int) -> dict[str, Any]:
 HEADER = (
     "| Backend | Subscriptions | Run | Invoices | Wall s | Invoices/s | CPU ms/invoice runner "
     "| CPU ms/invoice PG backend | SQL statements/invoice | Skipped (held/done) | Failed "
-    "| Invoices twice | Load before | Load after |\n"
-    "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|"
+    "| Invoices twice | Emails in the outbox | Load before | Load after |\n"
+    "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|"
 )
 
 
@@ -399,7 +399,8 @@ def _row(row: dict[str, Any]) -> str:
         f"| {row['backend']} | {row['n']:,} | {row['label']} | {invoices:,}{split} | "
         f"{row['seconds']:.1f} | {rate:,.0f} | {per(row['cpu'])} | {backend_cpu} | {statements} | "
         f"{row['skipped_busy']}/{row['skipped_done']} | {row['failed']} | "
-        f"{row['counts']['doubled']} | {row['load']} | {row['load_after']} |"
+        f"{row['counts']['doubled']} | {row['counts']['emails']:,} | {row['load']} | "
+        f"{row['load_after']} |"
     )
 
 

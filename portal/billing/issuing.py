@@ -59,10 +59,31 @@ def issue_invoices(
     ledger.post_many(
         session, [billing.ledger_posting(inv) for inv in invoices if inv.total_minor > 0]
     )
-    for invoice in invoices:
-        if invoice.total_minor > 0:
-            queue_invoice_issued(session, invoice)
+    queue_invoices_issued(session, [inv for inv in invoices if inv.total_minor > 0])
     return invoices
+
+
+def queue_invoices_issued(session: Session, invoices: Sequence[Invoice]) -> None:
+    """The "invoice issued" emails of a batch, queued together (portal.notifications.queueing:
+    preferences and members read once, each language entered once)."""
+    from portal.notifications.queueing import queue_many
+
+    if invoices:
+        queue_many(session, [_issued_request(invoice) for invoice in invoices])
+
+
+def _issued_request(invoice: Invoice) -> Any:
+    from portal.notifications.queueing import EmailRequest
+
+    account = invoice.account
+    return EmailRequest(
+        to=account.billing_email,
+        template="invoice_issued",
+        context={"account": account, "invoice": invoice},
+        account_id=account.id,
+        dedupe_key=f"invoice_issued:{invoice.id}",
+        account=account,
+    )
 
 
 def queue_invoice_issued(session: Session, invoice: Invoice) -> None:
