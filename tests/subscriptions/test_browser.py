@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from portal import clock as portal_clock
 from portal import create_app
+from portal.accounts.models import Account
 from portal.billing.models import Invoice
 from portal.extensions import db
 from portal.subscriptions.billing_run import run_billing
@@ -333,4 +334,80 @@ def test_ada_changes_pauses_cancels_and_keeps_her_subscription(demo_server: Live
             assert any("Unused time on Business" in note.memo for note in notes), notes
             db.session.remove()
         assert errors == [], errors
+        browser.close()
+
+
+def test_the_billing_run_past_her_renewal_bills_ada_and_she_sees_the_invoice_and_its_pdf(
+    demo_server: LiveServer,
+) -> None:
+    """`billing run --as-of` a day after Ada's renewal makes the invoice she then finds in her
+    list, opens, and downloads as a PDF (iPhone 13, axe clean)."""
+    if not CHROMIUM.exists():
+        missing_service(f"{CHROMIUM} is missing")
+    from io import BytesIO
+
+    from playwright.sync_api import expect, sync_playwright
+    from pypdf import PdfReader
+
+    base = demo_server.url
+    app = demo_server.app
+    with app.app_context():
+        subscription = db.session.scalar(
+            select(Subscription)
+            .join(Subscription.account)
+            .where(Account.billing_email == "ada@example.com")
+        )
+        assert subscription is not None
+        renewal = subscription.current_period_end
+        subscription_id = subscription.id
+        db.session.remove()
+    as_of = (renewal + timedelta(days=1)).date()
+    portal_clock.set_source(portal_clock.FrozenClock(renewal + timedelta(days=1)))
+    result = app.test_cli_runner().invoke(args=["billing", "run", "--as-of", as_of.isoformat()])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        invoice = db.session.scalar(
+            select(Invoice)
+            .where(Invoice.subscription_id == subscription_id)
+            .order_by(Invoice.id.desc())
+        )
+        assert invoice is not None and invoice.billing_period_start == renewal
+        number = invoice.number
+        db.session.remove()
+    # A second run for the same day bills nothing more.
+    again = app.test_cli_runner().invoke(args=["billing", "run", "--as-of", as_of.isoformat()])
+    assert again.exit_code == 0, again.output
+    with app.app_context():
+        count = len(
+            db.session.scalars(
+                select(Invoice.id).where(
+                    Invoice.subscription_id == subscription_id,
+                    Invoice.billing_period_start == renewal,
+                )
+            ).all()
+        )
+        assert count == 1
+        db.session.remove()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        context = browser.new_context(**p.devices["iPhone 13"], reduced_motion="reduce")
+        page = context.new_page()
+        page.goto(demo_server.login_link("ada@example.com"))
+        page.get_by_role("button", name="Sign in as ada@example.com").click()
+        page.wait_for_url(f"{base}/")
+        page.goto(f"{base}/invoices")
+        link = page.get_by_role("link", name=number).first
+        expect(link).to_be_visible()
+        _axe(page)
+        _shot(page, "billing-run-invoice-list-iphone13")
+        link.click()
+        page.wait_for_url(f"{base}/invoices/{number}")
+        expect(page.get_by_role("heading", level=1)).to_contain_text(number)
+        _axe(page)
+        _shot(page, "billing-run-invoice-iphone13")
+        pdf = page.request.get(f"{base}/invoices/{number}/pdf")
+        assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+        text = "".join(p.extract_text() for p in PdfReader(BytesIO(pdf.body())).pages)
+        assert number in text and "Team" in text, text[:500]
         browser.close()
