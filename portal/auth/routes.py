@@ -6,7 +6,6 @@ import logging
 from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request, session, url_for
-from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from flask_limiter.util import get_remote_address
 
@@ -133,7 +132,6 @@ def _send_link(email: str, user: User | None) -> None:
         queue_email(
             db.session,
             to=user.email,
-            subject=_("Your sign-in link"),
             template="login_link",
             context=_email_context(token, user, email),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -13,6 +13,9 @@ from portal.billing import ledger
 from portal.billing import services as billing
 from portal.billing.models import Invoice
 from portal.billing.numbering import take_many
+
+if TYPE_CHECKING:
+    from portal.notifications.queueing import EmailRequest
 
 
 def issue_invoice(
@@ -72,7 +75,7 @@ def queue_invoices_issued(session: Session, invoices: Sequence[Invoice]) -> None
         queue_many(session, [_issued_request(invoice) for invoice in invoices])
 
 
-def _issued_request(invoice: Invoice) -> Any:
+def _issued_request(invoice: Invoice) -> EmailRequest:
     from portal.notifications.queueing import EmailRequest
 
     account = invoice.account
@@ -88,20 +91,4 @@ def _issued_request(invoice: Invoice) -> Any:
 
 def queue_invoice_issued(session: Session, invoice: Invoice) -> None:
     """The "invoice issued" email (context: account, invoice), in the invoice's transaction."""
-    from flask_babel import force_locale
-    from flask_babel import gettext as _
-
-    from portal.mail import queue_email
-
-    account = invoice.account
-    with force_locale(account.locale):
-        subject = _("Invoice %(number)s", number=invoice.number)
-        queue_email(
-            session,
-            to=account.billing_email,
-            subject=subject,
-            template="invoice_issued",
-            context={"account": account, "invoice": invoice},
-            account_id=account.id,
-            dedupe_key=f"invoice_issued:{invoice.id}",
-        )
+    queue_invoices_issued(session, [invoice])

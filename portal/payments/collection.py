@@ -175,7 +175,6 @@ def _ask_customer_to_confirm(session: Session, attempt: PaymentAttempt) -> None:
     queue_email(
         session,
         to=account.billing_email,
-        subject=_("Please confirm your payment for invoice %(number)s", number=invoice.number),
         template="action_required",
         context={"account": account, "invoice": invoice},
         account_id=account.id,

@@ -327,7 +327,7 @@ class Gateway:
         api_key: str,
         api_base: str,
         webhook_secret: str,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,  # money-safe: seconds
     ) -> None:
         self.webhook_secret = webhook_secret
         self.client = stripe.StripeClient(

@@ -915,24 +915,15 @@ def _discount_lines(
 def _queue_payment_failed(session: Session, invoice: Invoice, reason: str) -> None:
     """The card was declined: the invoice stays open; dunning (issue 12) retries it and knows
     the retry dates, so next_retry_on is not said here."""
-    from flask_babel import force_locale
-    from flask_babel import gettext as _
-
     from portal.mail import queue_email
 
     account = invoice.account
-    with force_locale(account.locale):
-        queue_email(
-            session,
-            to=account.billing_email,
-            subject=_("Payment for invoice %(number)s did not go through", number=invoice.number),
-            template="payment_failed",
-            context={
-                "account": account,
-                "invoice": invoice,
-                "reason": reason,
-                "next_retry_on": None,
-            },
-            account_id=account.id,
-            dedupe_key=f"payment_failed:billing_run:{invoice.id}",
-        )
+    # NOTE: the subject and bodies are the email catalog's, in the account's language.
+    queue_email(
+        session,
+        to=account.billing_email,
+        template="payment_failed",
+        context={"account": account, "invoice": invoice, "reason": reason, "next_retry_on": None},
+        account_id=account.id,
+        dedupe_key=f"payment_failed:billing_run:{invoice.id}",
+    )

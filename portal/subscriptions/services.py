@@ -608,14 +608,6 @@ def _audit(
     )
 
 
-_SUBJECTS = {
-    "subscription_changed": N_("Your subscription has changed"),
-    "subscription_canceled": N_("Your subscription is canceled"),
-    "subscription_paused": N_("Your subscription is paused"),
-    "subscription_resumed": N_("Your subscription is running again"),
-}
-
-
 def _confirm_by_email(
     session: Session,
     template: str,
@@ -624,24 +616,21 @@ def _confirm_by_email(
     credit: Money | None = None,
 ) -> None:
     account = subscription.account
-    from portal.i18n import language_for
-
-    with force_locale(language_for(account.locale)):
-        queue_email(
-            session,
-            to=account.billing_email,
-            subject=_(_SUBJECTS[template]),
-            template=template,
-            context={
-                "account": account,
-                "subscription": subscription,
-                "change": change,
-                "credit": credit,
-            },
-            account_id=account.id,
-            # NOTE: the version is bumped by every change: one email per change, never two.
-            dedupe_key=f"{template}:{subscription.public_id}:v{subscription.version}",
-        )
+    # NOTE: the subject and bodies are the email catalog's, in the account's language.
+    queue_email(
+        session,
+        to=account.billing_email,
+        template=template,
+        context={
+            "account": account,
+            "subscription": subscription,
+            "change": change,
+            "credit": credit,
+        },
+        account_id=account.id,
+        # NOTE: the version is bumped by every change: one email per change, never two.
+        dedupe_key=f"{template}:{subscription.public_id}:v{subscription.version}",
+    )
 
 
 def _new_change(
