@@ -211,6 +211,7 @@ def account_context(session: Session, account: Account, *, recent: int = 5) -> A
         session.scalars(
             select(Dispute)
             .where(Dispute.account_id == account.id)
+            .options(joinedload(Dispute.invoice))
             .order_by(Dispute.created_at.desc(), Dispute.id.desc())
             .limit(recent * 2)
         )

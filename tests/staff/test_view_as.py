@@ -15,6 +15,7 @@ from portal.billing import services as billing
 from portal.billing.money import Money
 from tests.conftest import login_as
 from tests.factories import make_account, make_invoice, make_user
+from tests.staff.helpers import make_dispute
 
 
 def _world(session: Session) -> dict:
@@ -293,3 +294,16 @@ def test_only_forms_that_change_something_are_disabled() -> None:
         ("/staff/view-as/end", "button", "button"): False,
     }
     assert out.count("disabled") == 4  # the one already disabled is not disabled twice
+
+
+def test_the_customer_page_names_the_invoice_of_each_dispute(
+    client: FlaskClient, session: Session
+) -> None:
+    w = _world(session)
+    make_dispute(session, w["account"], w["invoice"])
+    session.commit()
+    login_as(client, w["support"])
+    page = client.get(f"/staff/customers/{w['account'].public_id}")
+    assert page.status_code == 200
+    section = page.text.split('id="ctx-disputes"', 1)[1].split("</section>", 1)[0]
+    assert w["invoice"].number in section
