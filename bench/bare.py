@@ -21,13 +21,14 @@ from flask import Flask, Response
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from portal import db as portal_db
 from portal import models  # noqa: F401  (every mapped class, so relationships resolve)
 from portal.billing.models import Invoice
 
 ROWS = 50
-# NOTE: the portal's own engine options (portal/config.py); the SQLite pragmas come from the
-# connect listener in portal/db.py, which every engine in the process gets.
-ENGINE_OPTIONS = {"pool_pre_ping": True}
+# NOTE: the portal's own engine options; the SQLite pragmas and the idle-connection ping come
+# from listeners in portal/db.py, which every engine (and pool) in the process gets.
+ENGINE_OPTIONS = dict(portal_db.ENGINE_OPTIONS)
 
 
 def database_url() -> str:

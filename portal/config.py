@@ -11,6 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from portal.db import ENGINE_OPTIONS
+
 # NOTE: localstripe accepts any key; these are the simulator's, never valid against real Stripe.
 DEFAULT_STAFF_CREDIT_LIMITS = "USD=250,EUR=250,GBP=200,CHF=250,CAD=300,AUD=350,JPY=35000"
 DEMO_STRIPE_SECRET_KEY = "sk_test_portal_demo"
@@ -87,7 +89,7 @@ def from_environment(instance_path: Path) -> dict[str, Any]:
         "BASE_URL": base_url,
         "PREFERRED_URL_SCHEME": "https" if base_url.startswith("https://") else "http",
         "SQLALCHEMY_DATABASE_URI": _database_url(instance_path),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": dict(ENGINE_OPTIONS),
         "PORTAL_ENV": env("PORTAL_ENV", "development"),
         "PORTAL_TIMEZONE": env("PORTAL_TIMEZONE", "UTC"),
         "MAIL_SERVER": env("MAIL_SERVER", ""),
