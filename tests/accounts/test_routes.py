@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -150,3 +151,33 @@ def test_the_role_comes_with_the_signed_in_user_and_follows_a_change(
     page = client.get("/account").get_data(as_text=True)
     assert "Save details" not in page and "Only the account" in page
     assert client.post("/account", data=VALID).status_code == 403
+
+
+def test_the_country_select_keeps_the_stored_country_chosen(
+    client: FlaskClient, session: Session
+) -> None:
+    account = make_account(session, country="AT")
+    login_as(client, make_user(session, account=account))
+    body = client.get("/account").get_data(as_text=True)
+    select = body.split('<select class="input select" id="country"', 1)[1].split("</select>", 1)[0]
+    assert '\n    <option value="AT" selected>Austria</option>' in select
+    assert select.count(" selected>") == 1
+    assert '\n    <option value="AX">Åland Islands</option>' in select
+    assert (
+        select.index(">Afghanistan<") < select.index(">Åland Islands<") < select.index(">Albania<")
+    )
+
+
+def test_countries_are_named_and_sorted_for_a_german_page(app: Flask) -> None:
+    from portal.formatting import countries
+    from portal.web import select_options
+
+    with app.test_request_context("/account"):
+        german = countries("de")
+        markup = str(select_options(german, "AT"))
+    names = [name for _code, name in german]
+    # German order: "Ö" sorts with "O", not after "Z".
+    assert names.index("Oman") < names.index("Österreich") < names.index("Pakistan")
+    assert '\n    <option value="AT" selected>Österreich</option>' in markup
+    assert markup.count(" selected>") == 1
+    assert '\n    <option value="DE">Deutschland</option>' in markup
