@@ -9,9 +9,10 @@ the same time keeps its own), the same gunicorn command for the portal and for t
 (bench.load.start_server: 2 sync workers), the real sign-in (bench.load.sign_in) and wrk
 (bench.load.wrk: -t2 -c16, bench/report.lua counting every answer that is not a 200).
 
-What is measured: `POST /subscriptions/<id>/change` with `HX-Request: true` and the form as the
-change page sends it when a person picks another plan (its CSRF token, version, plan, interval,
-seats, timing, `preview=1`): the live preview partial. It reads the catalog, prices the change
+What is measured: `GET /subscriptions/<id>/change?plan=..&interval=..&quantity=..` with
+`HX-Request: true`, as the change page's hx-get sends it (hx-params: plan, interval, quantity,
+timing) when a person picks another plan: the live preview partial (a GET: no write lock on
+SQLite, no CSRF token). It reads the catalog, prices the change
 (proration) and renders the partial; it changes nothing (checked: the subscription's version
 is the same after the runs). The runs are interleaved ref, preview, ref, preview, ..., ref and
 each preview run is compared with the mean of the two reference runs beside it. The machine is
@@ -135,20 +136,21 @@ def preview_body(server: load.Server, public_id: str, cookie: str) -> tuple[str,
     form.feed(page.text)
     if "csrf_token" not in form.fields or not form.other_plans:
         raise RuntimeError("the change page has no CSRF token or no other plan to preview")
-    fields = {**form.fields, "plan": form.other_plans[0], "preview": "1"}
-    fields.pop("confirm", None)
+    # NOTE: only what hx-params sends (plan, interval, quantity, timing), as a query string.
+    fields = {
+        name: value
+        for name, value in {**form.fields, "plan": form.other_plans[0]}.items()
+        if name in ("plan", "interval", "quantity", "timing")
+    }
     renewed = page.cookies.get("portal_session")
     cookie = f"portal_session={renewed}" if renewed else cookie
     return urllib.parse.urlencode(fields), form.other_plans[0], cookie
 
 
-def lua_for_post(body: str) -> Path:
-    """bench/report.lua preceded by the request wrk repeats: this POST, as HTMX sends it."""
+def lua_for_get() -> Path:
+    """bench/report.lua preceded by the request wrk repeats: this GET, as HTMX sends it."""
     script = (
-        'wrk.method = "POST"\n'
-        f"wrk.body = {_lua_string(body)}\n"
-        'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
-        'wrk.headers["HX-Request"] = "true"\n' + load.WRK_SCRIPT.read_text()
+        'wrk.method = "GET"\nwrk.headers["HX-Request"] = "true"\n' + load.WRK_SCRIPT.read_text()
     )
     handle, name = tempfile.mkstemp(prefix="bench-preview-", suffix=".lua")
     with os.fdopen(handle, "w") as out:
@@ -156,20 +158,11 @@ def lua_for_post(body: str) -> Path:
     return Path(name)
 
 
-def _lua_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def check_preview(server: load.Server, url: str, body: str, cookie: str) -> str:
+def check_preview(server: load.Server, url: str, cookie: str) -> str:
     """Why the preview's answer makes the runs meaningless ("" when it is a real preview)."""
-    answer = requests.post(
+    answer = requests.get(
         url,
-        data=body,
-        headers={
-            "Cookie": cookie,
-            "HX-Request": "true",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
+        headers={"Cookie": cookie, "HX-Request": "true"},
         allow_redirects=False,
         timeout=30,
     )
@@ -205,12 +198,12 @@ def measure(
         cookie = load.sign_in(portal, seed.BIG_EMAIL)
         public_id, version_before = subscription_of(url, seed.BIG_EMAIL)
         body, plan, cookie = preview_body(portal, public_id, cookie)
-        preview_url = f"{portal.base_url}/subscriptions/{public_id}/change"
+        preview_url = f"{portal.base_url}/subscriptions/{public_id}/change?{body}"
         reference_url = bare.base_url + "/rows"
-        problem = check_preview(portal, preview_url, body, cookie)
+        problem = check_preview(portal, preview_url, cookie)
         if problem:
             raise RuntimeError(f"{backend}: the preview {problem}")
-        script = lua_for_post(body)
+        script = lua_for_get()
 
         def one(target: str, round_index: int) -> Run:
             nonlocal cookie
@@ -269,7 +262,7 @@ def rows_of(measured: dict[str, Any]) -> list[str]:
     runs: list[Run] = measured["runs"]
     for target, label in (
         ("reference", "Reference: 50 invoices (ORM + Jinja), `bench.bare` /rows"),
-        ("preview", f"Preview partial (POST change, HX-Request, plan {measured['plan']})"),
+        ("preview", f"Preview partial (GET change, HX-Request, plan {measured['plan']})"),
     ):
         mine = [r for r in runs if r.target == target]
         ratios = [r.ratio for r in mine if r.ratio is not None]

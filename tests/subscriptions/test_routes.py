@@ -111,12 +111,17 @@ def test_the_preview_page_and_its_htmx_partial(
     assert _changes(session) == 0
 
 
-def test_preview_without_javascript_changes_nothing(
+def test_preview_without_javascript_is_a_get_and_changes_nothing(
     client: FlaskClient, session: Session, ada: Any
 ) -> None:
-    response = client.post(
+    page = client.get(f"{_base(ada)}/change").get_data(as_text=True)
+    button = page[page.index('data-testid="preview-button"') - 400 :]
+    assert 'formmethod="get"' in button.split("data-testid")[0]
+    # NOTE: what the browser sends for that button: every field of the form, as a query string.
+    response = client.get(
         f"{_base(ada)}/change",
-        data={
+        query_string={
+            "csrf_token": "whatever",
             "plan": ada.ladder.plans["business"].code,
             "quantity": "5",
             "version": "1",
@@ -124,6 +129,31 @@ def test_preview_without_javascript_changes_nothing(
         },
     )
     assert response.status_code == 200 and "Total due today" in response.get_data(as_text=True)
+    assert _changes(session) == 0
+
+
+def test_a_preview_with_bad_query_input_says_what_is_wrong(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    business = ada.ladder.plans["business"].code
+    for query in (
+        {"plan": business, "quantity": "abc"},
+        {"plan": business, "quantity": "-3"},
+        {"plan": business, "quantity": "99999999999999999999"},
+        {"plan": "no-such-plan"},
+        {"plan": business, "interval": "fortnight"},
+        {"plan": business, "timing": "yesterday"},
+        {"plan": business, "seats": "5"},
+        {"plan": "\x00" * 3},
+    ):
+        page = client.get(f"{_base(ada)}/change", query_string=query)
+        assert 400 <= page.status_code < 500, (query, page.status_code)
+        partial = client.get(
+            f"{_base(ada)}/change", query_string=query, headers={"HX-Request": "true"}
+        )
+        assert partial.status_code in (200, 400, 422), (query, partial.status_code)
+        text = partial.get_data(as_text=True)
+        assert 'role="alert"' in text or "flash" in text, query
     assert _changes(session) == 0
 
 
