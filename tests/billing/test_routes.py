@@ -513,6 +513,8 @@ def test_the_invoice_page_reads_its_lines_with_the_invoice(
         body = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
     selects = [" ".join(s.split()) for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert not [s for s in selects if s.startswith("SELECT invoice_lines.")], selects
+    # the signed-in user, the invoice with its lines, its payments, credit notes and retries
+    assert len(selects) == 3, selects
     descriptions = [line.description for line in invoice.lines]
     assert len(descriptions) == 3
     positions = [body.index(text) for text in descriptions]
