@@ -38,6 +38,7 @@ from portal.billing.money import Money
 from portal.db import parse_row_id
 from portal.disputes.models import Dispute
 from portal.disputes.queries import OPEN_DISPUTE_STATUSES
+from portal.notifications.models import PaymentRetry, RetryStatus
 from portal.payments.models import Payment, PaymentAllocation
 from portal.subscriptions.models import Plan, Price, Subscription
 
@@ -390,10 +391,12 @@ class InvoiceDetail:
     payments: list[AppliedPayment]
     credit_notes: list[CreditNote]
     discount_lines: list[InvoiceLine] = field(default_factory=list)
+    # The days the saved card will be tried again, soonest first (planned_retry_days).
+    card_retries: list[date] = field(default_factory=list)
 
 
 @functools.cache
-def _invoice_detail_statements() -> tuple[Select[Any], Select[Any], Select[Any]]:
+def _invoice_detail_statements() -> tuple[Select[Any], Select[Any]]:
     """The invoice page's statements with bound parameters (account_id, number, invoice_id),
     built once: see _dashboard_statements. The invoice is found as issued_invoice finds it."""
     account_id = bindparam("account_id")
@@ -408,49 +411,74 @@ def _invoice_detail_statements() -> tuple[Select[Any], Select[Any], Select[Any]]
         # second (a round trip on PostgreSQL); the invoice's columns repeat per line.
         .options(joinedload(Invoice.lines))
     )
-    allocations = (
-        select(PaymentAllocation.amount_minor, Payment)
-        .join(Payment, Payment.id == PaymentAllocation.payment_id)
-        .where(
-            PaymentAllocation.invoice_id == bindparam("invoice_id"),
-            Payment.account_id == account_id,
+    # NOTE: the payments applied, the credit notes and the planned card retries, outer-joined
+    # to the invoice's one row: one statement where there were three (each a PostgreSQL round
+    # trip). The rows are their product (an invoice has a few of each at most); each is taken
+    # once and ordered in Python.
+    invoice_id = bindparam("invoice_id")
+    extras = (
+        select(
+            PaymentAllocation.id,
+            PaymentAllocation.amount_minor,
+            Payment,
+            CreditNote,
+            PaymentRetry.id,
+            PaymentRetry.scheduled_for,
         )
-        .order_by(Payment.received_at, Payment.id)
-    )
-    notes = (
-        select(CreditNote)
-        .where(
-            CreditNote.invoice_id == bindparam("invoice_id"),
-            CreditNote.account_id == account_id,
+        .select_from(Invoice)
+        .outerjoin(PaymentAllocation, PaymentAllocation.invoice_id == Invoice.id)
+        .outerjoin(
+            Payment,
+            and_(Payment.id == PaymentAllocation.payment_id, Payment.account_id == account_id),
         )
-        .order_by(CreditNote.issued_at, CreditNote.id)
+        .outerjoin(
+            CreditNote,
+            and_(CreditNote.invoice_id == Invoice.id, CreditNote.account_id == account_id),
+        )
+        .outerjoin(
+            PaymentRetry,
+            and_(
+                PaymentRetry.invoice_id == Invoice.id,
+                PaymentRetry.status == RetryStatus.SCHEDULED.value,
+            ),
+        )
+        .where(Invoice.id == invoice_id, Invoice.account_id == account_id)
     )
-    return invoice, allocations, notes
+    return invoice, extras
 
 
 def invoice_detail(session: Session, account_id: int, number: str) -> InvoiceDetail | None:
-    """The invoice with its lines, taxes per rate, payments and credit notes: three queries."""
+    """The invoice with its lines, taxes per rate, payments, credit notes and planned card
+    retries: two queries."""
     if not is_invoice_number(number):
         return None
-    find_invoice, find_allocations, find_notes = _invoice_detail_statements()
+    find_invoice, find_extras = _invoice_detail_statements()
     invoice = (
         session.scalars(find_invoice, {"account_id": account_id, "number": number}).unique().first()
     )
     if invoice is None:
         return None
     params = {"account_id": account_id, "invoice_id": invoice.id}
-    allocations = session.execute(find_allocations, params).all()
-    notes = list(session.scalars(find_notes, params))
+    allocations: dict[int, tuple[int, Payment]] = {}
+    notes: dict[int, CreditNote] = {}
+    retries: dict[int, datetime] = {}
+    for alloc_id, minor, payment, note, retry_id, retry_at in session.execute(find_extras, params):
+        if alloc_id is not None and payment is not None:
+            allocations[alloc_id] = (int(minor), payment)
+        if note is not None:
+            notes[note.id] = note
+        if retry_id is not None:
+            retries[retry_id] = retry_at
+    applied = sorted(allocations.values(), key=lambda a: (a[1].received_at, a[1].id))
     lines = list(invoice.lines)
     return InvoiceDetail(
         invoice=invoice,
         lines=[line for line in lines if line.kind != LineKind.DISCOUNT],
         taxes=tax_summary(lines, invoice.currency),
-        payments=[
-            AppliedPayment(p, Money(int(minor), invoice.currency)) for minor, p in allocations
-        ],
-        credit_notes=notes,
+        payments=[AppliedPayment(p, Money(minor, invoice.currency)) for minor, p in applied],
+        credit_notes=sorted(notes.values(), key=lambda n: (n.issued_at, n.id)),
         discount_lines=[line for line in lines if line.kind == LineKind.DISCOUNT],
+        card_retries=sorted(when.date() for when in retries.values()),
     )
 
 

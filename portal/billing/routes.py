@@ -28,7 +28,6 @@ from portal.billing.statements import (
 )
 from portal.errors import NotFound, ValidationFailed
 from portal.extensions import db
-from portal.notifications.queries import planned_retry_days
 from portal.web import render_page
 
 bp = Blueprint("billing", __name__)
@@ -122,7 +121,7 @@ def invoice_detail(number: str) -> Response:
         can_pay="checkout.pay_invoice" in views,
         has_pdf="billing.invoice_pdf" in views,
         can_dispute="disputes.new" in views,
-        card_retries=planned_retry_days(db.session, detail.invoice.id),
+        card_retries=detail.card_retries,
     )
 
 

@@ -190,3 +190,63 @@ def test_dashboard_summary_sums_every_open_invoice_and_lists_the_five_due_first(
     assert shown == sorted(invoice.due_date for invoice in made)[:5]
     fresh = queries.dashboard_summary(session, make_account(session).id, "USD", date(2026, 12, 31))
     assert fresh.open_invoices == [] and fresh.overdue_count == 0 and fresh.overdue.minor == 0
+
+
+def test_invoice_detail_reads_payments_notes_and_retries_in_one_statement_each_once(
+    session: Session,
+) -> None:
+    # NOTE: performance work of issue 9: the payments applied, the credit notes and the planned
+    # card retries come in one statement beside the invoice's (their product of rows): each is
+    # listed once and in order, another account's payment and done retries are left out.
+    from sqlalchemy import event
+
+    from portal.billing.models import CreditNoteReason
+    from portal.notifications.models import PaymentRetry, RetryStatus
+
+    account = make_account(session)
+    other = make_account(session)
+    invoice = make_invoice(session, account, [10000])
+    for minute in (30, 10):
+        services.record_payment(
+            session,
+            account,
+            Money(1000, "USD"),
+            [(invoice, Money(1000, "USD"))],
+            received_at=datetime(2026, 11, 20, 9, minute, tzinfo=UTC),
+        )
+    for amount in (700, 300):
+        services.issue_credit_note(
+            session, invoice, Money(amount, "USD"), reason=CreditNoteReason.DUPLICATE.value
+        )
+    for number, (day, status) in enumerate(
+        [(25, RetryStatus.SCHEDULED), (22, RetryStatus.SCHEDULED), (21, RetryStatus.DONE)], 1
+    ):
+        session.add(
+            PaymentRetry(
+                invoice_id=invoice.id,
+                attempt_no=number,
+                scheduled_for=datetime(2026, 11, day, 9, tzinfo=UTC),
+                status=status.value,
+            )
+        )
+    session.flush()
+    statements: list[str] = []
+    engine = session.get_bind()
+
+    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    session.expunge_all()
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        detail = queries.invoice_detail(session, account.id, str(invoice.number))
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    assert detail is not None
+    assert len(statements) == 2, statements
+    assert [p.payment.received_at.minute for p in detail.payments] == [10, 30]
+    assert [p.amount.minor for p in detail.payments] == [1000, 1000]
+    assert [n.amount_minor for n in detail.credit_notes] == [700, 300]
+    assert detail.card_retries == [date(2026, 11, 22), date(2026, 11, 25)]
+    assert queries.invoice_detail(session, other.id, str(invoice.number)) is None

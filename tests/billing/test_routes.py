@@ -513,8 +513,22 @@ def test_the_invoice_page_reads_its_lines_with_the_invoice(
         body = client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
     selects = [" ".join(s.split()) for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert not [s for s in selects if s.startswith("SELECT invoice_lines.")], selects
+    # the signed-in user, the invoice with its lines, its payments, credit notes and retries
+    assert len(selects) == 3, selects
     descriptions = [line.description for line in invoice.lines]
     assert len(descriptions) == 3
     positions = [body.index(text) for text in descriptions]
     assert positions == sorted(positions)
     assert all(body.count(text) == body.count(descriptions[0]) for text in descriptions)
+
+
+def test_the_statement_reads_its_opening_balance_with_its_entries(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    # NOTE: performance work of issue 9: the opening balance and the period's entries come in
+    # one statement: the signed-in user, the statement, the aging.
+    _ada(client, session)
+    with count_statements() as statements:
+        assert client.get("/statements?period=this_year").status_code == 200
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3, selects
