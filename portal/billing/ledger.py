@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, bindparam, func, select
+from sqlalchemy import ColumnElement, ScalarSelect, Select, bindparam, func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from portal.billing.models import AccountBalance, LedgerEntry, LedgerKind
 from portal.billing.money import Money
@@ -170,32 +170,46 @@ def _params(account_id: int, currency: str) -> dict[str, object]:
 
 
 @functools.cache
-def _statements() -> tuple[Select[tuple[int]], Select[tuple[int]], Select[tuple[LedgerEntry]]]:
-    """The balance now, the balance before a moment and a period's entries, built once
-    with bound parameters (building statements and their cache keys costs more than running
-    these)."""
+def _statements() -> tuple[Select[tuple[int]], Select[tuple[int]], Select[Any]]:
+    """The balance now, the balance before a moment, and a period's opening balance with its
+    entries, built once with bound parameters (building statements and their cache keys costs
+    more than running these)."""
     account_id, currency = bindparam("account_id"), bindparam("currency")
     current = balance_expr(account_id, currency)
-    since = (
-        select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
-        .where(
-            LedgerEntry.account_id == account_id,
-            LedgerEntry.currency == currency,
-            LedgerEntry.effective_at >= bindparam("before"),
+
+    def since(moment: Any) -> ScalarSelect[int]:
+        return (
+            select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
+            .where(
+                LedgerEntry.account_id == account_id,
+                LedgerEntry.currency == currency,
+                LedgerEntry.effective_at >= moment,
+            )
+            .scalar_subquery()
         )
-        .scalar_subquery()
-    )
-    entries = (
+
+    # NOTE: the statement's opening balance and its entries in one statement (each is a round
+    # trip on PostgreSQL): the period's entries outer-joined to the opening balance's one row
+    # (a period without entries gives that row alone).
+    start = bindparam("start", type_=LedgerEntry.effective_at.type)
+    opening = select((current - since(start)).label("opening_minor")).subquery("opening")
+    period = (
         select(LedgerEntry)
         .where(
             LedgerEntry.account_id == account_id,
             LedgerEntry.currency == currency,
-            LedgerEntry.effective_at >= bindparam("start"),
-            LedgerEntry.effective_at < bindparam("end"),
+            LedgerEntry.effective_at >= start,
+            LedgerEntry.effective_at < bindparam("end", type_=LedgerEntry.effective_at.type),
         )
-        .order_by(LedgerEntry.effective_at, LedgerEntry.id)
+        .subquery("period")
     )
-    return select(current), select(current - since), entries
+    with_entries = (
+        select(opening.c.opening_minor, aliased(LedgerEntry, period))
+        .select_from(opening)
+        .outerjoin(period, true())
+        .order_by(period.c.effective_at, period.c.id)
+    )
+    return select(current), select(current - since(bindparam("before"))), with_entries
 
 
 @dataclass(frozen=True)
@@ -223,16 +237,18 @@ class Statement:
 def statement(
     session: Session, account_id: int, currency: str, start: datetime, end: datetime
 ) -> Statement:
-    """The statement for [start, end): two queries, whatever the account's history."""
+    """The statement for [start, end): one query, whatever the account's history."""
     if end <= start:
         raise ValueError("a statement period must end after it starts")
-    opening = balance(session, account_id, currency, before=start)
     params = {**_params(account_id, currency), "start": start, "end": end}
-    entries = session.scalars(_statements()[2], params).all()
+    found = session.execute(_statements()[2], params).all()
+    opening = Money(int(found[0][0] or 0), currency)
     running = opening
     lines = []
     totals = {kind.value: Money.zero(currency) for kind in LedgerKind}
-    for entry in entries:
+    for _opening, entry in found:
+        if entry is None:
+            continue
         amount = Money(entry.amount_minor, currency)
         running = running + amount
         totals[entry.kind] = totals[entry.kind] + Money(abs(entry.amount_minor), currency)

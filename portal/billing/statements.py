@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -22,10 +21,9 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    true,
     union_all,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account
 from portal.billing import ledger
@@ -370,72 +368,11 @@ def _bucket(days_late: int) -> str:
     raise AssertionError("the buckets cover every day")
 
 
-@lru_cache(maxsize=1)
-def _statement_query() -> Select[Any]:
-    """ledger.statement's two statements in one, with bound parameters (account_id, currency,
-    start, end), built once: the opening balance (the balance row less the entries since the
-    start) with the period's entries outer-joined to its one row (none: the row with no entry).
-    NOTE: each statement is a round trip on PostgreSQL."""
-    account_id, currency = bindparam("account_id"), bindparam("currency")
-    start = bindparam("start", type_=LedgerEntry.effective_at.type)
-    since = (
-        select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
-        .where(
-            LedgerEntry.account_id == account_id,
-            LedgerEntry.currency == currency,
-            LedgerEntry.effective_at >= start,
-        )
-        .scalar_subquery()
-    )
-    opening = select(
-        (ledger.balance_expr(account_id, currency) - since).label("opening_minor")
-    ).subquery("opening")
-    period = (
-        select(LedgerEntry)
-        .where(
-            LedgerEntry.account_id == account_id,
-            LedgerEntry.currency == currency,
-            LedgerEntry.effective_at >= start,
-            LedgerEntry.effective_at < bindparam("end", type_=LedgerEntry.effective_at.type),
-        )
-        .subquery("period")
-    )
-    shown = aliased(LedgerEntry, period)
-    return (
-        select(opening.c.opening_minor, shown)
-        .select_from(opening)
-        .outerjoin(period, true())
-        .order_by(period.c.effective_at, period.c.id)
-    )
-
-
-def _statement(
-    session: Session, account_id: int, currency: str, start: datetime, end: datetime
-) -> ledger.Statement:
-    """ledger.statement in one statement (see _statement_query)."""
-    if end <= start:
-        raise ValueError("a statement period must end after it starts")
-    params = {"account_id": account_id, "currency": currency, "start": start, "end": end}
-    found = session.execute(_statement_query(), params).all()
-    opening = Money(int(found[0][0] or 0), currency)
-    running = opening
-    lines = []
-    totals = {kind.value: Money.zero(currency) for kind in LedgerKind}
-    for _opening, entry in found:
-        if entry is None:
-            continue
-        amount = Money(entry.amount_minor, currency)
-        running = running + amount
-        totals[entry.kind] = totals[entry.kind] + Money(abs(entry.amount_minor), currency)
-        lines.append(ledger.StatementLine(entry=entry, running=running))
-    return ledger.Statement(currency, start, end, opening, lines, totals)
-
-
 def statement_view(session: Session, account: Account, period: Period) -> StatementView:
     """The statement of one account for a period: two queries, however long its history."""
     start, end = period.bounds(account.timezone)
     zone = ZoneInfo(account.timezone)
-    read = _statement(session, account.id, account.currency, start, end)
+    read = ledger.statement(session, account.id, account.currency, start, end)
     rows = [
         StatementRow(
             on=line.entry.effective_at.astimezone(zone).date(),
