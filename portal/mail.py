@@ -72,6 +72,8 @@ def queue_email(
     attachment_ref: str | None = None,
 ) -> OutboxEmail | None:
     """Render `email/<template>.txt` and `.html` and put them in the outbox; sent after commit.
+    (A catalog kind with `context_at_send`, "invoice issued", is rendered when it is first
+    sent instead, from what its row names: portal.notifications.queueing.render_pending.)
 
     Returns the row for `to`, or None when the account opted out of this (non-essential) email.
     The subject and both bodies are in the recipient account's language, whatever language the

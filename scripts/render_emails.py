@@ -35,7 +35,7 @@ def render(out: Path) -> list[Path]:
     from portal.auth.models import LoginToken  # noqa: F401
     from portal.extensions import db
     from portal.mail import queue_email
-    from tests.notifications.email_world import EmailWorld
+    from tests.notifications.email_world import EmailWorld, as_sent
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +70,7 @@ def render(out: Path) -> list[Path]:
                     account_id=None if name == "login_link" else world.account.id,
                 )
                 assert email is not None
+                email = as_sent(db.session, email)
                 (out / f"{name}.html").write_text(email.html_body)
                 (out / f"{name}.txt").write_text(f"Subject: {email.subject}\n\n{email.text_body}")
                 written.append(out / f"{name}.html")

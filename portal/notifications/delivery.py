@@ -35,6 +35,7 @@ from portal.notifications.models import (
     OutboxEmail,
     OutboxStatus,
 )
+from portal.notifications.queueing import RENDERED_AT_SEND, render_pending
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ def build_message(
 ) -> EmailMessage:
     """The MIME message of an outbox row: plain text, with the HTML as an alternative, and the
     attached PDF when the row asks for one."""
+    if not email.text_body:
+        # NOTE: never an empty email: a row whose bodies are rendered when it is sent is
+        # rendered first (_render_first); this refuses one that was not.
+        raise ValueError(f"outbox email {email.id} has no body yet")
     message = EmailMessage()
     message["From"] = sender
     message["To"] = email.to_address
@@ -246,6 +251,14 @@ def _deliver_one(session: Session, config: Any, transport: Transport, email_id: 
     if email is None or email.status not in DELIVERABLE_STATUSES:
         session.rollback()
         return True
+    if (email.text_body, email.html_body) == RENDERED_AT_SEND:
+        claimed = _snapshot(email)
+        try:
+            email = _render_first(session, email_id) or email
+        except Exception as error:  # noqa: BLE001 - a row that cannot be rendered is retried
+            session.rollback()
+            _record_outcome(session, claimed, error, config)
+            return False
     email = _snapshot(email)
     try:
         attachment = load_attachment(session, email)
@@ -263,6 +276,19 @@ def _deliver_one(session: Session, config: Any, transport: Transport, email_id: 
         return False
     _record_outcome(session, email, None, config)
     return True
+
+
+def _render_first(session: Session, email_id: int) -> OutboxEmail | None:
+    """Render a row queued with its bodies for later (render_pending) and save them before
+    anything is sent: every resend then sends the same email, and a deep link's token in it
+    exists. Its own short write transaction, committed; the row as saved."""
+    begin_write(session)
+    email = session.get(OutboxEmail, email_id, populate_existing=True)
+    if email is None or not render_pending(session, email):
+        session.rollback()
+        return email
+    commit(session)
+    return session.get(OutboxEmail, email_id)
 
 
 def _snapshot(email: OutboxEmail) -> OutboxEmail:

@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask_babel import gettext
 
 from portal.errors import N_
 from portal.formatting import day, money_minor
 from portal.notifications.models import AttachmentKind
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from portal.notifications.models import OutboxEmail
 
 HEX_DIGITS = frozenset("0123456789abcdef")
 DEFAULT_BRAND_COLOR = "#4338ca"
@@ -48,6 +53,11 @@ class EmailKind:
     # (attachment_kind, attachment_ref) of a document sent along, rendered at send time.
     attachment: Callable[[Context], tuple[str, str] | None] = lambda _context: None
     trigger: str = ""  # for the README: what sends it
+    # NOTE: for an email queued in bulk (one per invoice of a billing run): its bodies are
+    # rendered when it is first sent, not when it is queued, from the context this rebuilds out
+    # of the outbox row (None when the object is gone). Its subject is still made at queue time.
+    # See portal.notifications.queueing.render_pending.
+    context_at_send: Callable[[Session, OutboxEmail], dict[str, Any] | None] | None = None
 
 
 def _locale(context: Context) -> str | None:
@@ -92,6 +102,17 @@ def _no_params(_context: Context) -> dict[str, str]:
     return {}
 
 
+def _invoice_from_row(session: Session, email: OutboxEmail) -> dict[str, Any] | None:
+    """An "invoice issued" email's context, read again from its row (the invoice it attaches)."""
+    from portal.billing.models import Invoice
+
+    ref = email.attachment_ref or ""
+    invoice = session.get(Invoice, int(ref)) if ref.isdigit() else None
+    if invoice is None or invoice.account_id != email.account_id:
+        return None
+    return {"account": invoice.account, "invoice": invoice}
+
+
 def _invoice_target(context: Context) -> Target | None:
     return Target("invoice", context["invoice"].id)
 
@@ -127,6 +148,7 @@ _KINDS = (
         target=_invoice_target,
         attachment=lambda context: (AttachmentKind.INVOICE_PDF.value, str(context["invoice"].id)),
         trigger="An invoice is finalized (billing run, one-off invoice); the PDF is attached.",
+        context_at_send=_invoice_from_row,
     ),
     EmailKind(
         "receipt",

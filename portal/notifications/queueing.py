@@ -6,7 +6,9 @@ queues it. A batch (the reminder run) pays once for what its emails share: one q
 accounts' preferences, one for the members the deep links are bound to, one switch of the
 language per language, the brand and the links every email shows per (template, language), and
 one flush for all rows. The bodies themselves differ per email (number, amount, date, link) and
-are rendered for each.
+are rendered for each; for a kind with `context_at_send` ("invoice issued", one per invoice of a
+billing run) they are rendered when the email is first sent (render_pending), in the same
+language, and saved on the row before it goes.
 """
 
 from __future__ import annotations
@@ -162,17 +164,94 @@ def _recipients(
     return planned
 
 
+# NOTE: the bodies of a row whose kind renders them when it is first sent (see render_pending).
+# A real email always has a plain-text body, so empty bodies say "not rendered yet".
+RENDERED_AT_SEND = ("", "")
+
+
+def _at_send(row: _Recipient) -> bool:
+    return (
+        row.kind is not None
+        and row.kind.context_at_send is not None
+        and row.attachment[1] is not None
+        and "action_url" not in row.context
+    )
+
+
+def _bodies(
+    session: Session,
+    row: _Recipient,
+    own: dict[str, Any],
+    members: dict[tuple[int, str], User] | None,
+    shared: dict[str, dict[str, Any]],
+) -> tuple[str, str]:
+    """The row's bodies in the active language, with its button's link for this recipient
+    (`members`: the batch's members looked up at once; None: look this recipient up)."""
+    from portal.mail import email_globals, render_bodies
+
+    account = own.get("account")
+    target = row.kind.target(own) if row.kind is not None else None
+    if target is not None and "action_url" not in own and account is not None:
+        key = (account.id, row.address.strip().lower())
+        looked_up = {} if members is None else {"member": members.get(key)}
+        own["action_url"] = deep_links.link_for(session, account, row.address, target, **looked_up)
+    if row.request.template not in shared:
+        shared[row.request.template] = email_globals(row.request.template)
+    return render_bodies(row.request.template, {**shared[row.request.template], **own})
+
+
+def render_pending(session: Session, email: OutboxEmail) -> bool:
+    """Render the bodies of a row queued with RENDERED_AT_SEND, in its account's language, from
+    what its kind reads again (the invoice), and store them on the row (so every resend sends
+    the same email); a deep link's token row is added too. True when it rendered: the caller
+    commits before it sends. Raises LookupError when what the email is about is gone.
+
+    NOTE: why not at queue time: a billing run queues one such email per invoice, and their
+    rendering was a fifth of the run's time; the mail worker renders them beside the run.
+    """
+    if (email.text_body, email.html_body) != RENDERED_AT_SEND:
+        return False
+    kind = kind_of(email.template)
+    if kind is None or kind.context_at_send is None:
+        return False
+    context = kind.context_at_send(session, email)
+    if context is None:
+        raise LookupError(f"what outbox email {email.id} is about is gone")
+    account = context["account"]
+    request = EmailRequest(to=email.to_address, template=email.template, context=context)
+    row = _Recipient(
+        request,
+        kind,
+        email.to_address,
+        email.dedupe_key,
+        email.is_essential,
+        (email.attachment_kind, email.attachment_ref),
+        deep_links.enrich(session, context),
+        language_for(account.locale),
+    )
+    with flask_babel.force_locale(row.language):
+        # NOTE: the member is looked up here, one row at a time (link_for): this runs once
+        # per email, in the sender.
+        email.text_body, email.html_body = _bodies(session, row, dict(row.context), None, {})
+    return True
+
+
 def queue_many(session: Session, requests: Sequence[EmailRequest]) -> list[OutboxEmail | None]:
     """Queue every request's email (and its extra recipients' copies) in the caller's unit of
     work; returns, per request, the row for its `to` (None when the account opted out)."""
-    from portal.mail import deliver_after_commit, email_globals, message_id_domain, render_bodies
+    from portal.mail import deliver_after_commit, message_id_domain
 
     planned = _recipients(session, requests)
     wanted: set[tuple[int, str]] = set()
     for rows in planned:
         for row in rows or ():
             account = row.context.get("account")
-            if row.kind is not None and account is not None and "action_url" not in row.context:
+            if (
+                row.kind is not None
+                and account is not None
+                and "action_url" not in row.context
+                and not _at_send(row)
+            ):
                 wanted.add((account.id, row.address.strip().lower()))
     members = _members(session, wanted)
     domain = message_id_domain(current_app.config.get("MAIL_FROM", ""))
@@ -190,21 +269,14 @@ def queue_many(session: Session, requests: Sequence[EmailRequest]) -> list[Outbo
             for row in rows:
                 own = dict(row.context)
                 account = own.get("account")
-                target = row.kind.target(own) if row.kind is not None else None
-                if target is not None and "action_url" not in own and account is not None:
-                    member = members.get((account.id, row.address.strip().lower()))
-                    own["action_url"] = deep_links.link_for(
-                        session, account, row.address, target, member=member
-                    )
                 if row.kind is not None:
                     subject = subject_for(row.kind, own)
                 else:
                     subject = row.request.subject or ""
-                if row.request.template not in shared:
-                    shared[row.request.template] = email_globals(row.request.template)
-                text_body, html_body = render_bodies(
-                    row.request.template, {**shared[row.request.template], **own}
-                )
+                if _at_send(row):
+                    text_body, html_body = RENDERED_AT_SEND
+                else:
+                    text_body, html_body = _bodies(session, row, own, members, shared)
                 email = OutboxEmail(
                     message_id=new_message_id(domain),
                     cancel_key=row.request.cancel_key,

@@ -12,9 +12,19 @@ from portal import clock
 from portal.billing import services as billing
 from portal.billing.money import Money
 from portal.disputes.models import Dispute, DisputeMessage
+from portal.notifications.models import OutboxEmail
+from portal.notifications.queueing import render_pending
 from portal.payments.models import PaymentMethod
 from portal.subscriptions.models import Plan, Subscription
 from tests.factories import make_account, make_invoice, make_price, make_user
+
+
+def as_sent(session: Session, email: OutboxEmail) -> OutboxEmail:
+    """The row with the bodies it is sent with: an email whose bodies are rendered when it is
+    first sent (portal.notifications.queueing.render_pending) is rendered here, as the sender
+    does."""
+    render_pending(session, email)
+    return email
 
 
 class EmailWorld:

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from portal.extensions import db
+from tests.notifications.email_world import as_sent
 from tests.test_browser import _assert_accessible, _page_errors, phone  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -30,7 +31,7 @@ def _rendered_emails(app: Any) -> dict[str, str]:
                 account_id=world.account.id,
             )
             assert email is not None
-            html[name] = email.html_body
+            html[name] = as_sent(db.session, email).html_body
         db.session.rollback()
     return html
 

@@ -19,7 +19,7 @@ from portal.mail import queue_email
 from portal.notifications.delivery import build_message
 from portal.notifications.emails import KINDS
 from portal.notifications.models import EmailPreference, OutboxEmail
-from tests.notifications.email_world import EmailWorld
+from tests.notifications.email_world import EmailWorld, as_sent
 from tests.test_i18n import (  # noqa: F401  (fixtures)
     MARKERS,
     PSEUDO_LANGUAGE,
@@ -75,13 +75,14 @@ def _parts(email: OutboxEmail) -> tuple[str, str]:
 
 def _queue(session: Session, world: EmailWorld, name: str, **extra: Any) -> OutboxEmail | None:
     context = {**world.contexts()[name], **extra}
-    return queue_email(
+    email = queue_email(
         session,
         to=world.account.billing_email,
         template=name,
         context=context,
         account_id=world.account.id,
     )
+    return as_sent(session, email) if email is not None else None
 
 
 def assert_links_resolve(app: Flask, body: str, links: list[str]) -> None:
@@ -219,11 +220,12 @@ def _prefs(session: Session, world: EmailWorld, **fields: Any) -> EmailPreferenc
 
 
 def _rows(session: Session, template: str) -> list[OutboxEmail]:
-    return list(
-        session.scalars(
+    return [
+        as_sent(session, email)
+        for email in session.scalars(
             select(OutboxEmail).where(OutboxEmail.template == template).order_by(OutboxEmail.id)
         )
-    )
+    ]
 
 
 def test_billing_emails_also_go_to_the_extra_recipients(
@@ -428,9 +430,11 @@ def test_a_job_running_in_english_writes_a_german_accounts_email_in_german(
     with english, flask_babel.force_locale("en"):
         assert flask_babel.gettext("Your subscription is paused") == "Your subscription is paused"
         _job_queues(session, world)[name]()
-    email = session.scalars(
-        select(OutboxEmail).where(OutboxEmail.template == name).order_by(OutboxEmail.id.desc())
-    ).first()
-    assert email is not None
+        email = session.scalars(
+            select(OutboxEmail).where(OutboxEmail.template == name).order_by(OutboxEmail.id.desc())
+        ).first()
+        assert email is not None
+        # NOTE: an email rendered when it is sent is rendered by the (English) sender here.
+        as_sent(session, email)
     assert MARKERS.intersection(email.subject), email.subject
     assert MARKERS.intersection(email.text_body) and MARKERS.intersection(email.html_body)
