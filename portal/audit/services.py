@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from portal import clock
 from portal.audit.models import AuditEvent
+
+# NOTE: where `batched` keeps the rows it will insert (the session's info, for one unit of work).
+_BATCH = "portal.audit.batch"
 
 
 def record(
@@ -22,8 +29,26 @@ def record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
     ip: str | None = None,
-) -> AuditEvent:
-    """Append one audit event to the current transaction."""
+) -> AuditEvent | None:
+    """Append one audit event to the current transaction (inside `batched`: to its INSERT;
+    then None is returned)."""
+    pending: list[dict[str, Any]] | None = session.info.get(_BATCH)
+    if pending is not None:
+        pending.append(
+            {
+                "occurred_at": clock.now(),
+                "action": action,
+                "actor_kind": actor_kind,
+                "actor_user_id": actor_user_id,
+                "account_id": account_id,
+                "target_type": target_type,
+                "target_id": str(target_id),
+                "before": before,
+                "after": after,
+                "ip": ip,
+            }
+        )
+        return None
     event = AuditEvent(
         action=action,
         actor_kind=actor_kind,
@@ -37,6 +62,24 @@ def record(
     )
     session.add(event)
     return event
+
+
+@contextmanager
+def batched(session: Session) -> Iterator[None]:
+    """The events recorded inside go in with one INSERT when the block ends without an error
+    (a billing-run batch records two per invoice: one statement, not a unit-of-work object
+    each). Inside the caller's transaction; an error inserts nothing."""
+    if session.info.get(_BATCH) is not None:
+        yield  # already batching: the outer block inserts
+        return
+    pending: list[dict[str, Any]] = []
+    session.info[_BATCH] = pending
+    try:
+        yield
+    finally:
+        session.info.pop(_BATCH, None)
+    if pending:
+        session.execute(insert(AuditEvent.__table__), pending)
 
 
 @dataclass(frozen=True)
@@ -62,7 +105,7 @@ class Actor:
         target_id: str | int,
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
-    ) -> AuditEvent:
+    ) -> AuditEvent | None:
         """Audit an action taken by this actor."""
         return record(
             session,

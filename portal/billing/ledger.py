@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, bindparam, func, select, true
+from sqlalchemy import ColumnElement, ScalarSelect, Select, bindparam, func, insert, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -57,38 +57,39 @@ def post(
     return entry
 
 
-def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> list[LedgerEntry]:
-    """`post` for many entries at once (the billing run's batch): the entries in one flush,
-    then each account's balance moved once by the sum of its entries, in one statement.
+def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> int:
+    """`post` for many entries at once (the billing run's batch): the entries in one INSERT
+    (rows, not unit-of-work objects: nothing reads them back in this transaction), then each
+    account's balance moved once by the sum of its entries, in one statement. Returns how many
+    entries were posted.
 
     NOTE: as in `post`, the entries go in before the balances move (a replayed source_ref fails
     first); the balance rows are upserted in (account, currency) order so that two runs posting
     to the same accounts at once lock them in the same order.
     """
-    entries = []
+    entries: list[dict[str, Any]] = []
     deltas: dict[tuple[int, str], int] = {}
     for posting in postings:
         amount: Money = posting["amount"]
         if amount.minor <= 0:
             raise ValueError("ledger amounts are posted as positive values")
         kind: LedgerKind = posting["kind"]
-        entry = LedgerEntry(
-            account_id=posting["account_id"],
-            currency=amount.currency,
-            kind=kind.value,
-            amount_minor=_SIGN[kind] * amount.minor,
-            source_ref=posting["source_ref"],
-            effective_at=posting["effective_at"],
-            description=posting["description"][:255],
-            invoice_id=posting.get("invoice_id"),
-        )
+        entry = {
+            "account_id": posting["account_id"],
+            "currency": amount.currency,
+            "kind": kind.value,
+            "amount_minor": _SIGN[kind] * amount.minor,
+            "source_ref": posting["source_ref"],
+            "effective_at": posting["effective_at"],
+            "description": posting["description"][:255],
+            "invoice_id": posting.get("invoice_id"),
+        }
         entries.append(entry)
-        key = (entry.account_id, entry.currency)
-        deltas[key] = deltas.get(key, 0) + entry.amount_minor
+        key = (entry["account_id"], entry["currency"])
+        deltas[key] = deltas.get(key, 0) + entry["amount_minor"]
     if not entries:
-        return entries
-    session.add_all(entries)
-    session.flush()
+        return 0
+    session.execute(insert(LedgerEntry.__table__), entries)
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     table = AccountBalance.__table__
     upsert = dialect.insert(table).values(
@@ -107,7 +108,7 @@ def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> list[Ledg
             for (account_id, currency), delta in sorted(deltas.items())
         ],
     )
-    return entries
+    return len(entries)
 
 
 def _add_to_balance(session: Session, account_id: int, currency: str, delta: int) -> None:

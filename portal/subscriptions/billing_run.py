@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from portal import clock
 from portal.accounts.models import Account
+from portal.audit import services as audit
 from portal.audit.services import SYSTEM, Actor
 from portal.billing import services as billing
 from portal.billing.issuing import issue_invoices
@@ -330,19 +331,22 @@ def _bill_in_one_transaction(
     billed.busy = len(chunk) - len(subscriptions)
     batch = _Batch(session, subscriptions, seller, actor, words)
     outcomes = []
-    with session.no_autoflush:
-        for subscription in subscriptions:
-            if _after_claim is not None:
-                _after_claim(subscription.id)
-            outcome = _bill_periods(session, subscription, as_of, batch)
-            if outcome.changed:
-                outcomes.append((subscription, outcome))
-            else:
-                billed.done += 1
+    # NOTE: the batch's audit events (two per invoice) go in with one INSERT at its end.
+    with audit.batched(session):
+        with session.no_autoflush:
+            for subscription in subscriptions:
+                if _after_claim is not None:
+                    _after_claim(subscription.id)
+                outcome = _bill_periods(session, subscription, as_of, batch)
+                if outcome.changed:
+                    outcomes.append((subscription, outcome))
+                else:
+                    billed.done += 1
+        if outcomes:
+            batch.finish()
     if not outcomes:
         session.rollback()
         return billed
-    batch.finish()
     for subscription, outcome in outcomes:
         billed.events.update(outcome.events)
         automatic = subscription.collection_method == "charge_automatically"
