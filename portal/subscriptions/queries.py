@@ -40,8 +40,18 @@ def subscriptions_of(account_id: int) -> Select[tuple[Subscription]]:
 
 
 def subscription_of(account_id: int, public_id: str) -> Select[tuple[Subscription]]:
-    """One subscription of this account by public id (another account's answers nothing)."""
-    return subscriptions_of(account_id).where(Subscription.public_id == public_id)
+    """One subscription of this account by public id (another account's answers nothing),
+    with the tax rates of its price and plan: every amount its pages show is taxed
+    (portal.billing.tax.rate_for), and these come in the same statement."""
+    price = joinedload(Subscription.price)
+    return (
+        subscriptions_of(account_id)
+        .where(Subscription.public_id == public_id)
+        .options(
+            price.joinedload(Price.tax_rate),
+            price.joinedload(Price.plan).joinedload(Plan.tax_rate),
+        )
+    )
 
 
 def history(session: Session, subscription_id: int) -> list[SubscriptionChange]:
@@ -88,7 +98,11 @@ def current_prices(session: Session, plan_ids: Sequence[int], currency: str) -> 
             Price.is_active.is_(True),
             Plan.is_active.is_(True),
         )
-        .options(joinedload(Price.plan), selectinload(Price.tiers))
+        .options(
+            joinedload(Price.plan).joinedload(Plan.tax_rate),
+            joinedload(Price.tax_rate),
+            selectinload(Price.tiers),
+        )
         .order_by(Plan.rank, Plan.id, Price.billing_interval, Price.version.desc())
     ).all()
     newest: dict[tuple[int, str, int], Price] = {}
