@@ -231,8 +231,7 @@ class ChangePreview:
 
 def targets(session: Session, subscription: Subscription) -> list[Price]:
     """Every price the subscription may move to, in its currency (its own plan included)."""
-    allowed = queries.allowed_target_plan_ids(session, subscription.price.plan_id)
-    return queries.current_prices(session, sorted(allowed), subscription.price.currency)
+    return queries.target_prices(session, subscription.price.plan_id, subscription.price.currency)
 
 
 def resolve_target(
