@@ -1243,13 +1243,15 @@ class CheaperOption:
         return self.current_next.total - self.preview.next_invoice.total
 
 
-def _cheaper_candidates(session: Session, subscription: Subscription) -> list[tuple[Price, int]]:
-    """Allowed plans on the same interval that cost less per period than the current one, each
-    with the seats it would have."""
+def _cheaper_candidates(
+    subscription: Subscription, offered: Sequence[Price]
+) -> list[tuple[Price, int]]:
+    """Allowed plans (of `offered`, the targets) on the same interval that cost less per period
+    than the current one, each with the seats it would have."""
     current = subscription.price
     own = period_charge(current, subscription.quantity)
     found = []
-    for price in targets(session, subscription):
+    for price in offered:
         if price.plan_id == current.plan_id or price.billing_interval != current.billing_interval:
             continue
         quantity = subscription.quantity if _seated(price) else 1
@@ -1273,7 +1275,8 @@ def cheaper_option(
         _check_can_change(session, subscription, grace_days)
     except (Conflict, ValidationFailed):
         return None
-    candidates = _cheaper_candidates(session, subscription)
+    offered = targets(session, subscription)
+    candidates = _cheaper_candidates(subscription, offered)
     if not candidates or queries.scheduled_change(session, subscription.id) is not None:
         return None
     price, quantity = max(candidates, key=lambda pair: period_charge(pair[0], pair[1]).minor)
@@ -1284,6 +1287,7 @@ def cheaper_option(
             plan_code=price.plan.code,
             interval=price.billing_interval,
             quantity=quantity,
+            offered=offered,
         )
     except (Conflict, ValidationFailed):
         return None

@@ -494,6 +494,17 @@ def test_the_cheaper_plan_is_one_tap_from_the_cancel_page(
     assert 'data-testid="scheduled"' in page and "Plan: Team to Starter" in page
 
 
+def test_the_cancel_page_reads_the_plans_it_may_change_to_once(
+    client: FlaskClient, session: Session, ada: Any
+) -> None:
+    client.get(f"{_base(ada)}/cancel")
+    with _statements() as sent:
+        page = client.get(f"{_base(ada)}/cancel")
+    assert page.status_code == 200 and "Switch to Starter at renewal" in page.get_data(as_text=True)
+    # NOTE: the cheaper plan is found among the targets and previewed from the same list.
+    assert len([s for s in sent if "FROM plan_transitions" in s]) == 1, sent
+
+
 def test_a_stale_cheaper_plan_tap_is_refused_on_the_cancel_page(
     client: FlaskClient, session: Session, ada: Any
 ) -> None:
