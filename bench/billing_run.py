@@ -33,6 +33,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import databases  # noqa: E402
+from bench.databases import drop  # noqa: E402
+
 AS_OF = date(2026, 12, 21)
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -50,34 +53,8 @@ def _config(url: str) -> dict[str, Any]:
 
 
 def fresh_url(backend: str, name: str) -> str:
-    if backend == "sqlite":
-        path = Path("/tmp") / f"bench-billing-{name}-{os.getpid()}.sqlite3"
-        for suffix in ("", "-wal", "-shm", ".billing-run.lock"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    schema = f"bench_billing_{name}_{os.getpid()}"
-    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    url = sa.engine.make_url(PG_URL)
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
-
-
-def drop(url: str) -> None:
-    if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        for suffix in ("", "-wal", "-shm", ".billing-run.lock"):
-            Path(path + suffix).unlink(missing_ok=True)
-        return
-    schema = url.split("search_path%3D")[-1] if "%3D" in url else url.split("search_path=")[-1]
-    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
+    """A fresh database of this bench's own (bench.databases), named bench-billing-<name>-<pid>."""
+    return databases.fresh_url(backend, f"billing-{name}")
 
 
 def seed(url: str, n: int) -> float:

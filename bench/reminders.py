@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import resource
 import secrets
@@ -40,10 +39,10 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.databases import drop, fresh_url  # noqa: E402
 from bench.machine import TICKS, load_averages, process_ticks  # noqa: E402
 
 AS_OF = date(2026, 12, 21)
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 INVOICES_PER_ACCOUNT = 5
 SPREAD_DAYS = 120  # due dates from AS_OF - 90 to AS_OF + 29
 CHUNK = 10_000
@@ -59,37 +58,6 @@ def _config(url: str) -> dict[str, Any]:
         "RATELIMIT_ENABLED": False,
         "TESTING": False,
     }
-
-
-def fresh_url(backend: str) -> str:
-    if backend == "sqlite":
-        path = Path("/tmp") / f"bench-reminders-{os.getpid()}.sqlite3"
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    schema = f"bench_reminders_{os.getpid()}"
-    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    url = sa.engine.make_url(PG_URL)
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
-
-
-def drop(url: str) -> None:
-    if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        for suffix in ("", "-wal", "-shm"):
-            Path(path + suffix).unlink(missing_ok=True)
-        return
-    schema = f"bench_reminders_{os.getpid()}"
-    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def _locale(i: int) -> str:
@@ -392,7 +360,7 @@ def _load(values: tuple[float, float, float]) -> str:
 
 
 def measure(backend: str, n: int, profile: bool = False, log: Any = print) -> list[dict[str, Any]]:
-    url = fresh_url(backend)
+    url = fresh_url(backend, "reminders")
     try:
         seeded = seed(url, n)
         log(

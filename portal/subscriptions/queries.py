@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from portal.billing.models import Invoice
 from portal.subscriptions.models import (
@@ -40,8 +39,18 @@ def subscriptions_of(account_id: int) -> Select[tuple[Subscription]]:
 
 
 def subscription_of(account_id: int, public_id: str) -> Select[tuple[Subscription]]:
-    """One subscription of this account by public id (another account's answers nothing)."""
-    return subscriptions_of(account_id).where(Subscription.public_id == public_id)
+    """One subscription of this account by public id (another account's answers nothing),
+    with the tax rates of its price and plan: every amount its pages show is taxed
+    (portal.billing.tax.rate_for), and these come in the same statement."""
+    price = joinedload(Subscription.price)
+    return (
+        subscriptions_of(account_id)
+        .where(Subscription.public_id == public_id)
+        .options(
+            price.joinedload(Price.tax_rate),
+            price.joinedload(Price.plan).joinedload(Plan.tax_rate),
+        )
+    )
 
 
 def history(session: Session, subscription_id: int) -> list[SubscriptionChange]:
@@ -65,32 +74,38 @@ def scheduled_change(session: Session, subscription_id: int) -> SubscriptionChan
     )
 
 
+def allowed_target_plans(plan_id: int) -> Select[tuple[int]]:
+    """The ids of the plans this plan may change to (plan_transitions), itself left out."""
+    return select(PlanTransition.to_plan_id).where(PlanTransition.from_plan_id == plan_id)
+
+
 def allowed_target_plan_ids(session: Session, plan_id: int) -> set[int]:
     """The plans this plan may change to (plan_transitions), and the plan itself (seats and
     interval changes stay on the same plan)."""
-    targets = set(
-        session.scalars(
-            select(PlanTransition.to_plan_id).where(PlanTransition.from_plan_id == plan_id)
-        )
-    )
-    return targets | {plan_id}
+    return set(session.scalars(allowed_target_plans(plan_id))) | {plan_id}
 
 
-def current_prices(session: Session, plan_ids: Sequence[int], currency: str) -> list[Price]:
-    """The price a new subscriber of each plan would get in this currency, per interval: the
-    newest active version (older versions stay only for the customers already on them)."""
+def target_prices(session: Session, plan_id: int, currency: str) -> list[Price]:
+    """The price a new subscriber of each plan this plan may change to (itself included) would
+    get in this currency, per interval: the newest active version (older versions stay only
+    for the customers already on them). One statement: the transitions are a subquery, and
+    plans, tax rates and tiers come along (pricing a change reads them all)."""
     rows = session.scalars(
         select(Price)
         .join(Plan, Plan.id == Price.plan_id)
         .where(
-            Price.plan_id.in_(sorted(plan_ids)),
+            or_(Price.plan_id == plan_id, Price.plan_id.in_(allowed_target_plans(plan_id))),
             Price.currency == currency,
             Price.is_active.is_(True),
             Plan.is_active.is_(True),
         )
-        .options(joinedload(Price.plan), selectinload(Price.tiers))
+        .options(
+            contains_eager(Price.plan).joinedload(Plan.tax_rate),
+            joinedload(Price.tax_rate),
+            joinedload(Price.tiers),
+        )
         .order_by(Plan.rank, Plan.id, Price.billing_interval, Price.version.desc())
-    ).all()
+    ).unique()
     newest: dict[tuple[int, str, int], Price] = {}
     for price in rows:
         newest.setdefault((price.plan_id, price.billing_interval, price.interval_count), price)

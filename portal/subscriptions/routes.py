@@ -217,6 +217,8 @@ def _change_page(
     preview = None
     choice = None
     problem = error
+    # NOTE: read once: the preview picks the chosen price from them, the page lists them.
+    prices = services.targets(db.session, subscription)
     try:
         choice = forms.change_choice(values, subscription)
         preview = services.preview_change(
@@ -226,11 +228,11 @@ def _change_page(
             interval=choice.interval,
             quantity=choice.quantity,
             timing=choice.timing,
+            offered=prices,
         )
     except DomainError as refused:
         problem = problem or error_text(refused)
         status = status if status != 200 else refused.status
-    prices = services.targets(db.session, subscription)
     plans: dict[int, dict[str, Any]] = {}
     for price in prices:
         entry = plans.setdefault(price.plan_id, {"plan": price.plan, "prices": {}})
@@ -249,7 +251,10 @@ def _change_page(
         ),
         chosen_quantity=(preview.quantity if preview else subscription.quantity),
         preview=preview,
-        default_card=_default_card(account.id),
+        # NOTE: the card is named only beside an amount due today (subscriptions/_preview.html).
+        default_card=(
+            _default_card(account.id) if preview and preview.due_now.total.minor > 0 else None
+        ),
         error=problem,
     )
     response.status_code = status

@@ -231,8 +231,7 @@ class ChangePreview:
 
 def targets(session: Session, subscription: Subscription) -> list[Price]:
     """Every price the subscription may move to, in its currency (its own plan included)."""
-    allowed = queries.allowed_target_plan_ids(session, subscription.price.plan_id)
-    return queries.current_prices(session, sorted(allowed), subscription.price.currency)
+    return queries.target_prices(session, subscription.price.plan_id, subscription.price.currency)
 
 
 def resolve_target(
@@ -241,13 +240,37 @@ def resolve_target(
     *,
     plan_code: str | None,
     interval: str | None,
+    offered: Sequence[Price] | None = None,
 ) -> Price:
-    """The price a form's (plan, interval) names; unknown or disallowed plans are refused."""
+    """The price a form's (plan, interval) names; unknown or disallowed plans are refused.
+
+    `offered` is targets(session, subscription) when the caller has it already (the change
+    page lists them too): the price is found among them, and the database is asked again only
+    to say why a plan is not there."""
     current = subscription.price
     code = (plan_code or current.plan.code).strip()[:64]
     wanted_interval = (interval or current.billing_interval).strip()[:8]
     if wanted_interval not in ("month", "year"):
         raise ChangeRefused(N_("Choose monthly or yearly billing."))
+    if offered is None:
+        offered = targets(session, subscription)
+    prices = [price for price in offered if price.plan.code == code]
+    plan = prices[0].plan if prices else _plan_not_offered(session, current, code)
+    if plan.id == current.plan_id and wanted_interval == current.billing_interval:
+        # NOTE: staying on the same plan keeps the price version the customer is on.
+        return current
+    for price in prices:
+        if price.billing_interval == wanted_interval:
+            return price
+    raise ChangeRefused(
+        N_("%(plan)s is not offered with that billing interval in %(currency)s."),
+        params={"plan": plan.name, "currency": current.currency},
+    )
+
+
+def _plan_not_offered(session: Session, current: Price, code: str) -> Plan:
+    """The plan of a code that has no price among the targets: refused as unknown or not
+    allowed, else returned (an allowed plan with no price in this currency)."""
     plan = session.scalar(select(Plan).where(Plan.code == code, Plan.is_active.is_(True)))
     if plan is None:
         raise ChangeRefused(
@@ -259,16 +282,7 @@ def resolve_target(
             N_("%(current)s cannot be changed to %(plan)s here. Choose one of the plans listed."),
             params={"current": current.plan.name, "plan": plan.name},
         )
-    if plan.id == current.plan_id and wanted_interval == current.billing_interval:
-        # NOTE: staying on the same plan keeps the price version the customer is on.
-        return current
-    for price in queries.current_prices(session, [plan.id], current.currency):
-        if price.billing_interval == wanted_interval:
-            return price
-    raise ChangeRefused(
-        N_("%(plan)s is not offered with that billing interval in %(currency)s."),
-        params={"plan": plan.name, "currency": current.currency},
-    )
+    return plan
 
 
 def _quantity_for(price: Price, subscription: Subscription, quantity: int | None) -> int:
@@ -486,9 +500,10 @@ def preview_change(
     quantity: int | None = None,
     timing: str | None = None,
     at: datetime | None = None,
+    offered: Sequence[Price] | None = None,
 ) -> ChangePreview:
     """What a change would do, before anything changes: the exact proration lines, their tax,
-    the total due now, and the next regular invoice."""
+    the total due now, and the next regular invoice. `offered`: see resolve_target."""
     at = at or clock.now()
     if subscription.status == SubscriptionStatus.CANCELED.value:
         raise Conflict(N_("This subscription has ended, so it cannot be changed."))
@@ -496,7 +511,9 @@ def preview_change(
         raise Conflict(N_("This subscription is paused. Resume it first, then change it."))
     if at >= subscription.current_period_end:
         raise _renewal_pending(subscription)
-    price = resolve_target(session, subscription, plan_code=plan_code, interval=interval)
+    price = resolve_target(
+        session, subscription, plan_code=plan_code, interval=interval, offered=offered
+    )
     quantity = _quantity_for(price, subscription, quantity)
     _check_quantity(price, quantity)
     old = subscription.price
@@ -1226,13 +1243,15 @@ class CheaperOption:
         return self.current_next.total - self.preview.next_invoice.total
 
 
-def _cheaper_candidates(session: Session, subscription: Subscription) -> list[tuple[Price, int]]:
-    """Allowed plans on the same interval that cost less per period than the current one, each
-    with the seats it would have."""
+def _cheaper_candidates(
+    subscription: Subscription, offered: Sequence[Price]
+) -> list[tuple[Price, int]]:
+    """Allowed plans (of `offered`, the targets) on the same interval that cost less per period
+    than the current one, each with the seats it would have."""
     current = subscription.price
     own = period_charge(current, subscription.quantity)
     found = []
-    for price in targets(session, subscription):
+    for price in offered:
         if price.plan_id == current.plan_id or price.billing_interval != current.billing_interval:
             continue
         quantity = subscription.quantity if _seated(price) else 1
@@ -1256,7 +1275,8 @@ def cheaper_option(
         _check_can_change(session, subscription, grace_days)
     except (Conflict, ValidationFailed):
         return None
-    candidates = _cheaper_candidates(session, subscription)
+    offered = targets(session, subscription)
+    candidates = _cheaper_candidates(subscription, offered)
     if not candidates or queries.scheduled_change(session, subscription.id) is not None:
         return None
     price, quantity = max(candidates, key=lambda pair: period_charge(pair[0], pair[1]).minor)
@@ -1267,6 +1287,7 @@ def cheaper_option(
             plan_code=price.plan.code,
             interval=price.billing_interval,
             quantity=quantity,
+            offered=offered,
         )
     except (Conflict, ValidationFailed):
         return None
