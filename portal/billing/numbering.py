@@ -58,10 +58,11 @@ def take_many(session: Session, keys: Sequence[str]) -> list[int]:
     missing = sorted(key for key in wanted if key not in first)
     if missing:
         dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        # NOTE: one statement run for many rows (executemany of a statement compiled once),
+        # not a VALUES list of a different length in every batch, compiled anew each time.
         session.execute(
-            dialect.insert(NumberSeries)
-            .values([{"key": key, "next_value": 1} for key in missing])
-            .on_conflict_do_nothing(index_elements=["key"])
+            dialect.insert(NumberSeries.__table__).on_conflict_do_nothing(index_elements=["key"]),
+            [{"key": key, "next_value": 1} for key in missing],
         )
         _advance(session, Counter({key: wanted[key] for key in missing}), first)
     if len(first) != len(wanted):

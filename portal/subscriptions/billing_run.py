@@ -472,9 +472,13 @@ class _Words:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], str] = {}
+        # NOTE: the language of each locale, found once per run (finding it lists the catalogs).
+        self._languages: dict[str | None, str] = {}
 
     def _say(self, locale: str | None, key: tuple[Any, ...], say: Callable[[], str]) -> str:
-        language = language_for(locale)
+        language = self._languages.get(locale)
+        if language is None:
+            language = self._languages[locale] = language_for(locale)
         cached = self._cache.get((language, *key))
         if cached is None:
             with force_locale(language):
