@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo
 
 from flask_babel import force_locale, ngettext
 from flask_babel import gettext as _
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from portal import clock
@@ -171,8 +171,8 @@ def cutoff(as_of: date, tz: str) -> datetime:
     return local_midnight(as_of, tz)
 
 
-def due_subscription_ids(session: Session, as_of: date) -> list[int]:
-    """The subscriptions due on `as_of`, oldest id first (one query; exact per time zone)."""
+def _maybe_due(as_of: date) -> Any:
+    """SQL: the subscription may be due on `as_of` (a superset; the account's zone decides)."""
     # NOTE: no zone's midnight of as_of is later than as_of + 14 h UTC, so this bound finds a
     # superset in SQL and the zone of each account makes it exact.
     bound = datetime.combine(as_of + timedelta(days=1), time(0), UTC)
@@ -184,6 +184,21 @@ def due_subscription_ids(session: Session, as_of: date) -> list[int]:
         )
         .scalar_subquery()
     )
+    return or_(
+        and_(Subscription.status.in_(RENEWING), Subscription.current_period_end < bound),
+        and_(
+            Subscription.status == SubscriptionStatus.PAUSED.value,
+            Subscription.pause_until < bound,
+        ),
+        and_(
+            Subscription.status != SubscriptionStatus.CANCELED.value,
+            Subscription.id.in_(scheduled),
+        ),
+    )
+
+
+def due_subscription_ids(session: Session, as_of: date) -> list[int]:
+    """The subscriptions due on `as_of`, oldest id first (one query; exact per time zone)."""
     rows = session.execute(
         select(
             Subscription.id,
@@ -193,19 +208,7 @@ def due_subscription_ids(session: Session, as_of: date) -> list[int]:
             Account.timezone,
         )
         .join(Account, Account.id == Subscription.account_id)
-        .where(
-            or_(
-                and_(Subscription.status.in_(RENEWING), Subscription.current_period_end < bound),
-                and_(
-                    Subscription.status == SubscriptionStatus.PAUSED.value,
-                    Subscription.pause_until < bound,
-                ),
-                and_(
-                    Subscription.status != SubscriptionStatus.CANCELED.value,
-                    Subscription.id.in_(scheduled),
-                ),
-            )
-        )
+        .where(_maybe_due(as_of))
         .order_by(Subscription.id)
     ).all()
     due = []
@@ -327,8 +330,18 @@ def _bill_in_one_transaction(
     """Claim and bill a batch in one transaction and commit it; what it did."""
     billed = _Billed()
     begin_write(session)
-    subscriptions = _claim(session, chunk)
-    billed.busy = len(chunk) - len(subscriptions)
+    subscriptions = _claim(session, chunk, as_of)
+    if len(subscriptions) < len(chunk):
+        # NOTE: of those left out, the ones still due are held by another worker; the rest it
+        # billed meanwhile (one small query, only when some were left out).
+        claimed = {sub.id for sub in subscriptions}
+        missing = [sub_id for sub_id in chunk if sub_id not in claimed]
+        held = session.scalars(
+            select(func.count())
+            .select_from(Subscription)
+            .where(Subscription.id.in_(missing), _maybe_due(as_of))
+        ).one()
+        billed.busy, billed.done = held, len(missing) - held
     batch = _Batch(session, subscriptions, seller, actor, words)
     outcomes = []
     # NOTE: the batch's audit events (two per invoice) go in with one INSERT at its end.
@@ -358,12 +371,12 @@ def _bill_in_one_transaction(
     return billed
 
 
-def _claim(session: Session, ids: list[int]) -> list[Subscription]:
-    """The batch's subscriptions, locked for this transaction, in the order of `ids`; those
-    another worker holds are left out."""
+def _claim(session: Session, ids: list[int], as_of: date) -> list[Subscription]:
+    """The batch's subscriptions that may still be due, locked for this transaction, in the
+    order of `ids`; those another worker holds or billed meanwhile are left out (not loaded)."""
     query = (
         select(Subscription)
-        .where(Subscription.id.in_(ids))
+        .where(Subscription.id.in_(ids), _maybe_due(as_of))
         .options(
             # NOTE: what billing reads, in the claiming query (one statement for the batch, not
             # four lazy loads per subscription); FOR UPDATE OF subscriptions locks only the
