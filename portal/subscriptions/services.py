@@ -41,8 +41,7 @@ from portal.subscriptions.models import (
     SubscriptionStatus,
 )
 from portal.subscriptions.periods import period_end, seconds_between
-from portal.subscriptions.pricing import charge_for
-from portal.subscriptions.proration import prorate, share
+from portal.subscriptions.proration import fixed_charge, prorate, share
 
 # NOTE: a change is refused while an invoice of the subscription is overdue by more than this
 # many days (config SUBSCRIPTION_CHANGE_GRACE_DAYS): the customer settles first, then changes.
@@ -132,10 +131,8 @@ def months_in(price: Price) -> int:
     return price.interval_count * (12 if price.billing_interval == "year" else 1)
 
 
-def period_charge(price: Price, quantity: int) -> Money:
-    """One period's charge before tax (metered prices: the fixed part only)."""
-    units = 0 if price.pricing_model == PricingModel.METERED.value else quantity
-    return charge_for(price, units)
+# One period's charge before tax (metered prices: the fixed part only); proration's own rule.
+period_charge = fixed_charge
 
 
 def split_tax(amount: Money, price: Price, country: str | None) -> tuple[Money, Money]:
