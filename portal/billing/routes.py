@@ -133,9 +133,7 @@ def statements() -> Response:
     form = StatementPeriodForm(request.args)
     args = request.args
     try:
-        period = statement_period(
-            db.session, account, today, args.get("period"), args.get("start"), args.get("end")
-        )
+        asked = statement_period(today, args.get("period"), args.get("start"), args.get("end"))
     except InvalidPeriod as invalid:
         response = render_page(
             "billing/statements.html",
@@ -147,7 +145,8 @@ def statements() -> Response:
         )
         response.status_code = 422
         return response
-    view = statement_view(db.session, account, period)
+    view = statement_view(db.session, account, asked)
+    period = view.period  # NOTE: the default period may have fallen back to last month
     fmt = args.get("format", "html")
     if fmt == "csv":
         return _download(
