@@ -57,6 +57,12 @@ def _locale() -> str:
     return FALLBACK_LOCALE
 
 
+def current_locale() -> str:
+    """The locale this request formats amounts and dates in: the account's, else the page's.
+    For code that formats many values of one page (a list's rows): ask once, pass it on."""
+    return _locale()
+
+
 @lru_cache(maxsize=64)
 def _parsed_locale(identifier: str) -> Locale:
     """The Babel locale; an identifier CLDR does not know falls back to its language, then
@@ -194,17 +200,28 @@ def _timezone() -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+def current_timezone() -> ZoneInfo:
+    """The time zone this request shows moments in (the account's; UTC without one)."""
+    return _timezone()
+
+
 def _aware(value: datetime) -> datetime:
     # NOTE: a naive datetime from the database is UTC (portal.db.UTCDateTime), never local time.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def day(value: date | datetime | None, style: str = DATE_STYLE, locale: str | None = None) -> str:
-    """A calendar day; a moment becomes the day it was in the account's time zone."""
+def day(
+    value: date | datetime | None,
+    style: str = DATE_STYLE,
+    locale: str | None = None,
+    zone: ZoneInfo | None = None,
+) -> str:
+    """A calendar day; a moment becomes the day it was in the account's time zone (or `zone`,
+    current_timezone() asked once by the caller)."""
     if value is None:
         return ""
     if isinstance(value, datetime):
-        value = _aware(value).astimezone(_timezone()).date()
+        value = _aware(value).astimezone(zone or _timezone()).date()
     return _formatted_day(value, style, locale or _locale())
 
 

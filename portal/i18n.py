@@ -26,7 +26,7 @@ from flask import (
 )
 from jinja2 import pass_eval_context
 from jinja2.nodes import EvalContext
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from portal.extensions import babel
 
@@ -173,11 +173,28 @@ class PageText:
         self._ngettext = found.ungettext
 
     def gettext(self, message: str, **params: Any) -> Markup:
-        return Markup(self._gettext(message)) % params
+        return markup_format(self._gettext(message), params)
 
     def ngettext(self, singular: str, plural: str, num: int, **params: Any) -> Markup:
         params.setdefault("num", num)
-        return Markup(self._ngettext(singular, plural, num)) % params
+        return markup_format(self._ngettext(singular, plural, num), params)
+
+
+def markup_format(template: str, params: dict[str, Any]) -> Markup:
+    """`Markup(template) % params`, with the same result: the template is markup, each
+    parameter is escaped into it (numbers are formatted as numbers).
+
+    NOTE: Markup's `%` wraps the parameters in an escaping helper whose methods run for each
+    placeholder (~5 µs a string here); a list page formats five strings per row. Escaping the
+    values first and formatting plain text does the same in C. tests/test_i18n.py compares.
+    """
+    if not params:
+        return Markup(template) % params
+    escaped = {
+        key: value if isinstance(value, (int, float)) else escape(value)
+        for key, value in params.items()
+    }
+    return Markup(template % escaped)
 
 
 def _install_gettext(app: Flask) -> None:

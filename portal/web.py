@@ -27,6 +27,7 @@ from markupsafe import Markup
 from portal import db as unit_of_work
 from portal.errors import ValidationFailed
 from portal.extensions import db, htmx
+from portal.forms import text_field_renderer
 from portal.i18n import html_lang
 
 
@@ -346,6 +347,7 @@ def init_template_globals(app: Flask) -> None:
     app.add_template_global(app_url, "app_url")
     app.add_template_global(_site_nav(app, app_url), "site_nav")
     app.add_template_global(select_options, "select_options")
+    app.add_template_global(text_field_renderer, "text_field_renderer")
 
     @app.context_processor
     def portal_globals() -> dict[str, Any]:

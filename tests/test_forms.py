@@ -83,6 +83,7 @@ def test_a_file_is_not_text() -> None:
         {"value": 'a "quoted" <b>&amp;</b> value', "placeholder": "e.g. BIG-0012"},
         {"maxlength": 200, "required": True, "disabled": False, "for_": "x"},
         {"value": Markup("<i>kept</i>"), "title": "Ünïcode ⟦text⟧"},
+        {"value": Markup('<i class="x">kept "as is"</i>'), "data_n": 0, "aria_x": "'single'"},
     ],
 )
 def test_html_params_writes_what_wtforms_writes(attributes: dict[str, object]) -> None:

@@ -12,17 +12,20 @@ to store the same document both end with the one stored row.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app
 from flask_babel import get_locale
-from sqlalchemy import select
+from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.billing import pdf
-from portal.billing.models import CreditNote, Invoice, InvoiceDocument
+from portal.billing.models import CreditNote, Invoice, InvoiceDocument, InvoiceStatus
 from portal.billing.pdf import TEMPLATE_VERSION, PageSize
 from portal.db import begin_write
 from portal.payments.models import Payment, PaymentAllocation
@@ -39,6 +42,16 @@ class DocumentRef:
     id: int
     content_hash: str
     size_bytes: int | None = None
+    # The PDF itself when it was read (or rendered) with the row; None: ask document_content.
+    content: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Settlements:
+    """The payments and credit notes applied to an invoice, oldest first."""
+
+    payments: list[pdf.PaymentFact]
+    credits: list[pdf.CreditFact]
 
 
 def content_hash(content: bytes) -> str:
@@ -88,60 +101,130 @@ def invoice_document_inputs(
     )
 
 
+@functools.cache
+def _settled_invoice_statement(by_number: bool) -> Select[Any]:
+    """The invoice's payments and credit notes, outer-joined to its one row, with bound
+    parameters, built once: by (account_id, number) with the invoice itself (found as
+    queries.issued_invoice finds it: issued, of this account), or by (account_id, invoice_id)
+    without it.
+
+    NOTE: one statement where there were three (the invoice, its payments, its credit notes):
+    each is a round trip on PostgreSQL. The rows are the product of the two lists (an invoice
+    has a few of each at most); each is taken once by its id and ordered in Python.
+    """
+    account_id = bindparam("account_id")
+    found = (
+        (Invoice.number == bindparam("number"), Invoice.status != InvoiceStatus.DRAFT.value)
+        if by_number
+        else (Invoice.id == bindparam("invoice_id"),)
+    )
+    return (
+        select(
+            Invoice if by_number else Invoice.id,
+            PaymentAllocation.id,
+            PaymentAllocation.amount_minor,
+            Payment.id,
+            Payment.received_at,
+            Payment.method_description,
+            Payment.receipt_number,
+            CreditNote.id,
+            CreditNote.number,
+            CreditNote.issued_at,
+            CreditNote.amount_minor,
+        )
+        .outerjoin(PaymentAllocation, PaymentAllocation.invoice_id == Invoice.id)
+        .outerjoin(
+            Payment,
+            and_(Payment.id == PaymentAllocation.payment_id, Payment.account_id == account_id),
+        )
+        .outerjoin(
+            CreditNote,
+            and_(CreditNote.invoice_id == Invoice.id, CreditNote.account_id == account_id),
+        )
+        .where(Invoice.account_id == account_id, *found)
+    )
+
+
+def _settlements(rows: Iterable[Sequence[Any]]) -> Settlements:
+    payments: dict[int, tuple[tuple[Any, int], pdf.PaymentFact]] = {}
+    credits: dict[int, tuple[tuple[Any, int], pdf.CreditFact]] = {}
+    for row in rows:
+        alloc_id, amount, payment_id, received_at, method, receipt = row[1:7]
+        if alloc_id is not None and payment_id is not None:
+            payments[alloc_id] = (
+                (received_at, payment_id),
+                pdf.PaymentFact(
+                    received_at=received_at,
+                    method=method or "",
+                    receipt_number=receipt or "",
+                    amount_minor=int(amount),
+                ),
+            )
+        note_id, note_number, issued_at, note_amount = row[7:11]
+        if note_id is not None:
+            credits[note_id] = (
+                (issued_at, note_id),
+                pdf.CreditFact(
+                    number=note_number, issued_at=issued_at, amount_minor=int(note_amount)
+                ),
+            )
+    return Settlements(
+        payments=[fact for _, fact in sorted(payments.values(), key=lambda item: item[0])],
+        credits=[fact for _, fact in sorted(credits.values(), key=lambda item: item[0])],
+    )
+
+
+def settled_invoice(
+    session: Session, account_id: int, number: str
+) -> tuple[Invoice, Settlements] | None:
+    """The account's issued invoice by number with its payments and credit notes (one query);
+    None when the account has no such invoice."""
+    rows = session.execute(
+        _settled_invoice_statement(True), {"account_id": account_id, "number": number}
+    ).all()
+    if not rows:
+        return None
+    return rows[0][0], _settlements(rows)
+
+
 def invoice_settlements(
     session: Session, invoice: Invoice
 ) -> tuple[list[pdf.PaymentFact], list[pdf.CreditFact]]:
-    """The payments and credit notes applied to an invoice, oldest first (two queries)."""
-    payments = [
-        pdf.PaymentFact(
-            received_at=received_at,
-            method=method or "",
-            receipt_number=receipt or "",
-            amount_minor=int(amount),
+    """The payments and credit notes applied to an invoice, oldest first (one query)."""
+    found = _settlements(
+        session.execute(
+            _settled_invoice_statement(False),
+            {"account_id": invoice.account_id, "invoice_id": invoice.id},
         )
-        for received_at, method, receipt, amount in session.execute(
-            select(
-                Payment.received_at,
-                Payment.method_description,
-                Payment.receipt_number,
-                PaymentAllocation.amount_minor,
-            )
-            .join(Payment, Payment.id == PaymentAllocation.payment_id)
-            .where(
-                PaymentAllocation.invoice_id == invoice.id,
-                Payment.account_id == invoice.account_id,
-            )
-            .order_by(Payment.received_at, Payment.id)
-        )
-    ]
-    credits = [
-        pdf.CreditFact(number=number, issued_at=issued_at, amount_minor=int(amount))
-        for number, issued_at, amount in session.execute(
-            select(CreditNote.number, CreditNote.issued_at, CreditNote.amount_minor)
-            .where(
-                CreditNote.invoice_id == invoice.id,
-                CreditNote.account_id == invoice.account_id,
-            )
-            .order_by(CreditNote.issued_at, CreditNote.id)
-        )
-    ]
-    return payments, credits
+    )
+    return found.payments, found.credits
 
 
 def stored_invoice_pdf(
-    session: Session, invoice: Invoice, page_size: PageSize, *, pay_url: str = ""
+    session: Session,
+    invoice: Invoice,
+    page_size: PageSize,
+    *,
+    pay_url: str = "",
+    settlements: Settlements | None = None,
+    with_content: bool = False,
 ) -> DocumentRef:
     """The PDF of the invoice as it stands now: the stored row for this content, or a new one.
+    `settlements` are the invoice's as settled_invoice read them with it (read here when not
+    given); `with_content` reads the stored bytes with the row (the caller will send them).
 
     NOTE: the key is computed from the same read as the render, so a payment that lands between
     the two can never store an "amount due" PDF under the paid invoice's key.
     """
-    payments, credits = invoice_settlements(session, invoice)
+    if settlements is None:
+        payments, credits = invoice_settlements(session, invoice)
+    else:
+        payments, credits = settlements.payments, settlements.credits
     branding = pdf.branding_from_config(current_app.config)
     key = document_key(
         invoice_document_inputs(invoice, payments, credits, branding=branding, pay_url=pay_url)
     )
-    stored = find_invoice_document(session, invoice.id, page_size, key)
+    stored = find_invoice_document(session, invoice.id, page_size, key, with_content=with_content)
     if stored is not None:
         return stored
     invoice_id = invoice.id
@@ -156,18 +239,38 @@ def stored_invoice_pdf(
     return store_invoice_document(session, invoice_id, page_size, content, key)
 
 
+@functools.cache
+def _document_statement(with_content: bool) -> Select[Any]:
+    """find_invoice_document's statement with bound parameters, built once."""
+    columns = [InvoiceDocument.id, InvoiceDocument.content_hash]
+    if with_content:
+        columns.append(InvoiceDocument.content)
+    return select(*columns).where(
+        InvoiceDocument.invoice_id == bindparam("invoice_id"),
+        InvoiceDocument.template_version == bindparam("version"),
+        InvoiceDocument.page_size == bindparam("page_size"),
+    )
+
+
 def find_invoice_document(
-    session: Session, invoice_id: int, page_size: PageSize, version: str = TEMPLATE_VERSION
+    session: Session,
+    invoice_id: int,
+    page_size: PageSize,
+    version: str = TEMPLATE_VERSION,
+    *,
+    with_content: bool = False,
 ) -> DocumentRef | None:
-    """The stored document's id and hash (the bytes stay in the database until asked for)."""
+    """The stored document's id and hash; its bytes too when asked for (otherwise they stay in
+    the database until document_content asks: a conditional request that answers 304 never
+    needs them)."""
     row = session.execute(
-        select(InvoiceDocument.id, InvoiceDocument.content_hash).where(
-            InvoiceDocument.invoice_id == invoice_id,
-            InvoiceDocument.template_version == version,
-            InvoiceDocument.page_size == page_size.value,
-        )
+        _document_statement(with_content),
+        {"invoice_id": invoice_id, "version": version, "page_size": page_size.value},
     ).first()
-    return DocumentRef(row.id, row.content_hash) if row else None
+    if row is None:
+        return None
+    content = bytes(row[2]) if with_content and row[2] is not None else None
+    return DocumentRef(row[0], row[1], content=content)
 
 
 def document_content(session: Session, document_id: int) -> bytes:
@@ -177,6 +280,13 @@ def document_content(session: Session, document_id: int) -> bytes:
     if content is None:
         raise LookupError(f"invoice document {document_id} is gone")
     return bytes(content)
+
+
+def stored_content(session: Session, stored: DocumentRef) -> bytes:
+    """The stored PDF's bytes: those read or rendered with the row, else read now."""
+    if stored.content is not None:
+        return stored.content
+    return document_content(session, stored.id)
 
 
 def store_invoice_document(
@@ -210,7 +320,7 @@ def store_invoice_document(
         if existing is None:
             raise
         return existing
-    return DocumentRef(document.id, document.content_hash, len(content))
+    return DocumentRef(document.id, document.content_hash, len(content), content)
 
 
 def count_invoice_documents(session: Session, invoice_id: int) -> int:

@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, bindparam, func, insert, select, true
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -157,7 +167,7 @@ def balance(
     Read from the balance row (one row, however long the history); the balance before a moment
     is the current one less the entries since (cheap for the recent periods people ask for).
     """
-    now_statement, before_statement, _ = _statements()
+    now_statement, before_statement, *_ = _statements()
     if before is None:
         return Money(
             int(session.scalar(now_statement, _params(account_id, currency)) or 0), currency
@@ -171,46 +181,63 @@ def _params(account_id: int, currency: str) -> dict[str, object]:
 
 
 @functools.cache
-def _statements() -> tuple[Select[tuple[int]], Select[tuple[int]], Select[Any]]:
+def _statements() -> tuple[Select[tuple[int]], Select[tuple[int]], Select[Any], Select[Any]]:
     """The balance now, the balance before a moment, and a period's opening balance with its
-    entries, built once with bound parameters (building statements and their cache keys costs
-    more than running these)."""
+    entries (for [start, end), and for [start, end) or else [otherwise_start, otherwise_end)
+    when the first has no entries), built once with bound parameters (building statements and
+    their cache keys costs more than running these)."""
     account_id, currency = bindparam("account_id"), bindparam("currency")
     current = balance_expr(account_id, currency)
+    moment = LedgerEntry.effective_at.type
 
-    def since(moment: Any) -> ScalarSelect[int]:
+    def since(start: Any) -> ScalarSelect[int]:
         return (
             select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
             .where(
                 LedgerEntry.account_id == account_id,
                 LedgerEntry.currency == currency,
-                LedgerEntry.effective_at >= moment,
+                LedgerEntry.effective_at >= start,
             )
             .scalar_subquery()
         )
 
-    # NOTE: the statement's opening balance and its entries in one statement (each is a round
-    # trip on PostgreSQL): the period's entries outer-joined to the opening balance's one row
-    # (a period without entries gives that row alone).
-    start = bindparam("start", type_=LedgerEntry.effective_at.type)
-    opening = select((current - since(start)).label("opening_minor")).subquery("opening")
-    period = (
-        select(LedgerEntry)
-        .where(
+    def entries_in(start: Any, end: Any) -> Select[tuple[LedgerEntry]]:
+        return select(LedgerEntry).where(
             LedgerEntry.account_id == account_id,
             LedgerEntry.currency == currency,
             LedgerEntry.effective_at >= start,
-            LedgerEntry.effective_at < bindparam("end", type_=LedgerEntry.effective_at.type),
+            LedgerEntry.effective_at < end,
         )
-        .subquery("period")
+
+    # NOTE: the statement's opening balance and its entries in one statement (each is a round
+    # trip on PostgreSQL): the period's entries outer-joined to the opening balance's one row
+    # (a period without entries gives that row alone). `in_period` says whether the asked
+    # period was read (always, unless the statement has an `otherwise` period).
+    def with_entries(start: Any, end: Any, in_period: Any) -> Select[Any]:
+        opening = select(
+            (current - since(start)).label("opening_minor"), in_period.label("in_period")
+        ).subquery("opening")
+        period = entries_in(start, end).subquery("period")
+        return (
+            select(opening.c.opening_minor, opening.c.in_period, aliased(LedgerEntry, period))
+            .select_from(opening)
+            .outerjoin(period, true())
+            .order_by(period.c.effective_at, period.c.id)
+        )
+
+    start, end = bindparam("start", type_=moment), bindparam("end", type_=moment)
+    # NOTE: the default statement (this month, or last month while this month has no entries)
+    # decides which period it reads inside its own statement: an uncorrelated EXISTS (one index
+    # probe, evaluated once) picks the bounds, where asking first cost a round trip.
+    has_entries = entries_in(start, end).exists()
+    chosen_start = case((has_entries, start), else_=bindparam("otherwise_start", type_=moment))
+    chosen_end = case((has_entries, end), else_=bindparam("otherwise_end", type_=moment))
+    return (
+        select(current),
+        select(current - since(bindparam("before"))),
+        with_entries(start, end, true()),
+        with_entries(chosen_start, chosen_end, has_entries),
     )
-    with_entries = (
-        select(opening.c.opening_minor, aliased(LedgerEntry, period))
-        .select_from(opening)
-        .outerjoin(period, true())
-        .order_by(period.c.effective_at, period.c.id)
-    )
-    return select(current), select(current - since(bindparam("before"))), with_entries
 
 
 @dataclass(frozen=True)
@@ -236,18 +263,34 @@ class Statement:
 
 
 def statement(
-    session: Session, account_id: int, currency: str, start: datetime, end: datetime
+    session: Session,
+    account_id: int,
+    currency: str,
+    start: datetime,
+    end: datetime,
+    *,
+    otherwise: tuple[datetime, datetime] | None = None,
 ) -> Statement:
-    """The statement for [start, end): one query, whatever the account's history."""
-    if end <= start:
+    """The statement for [start, end), or for `otherwise` when [start, end) has no entries:
+    one query, whatever the account's history. The statement's start and end say which
+    period was read."""
+    periods = [(start, end)] if otherwise is None else [(start, end), otherwise]
+    if any(until <= since for since, until in periods):
         raise ValueError("a statement period must end after it starts")
     params = {**_params(account_id, currency), "start": start, "end": end}
-    found = session.execute(_statements()[2], params).all()
+    query = _statements()[2]
+    if otherwise is not None:
+        params |= {"otherwise_start": otherwise[0], "otherwise_end": otherwise[1]}
+        query = _statements()[3]
+    found = session.execute(query, params).all()
     opening = Money(int(found[0][0] or 0), currency)
+    if not found[0][1]:
+        assert otherwise is not None
+        start, end = otherwise
     running = opening
     lines = []
     totals = {kind.value: Money.zero(currency) for kind in LedgerKind}
-    for _opening, entry in found:
+    for _opening, _in_period, entry in found:
         if entry is None:
             continue
         amount = Money(entry.amount_minor, currency)

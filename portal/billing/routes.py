@@ -133,9 +133,7 @@ def statements() -> Response:
     form = StatementPeriodForm(request.args)
     args = request.args
     try:
-        period = statement_period(
-            db.session, account, today, args.get("period"), args.get("start"), args.get("end")
-        )
+        asked = statement_period(today, args.get("period"), args.get("start"), args.get("end"))
     except InvalidPeriod as invalid:
         response = render_page(
             "billing/statements.html",
@@ -147,7 +145,8 @@ def statements() -> Response:
         )
         response.status_code = 422
         return response
-    view = statement_view(db.session, account, period)
+    view = statement_view(db.session, account, asked)
+    period = view.period  # NOTE: the default period may have fallen back to last month
     fmt = args.get("format", "html")
     if fmt == "csv":
         return _download(
@@ -201,17 +200,26 @@ MAX_EXPORT_INVOICES = 2000
 @login_required
 def invoice_pdf(number: str) -> Response:
     account = current_account()
-    invoice = _finalized_invoice(account.id, number)
+    if not queries.is_invoice_number(number):
+        abort(404)
+    found = documents.settled_invoice(db.session, account.id, number)
+    if found is None:
+        abort(404)
+    invoice, settlements = found
     file_name = pdf.invoice_file_name(invoice.number or number)
     size = pdf.parse_page_size(request.args.get("size"), account.country)
-    stored = _stored_invoice_pdf(invoice, size)
+    # NOTE: the bytes come with the stored row unless the browser may already have them (a
+    # conditional request mostly answers 304): one statement fewer for a plain download.
+    stored = _stored_invoice_pdf(
+        invoice, size, settlements=settlements, with_content=not request.if_none_match
+    )
     if request.if_none_match.contains(stored.content_hash):
         response = Response(status=304)
         response.set_etag(stored.content_hash)
         response.headers["Cache-Control"] = f"private, max-age={INVOICE_PDF_MAX_AGE}"
         return response
     return pdf.pdf_download(
-        documents.document_content(db.session, stored.id),
+        documents.stored_content(db.session, stored),
         file_name,
         etag=stored.content_hash,
         max_age=INVOICE_PDF_MAX_AGE,
@@ -278,22 +286,25 @@ def invoice_export() -> Response:
     return response
 
 
-def _finalized_invoice(account_id: int, number: str) -> Invoice:
-    """The account's finalized invoice; drafts and other accounts' invoices answer 404."""
-    if not queries.is_invoice_number(number):
-        abort(404)
-    invoice = db.session.scalar(queries.issued_invoice(account_id, number))
-    if invoice is None:
-        abort(404)
-    return invoice
-
-
-def _stored_invoice_pdf(invoice: Invoice, size: pdf.PageSize) -> documents.DocumentRef:
+def _stored_invoice_pdf(
+    invoice: Invoice,
+    size: pdf.PageSize,
+    *,
+    settlements: documents.Settlements | None = None,
+    with_content: bool = False,
+) -> documents.DocumentRef:
     """The stored PDF of the invoice as it stands (paid, void, …), rendered on first use."""
     pay_url = current_app.config["BASE_URL"] + url_for(
         "billing.invoice_detail", number=invoice.number
     )
-    return documents.stored_invoice_pdf(db.session, invoice, size, pay_url=pay_url)
+    return documents.stored_invoice_pdf(
+        db.session,
+        invoice,
+        size,
+        pay_url=pay_url,
+        settlements=settlements,
+        with_content=with_content,
+    )
 
 
 def _export_year(raw: str | None, this_year: int) -> int:
@@ -346,7 +357,7 @@ def _zip_of_invoices(invoices: Sequence[Any], size: pdf.PageSize) -> Iterator[by
             invoice = db.session.get(Invoice, invoice_id)
             if invoice is None:
                 continue
-            stored = _stored_invoice_pdf(invoice, size)
+            stored = _stored_invoice_pdf(invoice, size, with_content=True)
             # NOTE: the archive streams after the request's own unit of work has committed;
             # each PDF stored on the way is a unit of work of its own.
             unit_of_work.commit(db.session)
@@ -354,6 +365,6 @@ def _zip_of_invoices(invoices: Sequence[Any], size: pdf.PageSize) -> Iterator[by
                 pdf.invoice_file_name(number),
                 date_time=(issued.year, issued.month, issued.day, 0, 0, 0),
             )
-            archive.writestr(member, documents.document_content(db.session, stored.id))
+            archive.writestr(member, documents.stored_content(db.session, stored))
             yield sink.drain()
     yield sink.drain()

@@ -8,14 +8,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     CompoundSelect,
-    Select,
     and_,
     bindparam,
     func,
@@ -31,7 +30,6 @@ from portal.billing.models import (
     OPEN_STATUSES,
     CreditNote,
     Invoice,
-    LedgerEntry,
     LedgerKind,
 )
 from portal.billing.money import Money
@@ -92,6 +90,9 @@ class Period:
     # True when the customer asked for nothing and this month had no activity yet, so the
     # statement shows last month instead of an empty page.
     fallback: bool = False
+    # The period the statement shows instead when this one has no activity (the default
+    # period only); statement_view decides in the same query that reads the entries.
+    otherwise: Period | None = None
 
     @property
     def label(self) -> str:
@@ -169,53 +170,23 @@ def parse_period(
     return Period(first, last, preset)
 
 
-@lru_cache(maxsize=1)
-def _activity_query() -> Select[tuple[int]]:
-    """has_activity's statement with bound parameters, built once (building a select and its
-    cache key on every request cost more than running it)."""
-    moment = LedgerEntry.effective_at.type
-    return (
-        select(LedgerEntry.id)
-        .where(
-            LedgerEntry.account_id == bindparam("account_id", type_=LedgerEntry.account_id.type),
-            LedgerEntry.currency == bindparam("currency", type_=LedgerEntry.currency.type),
-            LedgerEntry.effective_at >= bindparam("start", type_=moment),
-            LedgerEntry.effective_at < bindparam("end", type_=moment),
-        )
-        .limit(1)
-    )
-
-
-def has_activity(session: Session, account: Account, period: Period) -> bool:
-    """Whether any ledger entry of the account falls in the period (one indexed lookup)."""
-    start, end = period.bounds(account.timezone)
-    found = session.scalar(
-        _activity_query(),
-        {"account_id": account.id, "currency": account.currency, "start": start, "end": end},
-    )
-    return found is not None
-
-
 def statement_period(
-    session: Session,
-    account: Account,
     today: date,
     preset: str | None = None,
     start: str | None = None,
     end: str | None = None,
 ) -> Period:
     """The period from the query string; with none asked for, this month, or last month when
-    nothing has happened this month yet.
+    nothing has happened this month yet (statement_view reads which).
 
     NOTE: on the 1st (and any day before the month's first entry) "this month" is empty, while
     the customer who opens the statement wants the month that just ended.
     """
     period = parse_period(today, preset, start, end)
-    asked = bool((preset or "").strip() or start or end)
-    if asked or has_activity(session, account, period):
+    if (preset or "").strip() or start or end:
         return period
     last = parse_period(today, "last_month")
-    return Period(last.start, last.end, last.preset, fallback=True)
+    return replace(period, otherwise=replace(last, fallback=True))
 
 
 @dataclass(frozen=True)
@@ -369,10 +340,16 @@ def _bucket(days_late: int) -> str:
 
 
 def statement_view(session: Session, account: Account, period: Period) -> StatementView:
-    """The statement of one account for a period: two queries, however long its history."""
+    """The statement of one account for a period (or for its `otherwise` period, when this one
+    has no activity): two queries, however long its history."""
     start, end = period.bounds(account.timezone)
     zone = ZoneInfo(account.timezone)
-    read = ledger.statement(session, account.id, account.currency, start, end)
+    otherwise = period.otherwise.bounds(account.timezone) if period.otherwise else None
+    read = ledger.statement(session, account.id, account.currency, start, end, otherwise=otherwise)
+    if period.otherwise is not None and (read.start, read.end) == otherwise:
+        period = period.otherwise
+    else:
+        period = replace(period, otherwise=None)
     rows = [
         StatementRow(
             on=line.entry.effective_at.astimezone(zone).date(),

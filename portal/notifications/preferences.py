@@ -3,7 +3,7 @@ non-essential ones. No row means the defaults (no extra recipients, every email 
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account, User
@@ -15,8 +15,14 @@ from portal.notifications.models import EmailPreference
 MAX_EXTRA_RECIPIENTS = 3
 
 
+# NOTE: built once (the account page asks on every view): building the select and its cache
+# key per call cost more than running it on the primary-key-sized lookup.
+_FOR_ACCOUNT = select(EmailPreference).where(EmailPreference.account_id == bindparam("account_id"))
+
+
 def for_account(session: Session, account_id: int) -> EmailPreference | None:
-    return session.scalar(select(EmailPreference).where(EmailPreference.account_id == account_id))
+    """The account's email preferences (None: the defaults)."""
+    return session.scalar(_FOR_ACCOUNT, {"account_id": account_id})
 
 
 def extra_recipients(prefs: EmailPreference | None) -> list[str]:

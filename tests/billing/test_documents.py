@@ -342,3 +342,117 @@ def test_the_stored_pdf_is_keyed_by_what_it_prints(
         session.commit()
     assert paid.id != first.id and paid.content_hash != first.content_hash
     assert documents.count_invoice_documents(session, invoice.id) == 2
+
+
+def _selects_of(client: FlaskClient, url: str, **headers: str) -> tuple[int, list[str]]:
+    from tests.billing.test_routes import count_statements
+
+    with count_statements() as statements:
+        status = client.get(url, headers=headers).status_code
+    return status, [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+
+
+def test_a_stored_pdf_download_sends_three_selects(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    # NOTE: performance work of issue 9: the signed-in user, the invoice with its payments and
+    # credit notes joined to it, and the stored row with its bytes (a plain download); a
+    # conditional request reads the row without the bytes and answers 304. It was six: the
+    # invoice, its payments, its credit notes, the row and its bytes, one statement each.
+    from portal.billing import services
+    from portal.billing.money import Money
+
+    account = make_account(session)
+    login_as(client, make_user(session, account=account))
+    invoice = make_invoice(session, account, [7500])
+    for amount in (2000, 1000):
+        services.record_payment(
+            session,
+            account,
+            Money(amount, "USD"),
+            [(invoice, Money(amount, "USD"))],
+            received_at=clock(),
+            method_description="Visa ·4242",
+        )
+    services.issue_credit_note(session, invoice, Money(500, "USD"), reason="goodwill")
+    url = f"/invoices/{invoice.number}/pdf"
+    first = client.get(url)
+    assert first.status_code == 200
+    status, selects = _selects_of(client, url)
+    assert status == 200
+    assert len(selects) == 3, selects
+    assert "invoice_documents.content" in " ".join(selects[-1].split()), selects
+    status, selects = _selects_of(client, url, **{"If-None-Match": first.headers["ETag"]})
+    assert status == 304
+    assert len(selects) == 3, selects
+    assert "invoice_documents.content " not in " ".join(selects[-1].split()) + " ", selects
+    assert stored_rows(session, invoice.id) == 1
+
+
+def test_the_settled_invoice_lists_each_payment_and_credit_once_oldest_first(
+    session: Session, clock: FrozenClock
+) -> None:
+    # NOTE: the payments and credit notes come outer-joined to the invoice (their product):
+    # each must still be listed once, in order, and the key must be what the two-query read
+    # gave (payments, then credit notes, oldest first).
+    from datetime import timedelta
+
+    from portal.billing import services
+    from portal.billing.money import Money
+
+    account = make_account(session)
+    invoice = make_invoice(session, account, [9000])
+    for n, amount in enumerate((3000, 1000, 2000)):
+        services.record_payment(
+            session,
+            account,
+            Money(amount, "USD"),
+            [(invoice, Money(amount, "USD"))],
+            received_at=clock() - timedelta(days=3 - n),
+            method_description=f"Visa ·424{n}",
+        )
+    services.issue_credit_note(session, invoice, Money(700, "USD"), reason="goodwill")
+    services.issue_credit_note(session, invoice, Money(300, "USD"), reason="goodwill")
+    other = make_account(session)
+    make_invoice(session, other, [100])
+    found = documents.settled_invoice(session, account.id, str(invoice.number))
+    assert found is not None
+    read, settled = found
+    assert read is invoice
+    assert [p.amount_minor for p in settled.payments] == [3000, 1000, 2000]
+    assert [c.amount_minor for c in settled.credits] == [700, 300]
+    assert documents.invoice_settlements(session, invoice) == (settled.payments, settled.credits)
+    assert documents.settled_invoice(session, other.id, str(invoice.number)) is None
+
+
+def test_a_payment_changes_the_downloaded_pdf(
+    client: FlaskClient, session: Session, clock: FrozenClock
+) -> None:
+    # The content-keyed cache through the route: a payment (or a credit note) read in the
+    # invoice's one statement changes the key, so the next download is a new render.
+    from portal.billing import services
+    from portal.billing.money import Money
+
+    account = make_account(session)
+    login_as(client, make_user(session, account=account))
+    invoice = make_invoice(session, account, [7500])
+    url = f"/invoices/{invoice.number}/pdf"
+    unpaid = client.get(url)
+    services.record_payment(
+        session,
+        account,
+        Money(7500, "USD"),
+        [(invoice, Money(7500, "USD"))],
+        received_at=clock(),
+        method_description="Visa ·4242",
+    )
+    paid = client.get(url, headers={"If-None-Match": unpaid.headers["ETag"]})
+    assert paid.status_code == 200
+    assert paid.headers["ETag"] != unpaid.headers["ETag"]
+    assert stored_rows(session, invoice.id) == 2
+    credited = make_invoice(session, account, [4000])
+    url = f"/invoices/{credited.number}/pdf"
+    before = client.get(url)
+    services.issue_credit_note(session, credited, Money(1000, "USD"), reason="goodwill")
+    after = client.get(url)
+    assert after.status_code == 200 and after.headers["ETag"] != before.headers["ETag"]

@@ -165,6 +165,31 @@ def test_a_statement_only_reads_its_own_account_and_currency(
 def test_a_period_must_end_after_it_starts(session: Session, history: Account) -> None:
     with pytest.raises(ValueError):
         ledger.statement(session, history.id, "USD", at(2), at(2))
+    with pytest.raises(ValueError):
+        ledger.statement(session, history.id, "USD", at(1), at(2), otherwise=(at(3), at(3)))
+
+
+def test_a_statement_with_an_otherwise_period_reads_it_only_when_its_own_is_empty(
+    session: Session, history: Account
+) -> None:
+    # NOTE: the default statement (this month, else last month) decides inside its one
+    # statement; each answer must be the plain statement of the period it read.
+    for asked, otherwise in (
+        ((at(10), at(20)), (at(1.5), at(5.5))),
+        ((at(2), at(4)), (at(0), at(7))),
+    ):
+        read = ledger.statement(session, history.id, "USD", *asked, otherwise=otherwise)
+        chosen = asked if ledger.statement(session, history.id, "USD", *asked).lines else otherwise
+        plain = ledger.statement(session, history.id, "USD", *chosen)
+        assert (read.start, read.end) == chosen
+        assert read.opening == plain.opening and read.closing == plain.closing
+        assert [line.entry.id for line in read.lines] == [line.entry.id for line in plain.lines]
+        assert [line.running for line in read.lines] == [line.running for line in plain.lines]
+        assert read.totals == plain.totals
+    # Both periods empty: the otherwise period, empty, at its opening balance.
+    empty = ledger.statement(session, history.id, "USD", at(10), at(20), otherwise=(at(8), at(9)))
+    assert (empty.start, empty.end) == (at(8), at(9))
+    assert empty.lines == [] and empty.opening == Money(55, "USD")
 
 
 # --- invariant 2 under random histories ---------------------------------------------------------

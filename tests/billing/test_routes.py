@@ -522,6 +522,30 @@ def test_the_invoice_page_reads_its_lines_with_the_invoice(
     assert all(body.count(text) == body.count(descriptions[0]) for text in descriptions)
 
 
+@pytest.mark.parametrize("first_of_month", [False, True])
+def test_the_default_statement_decides_its_period_in_the_statement_itself(
+    client: FlaskClient, session: Session, clock: FrozenClock, first_of_month: bool
+) -> None:
+    # NOTE: performance work of issue 9: "this month, or last month while this month has no
+    # entries" is decided inside the statement's own query (it was a query of its own first):
+    # the signed-in user, the statement, the aging, whichever period it shows.
+    account = make_account(session)
+    make_invoice(session, account, [1000], finalized_at=datetime(2026, 11, 20, 12, tzinfo=UTC))
+    clock.set(
+        datetime(2026, 12 if first_of_month else 11, 1 if first_of_month else 21, 9, tzinfo=UTC)
+    )
+    login_as(client, make_user(session, account=account))
+    with count_statements() as statements:
+        response = client.get("/statements")
+    assert response.status_code == 200
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3, selects
+    body = response.get_data(as_text=True)
+    assert ('data-testid="period-fallback"' in body) is first_of_month
+    shown = "Nov 1, 2026 – Nov 30, 2026" if first_of_month else "Nov 1, 2026 – Nov 21, 2026"
+    assert shown in body and "$10.00" in body
+
+
 def test_the_statement_reads_its_opening_balance_with_its_entries(
     client: FlaskClient, session: Session, clock: FrozenClock
 ) -> None:
