@@ -349,7 +349,7 @@ def _reserve_ids(session: Session, _context: Any, _instances: Any) -> None:
         if len(states) < RESERVE_IDS_FROM:
             continue
         column = next(iter(table.primary_key.columns))
-        ids = sorted(
+        taken = list(
             session.connection()
             .execute(
                 _NEXT_IDS,
@@ -357,8 +357,9 @@ def _reserve_ids(session: Session, _context: Any, _instances: Any) -> None:
             )
             .scalars()
         )
-        if len(ids) != len(states) or ids[0] is None:
+        if len(taken) != len(states) or any(value is None for value in taken):
             continue  # the column has no sequence: the database assigns ids as before
+        ids = sorted(taken)
         mapper = states[0].mapper
         key = mapper.get_property_by_column(mapper.primary_key[0]).key
         for state, new_id in zip(sorted(states, key=_insert_order), ids, strict=True):
