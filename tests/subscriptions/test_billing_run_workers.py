@@ -180,3 +180,28 @@ def test_a_subscription_another_worker_holds_is_skipped_not_waited_for(
     c.start()
     c.join(30)
     assert again["c"].invoices == 0 and again["c"].total == 0
+
+
+def test_the_cli_bills_with_several_processes_on_postgresql_and_one_on_sqlite(
+    app: Flask, backend: str
+) -> None:
+    """`billing run --workers 2`: two processes at once on PostgreSQL (each its own app from the
+    plain settings), every subscription billed once; SQLite says it bills with one runner."""
+    ids = seed(app, 12)
+    result = app.test_cli_runner().invoke(
+        args=["billing", "run", "--as-of", AS_OF.isoformat(), "--no-collect", "--workers", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    if backend == "postgresql":
+        assert "Billing with 2 runners at once" in result.output
+    else:
+        assert "billing with one runner" in result.output
+    assert "12 due, 12 invoices" in result.output
+    with app.app_context():
+        billed = db.session.execute(
+            select(Invoice.subscription_id, func.count())
+            .where(Invoice.subscription_id.in_(ids))
+            .group_by(Invoice.subscription_id)
+        ).all()
+        db.session.remove()
+    assert sorted(billed) == [(sub_id, 1) for sub_id in sorted(ids)]
