@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
@@ -12,6 +13,9 @@ from sqlalchemy import func, select
 
 from portal.accounts.models import User
 from portal.extensions import db
+
+if TYPE_CHECKING:
+    from portal.subscriptions.billing_run import BillingRunSummary
 
 portal_cli = AppGroup("portal", help="Portal administration.")
 billing_cli = AppGroup("billing", help="Billing runs, reminders and reconciliation.")
@@ -301,6 +305,86 @@ class _RunProgress:
             self._bar.__exit__(None, None, None)
 
 
+def run_billing_in_processes(
+    config: dict[str, Any], as_of: date, processes: int, *, collect: bool
+) -> BillingRunSummary:
+    """`run_billing` in several processes at once on PostgreSQL: each builds the app from
+    `config` (plain values: the database URL, the seller, the gateway's settings, ...) and bills
+    what it claims; SKIP LOCKED shares the work, so no subscription is billed twice. The
+    summary adds theirs up (each runner's "skipped" counts are its view of the others' share).
+
+    NOTE: processes, not threads: a runner spends most of its time in Python, and one
+    interpreter runs one thread of Python at a time. SQLite has one writer: the caller runs
+    one runner there.
+    """
+    import multiprocessing
+    import time
+
+    from portal.subscriptions.billing_run import BillingRunSummary
+
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(_billing_part, [(config, as_of, collect)] * processes)
+    summary = BillingRunSummary(as_of=as_of)
+    for part in parts:
+        summary.total = max(summary.total, part.total)
+        for name in (
+            "invoices",
+            "renewed",
+            "trials_ended",
+            "changes_applied",
+            "canceled",
+            "paused",
+            "resumed",
+            "skipped_busy",
+            "skipped_done",
+            "failed",
+            "batches_retried",
+        ):
+            setattr(summary, name, getattr(summary, name) + getattr(part, name))
+        summary.amount_minor.update(part.amount_minor)
+        summary.collection.update(part.collection)
+        summary.invoice_ids += part.invoice_ids
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _billing_part(config: dict[str, Any], as_of: date, collect: bool) -> BillingRunSummary:
+    """One process of run_billing_in_processes (module level: the pool pickles it by name)."""
+    from portal import create_app
+    from portal.subscriptions.billing_run import run_billing
+
+    app = create_app(config)
+    with app.app_context():
+        gateway = None
+        if collect:
+            from portal.payments.gateway import gateway as make_gateway
+
+            gateway = make_gateway()
+        try:
+            return run_billing(db.session, as_of, gateway=gateway, seller=app.config["SELLER"])
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """The settings another process needs to build the same app: the plain values only."""
+    plain = (str, int, float, bool, type(None))
+
+    def is_plain(value: Any) -> bool:
+        if isinstance(value, plain):
+            return True
+        if isinstance(value, (list, tuple)):
+            return all(is_plain(item) for item in value)
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+        return False
+
+    return {key: value for key, value in config.items() if is_plain(value)}
+
+
 @billing_cli.command("run")
 @click.option(
     "--as-of",
@@ -322,11 +406,7 @@ def billing_run_command(as_of, no_collect: bool, workers: int) -> None:  # type:
     Running it twice for the same date changes nothing."""
     from portal import clock
     from portal.errors import DomainError
-    from portal.subscriptions.billing_run import (
-        plain_config,
-        run_billing,
-        run_billing_in_processes,
-    )
+    from portal.subscriptions.billing_run import run_billing
 
     day = as_of.date() if as_of is not None else clock.today()
     if workers > 1 and db.engine.dialect.name != "postgresql":
