@@ -29,7 +29,13 @@ def _subscription(session: Session, **fields: Any) -> Any:
 
 
 def _sent(session: Session, template: str) -> list[OutboxEmail]:
-    return list(session.scalars(select(OutboxEmail).where(OutboxEmail.template == template)))
+    # NOTE: in the order they were queued (without ORDER BY, PostgreSQL returns an updated row,
+    # such as one the sender marked sent, wherever its new version lies).
+    return list(
+        session.scalars(
+            select(OutboxEmail).where(OutboxEmail.template == template).order_by(OutboxEmail.id)
+        )
+    )
 
 
 def test_a_trial_ending_within_three_days_is_announced_once(
