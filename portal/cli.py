@@ -328,24 +328,7 @@ def run_billing_in_processes(
         parts = pool.starmap(_billing_part, [(config, as_of, collect)] * processes)
     summary = BillingRunSummary(as_of=as_of)
     for part in parts:
-        summary.total = max(summary.total, part.total)
-        for name in (
-            "invoices",
-            "renewed",
-            "trials_ended",
-            "changes_applied",
-            "canceled",
-            "paused",
-            "resumed",
-            "skipped_busy",
-            "skipped_done",
-            "failed",
-            "batches_retried",
-        ):
-            setattr(summary, name, getattr(summary, name) + getattr(part, name))
-        summary.amount_minor.update(part.amount_minor)
-        summary.collection.update(part.collection)
-        summary.invoice_ids += part.invoice_ids
+        summary.add(part)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -410,10 +393,10 @@ def billing_run_command(as_of, no_collect: bool, workers: int) -> None:  # type:
 
     day = as_of.date() if as_of is not None else clock.today()
     if workers > 1 and db.engine.dialect.name != "postgresql":
-        click.echo("SQLite has one writer: billing with one runner.")
+        click.echo(_("SQLite has one writer: billing with one runner."))
         workers = 1
     if workers > 1:
-        click.echo(f"Billing with {workers} runners at once…")
+        click.echo(_("Billing with %(count)d runners at once…", count=workers))
         try:
             summary = run_billing_in_processes(
                 plain_config(current_app.config), day, workers, collect=not no_collect

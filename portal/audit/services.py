@@ -32,34 +32,22 @@ def record(
 ) -> AuditEvent | None:
     """Append one audit event to the current transaction (inside `batched`: to its INSERT;
     then None is returned)."""
+    fields: dict[str, Any] = {
+        "action": action,
+        "actor_kind": actor_kind,
+        "actor_user_id": actor_user_id,
+        "account_id": account_id,
+        "target_type": target_type,
+        "target_id": str(target_id),
+        "before": before,
+        "after": after,
+        "ip": ip,
+    }
     pending: list[dict[str, Any]] | None = session.info.get(_BATCH)
     if pending is not None:
-        pending.append(
-            {
-                "occurred_at": clock.now(),
-                "action": action,
-                "actor_kind": actor_kind,
-                "actor_user_id": actor_user_id,
-                "account_id": account_id,
-                "target_type": target_type,
-                "target_id": str(target_id),
-                "before": before,
-                "after": after,
-                "ip": ip,
-            }
-        )
+        pending.append({"occurred_at": clock.now(), **fields})
         return None
-    event = AuditEvent(
-        action=action,
-        actor_kind=actor_kind,
-        actor_user_id=actor_user_id,
-        account_id=account_id,
-        target_type=target_type,
-        target_id=str(target_id),
-        before=before,
-        after=after,
-        ip=ip,
-    )
+    event = AuditEvent(**fields)
     session.add(event)
     return event
 

@@ -20,13 +20,14 @@ from typing import Any
 
 from flask import current_app
 from flask_babel import get_locale
-from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.billing import pdf
 from portal.billing.models import CreditNote, Invoice, InvoiceDocument, InvoiceStatus
 from portal.billing.pdf import TEMPLATE_VERSION, PageSize
+from portal.billing.queries import with_settlements
 from portal.db import begin_write
 from portal.payments.models import Payment, PaymentAllocation
 
@@ -118,7 +119,7 @@ def _settled_invoice_statement(by_number: bool) -> Select[Any]:
         if by_number
         else (Invoice.id == bindparam("invoice_id"),)
     )
-    return (
+    return with_settlements(
         select(
             Invoice if by_number else Invoice.id,
             PaymentAllocation.id,
@@ -131,18 +132,9 @@ def _settled_invoice_statement(by_number: bool) -> Select[Any]:
             CreditNote.number,
             CreditNote.issued_at,
             CreditNote.amount_minor,
-        )
-        .outerjoin(PaymentAllocation, PaymentAllocation.invoice_id == Invoice.id)
-        .outerjoin(
-            Payment,
-            and_(Payment.id == PaymentAllocation.payment_id, Payment.account_id == account_id),
-        )
-        .outerjoin(
-            CreditNote,
-            and_(CreditNote.invoice_id == Invoice.id, CreditNote.account_id == account_id),
-        )
-        .where(Invoice.account_id == account_id, *found)
-    )
+        ).select_from(Invoice),
+        account_id,
+    ).where(Invoice.account_id == account_id, *found)
 
 
 def _settlements(rows: Iterable[Sequence[Any]]) -> Settlements:

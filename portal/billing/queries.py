@@ -62,6 +62,23 @@ def open_invoices(account_id: int | ColumnElement[int]) -> Select[tuple[Invoice]
 INVOICE_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,39}")
 
 
+def with_settlements(statement: Select[Any], account_id: Any) -> Select[Any]:
+    """`statement` (over invoices) with the invoice's payment allocations, their payments and
+    its credit notes outer-joined, each of this account: the product of the two lists, for
+    one statement where there were three (the caller takes each row once by its id)."""
+    return (
+        statement.outerjoin(PaymentAllocation, PaymentAllocation.invoice_id == Invoice.id)
+        .outerjoin(
+            Payment,
+            and_(Payment.id == PaymentAllocation.payment_id, Payment.account_id == account_id),
+        )
+        .outerjoin(
+            CreditNote,
+            and_(CreditNote.invoice_id == Invoice.id, CreditNote.account_id == account_id),
+        )
+    )
+
+
 def is_invoice_number(text: str) -> bool:
     return INVOICE_NUMBER.fullmatch(text) is not None
 
@@ -417,23 +434,16 @@ def _invoice_detail_statements() -> tuple[Select[Any], Select[Any]]:
     # once and ordered in Python.
     invoice_id = bindparam("invoice_id")
     extras = (
-        select(
-            PaymentAllocation.id,
-            PaymentAllocation.amount_minor,
-            Payment,
-            CreditNote,
-            PaymentRetry.id,
-            PaymentRetry.scheduled_for,
-        )
-        .select_from(Invoice)
-        .outerjoin(PaymentAllocation, PaymentAllocation.invoice_id == Invoice.id)
-        .outerjoin(
-            Payment,
-            and_(Payment.id == PaymentAllocation.payment_id, Payment.account_id == account_id),
-        )
-        .outerjoin(
-            CreditNote,
-            and_(CreditNote.invoice_id == Invoice.id, CreditNote.account_id == account_id),
+        with_settlements(
+            select(
+                PaymentAllocation.id,
+                PaymentAllocation.amount_minor,
+                Payment,
+                CreditNote,
+                PaymentRetry.id,
+                PaymentRetry.scheduled_for,
+            ).select_from(Invoice),
+            account_id,
         )
         .outerjoin(
             PaymentRetry,

@@ -35,7 +35,7 @@ from portal.notifications.models import (
     OutboxEmail,
     OutboxStatus,
 )
-from portal.notifications.queueing import RENDERED_AT_SEND, render_pending
+from portal.notifications.queueing import awaits_rendering, render_pending
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _deliver_one(session: Session, config: Any, transport: Transport, email_id: 
     if email is None or email.status not in DELIVERABLE_STATUSES:
         session.rollback()
         return True
-    if (email.text_body, email.html_body) == RENDERED_AT_SEND:
+    if awaits_rendering(email):
         claimed = _snapshot(email)
         try:
             email = _render_first(session, email_id) or email

@@ -169,6 +169,11 @@ def _recipients(
 RENDERED_AT_SEND = ("", "")
 
 
+def awaits_rendering(email: OutboxEmail) -> bool:
+    """The row was queued with RENDERED_AT_SEND and not rendered yet."""
+    return (email.text_body, email.html_body) == RENDERED_AT_SEND
+
+
 def _at_send(row: _Recipient) -> bool:
     return (
         row.kind is not None
@@ -209,7 +214,7 @@ def render_pending(session: Session, email: OutboxEmail) -> bool:
     NOTE: why not at queue time: a billing run queues one such email per invoice, and their
     rendering was a fifth of the run's time; the mail worker renders them beside the run.
     """
-    if (email.text_body, email.html_body) != RENDERED_AT_SEND:
+    if not awaits_rendering(email):
         return False
     kind = kind_of(email.template)
     if kind is None or kind.context_at_send is None:

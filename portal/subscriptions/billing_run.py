@@ -117,6 +117,16 @@ class BillingRunSummary:
     seconds: float = 0.0  # money-safe: a duration
     invoice_ids: list[int] = field(default_factory=list)
 
+    def add(self, other: BillingRunSummary) -> None:
+        """Count another runner's run of the same day in (run_billing_in_processes): what
+        each did adds up; the due subscriptions are the same list, counted once."""
+        self.total = max(self.total, other.total)
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.amount_minor.update(other.amount_minor)
+        self.collection.update(other.collection)
+        self.invoice_ids += other.invoice_ids
+
     @property
     def rate(self) -> float:  # money-safe: invoices per second
         return self.invoices / self.seconds if self.seconds > 0 else 0.0
@@ -147,6 +157,22 @@ class BillingRunSummary:
                 + ", ".join(f"{status} {n}" for status, n in sorted(self.collection.items()))
             )
         return out
+
+
+# The summary's counts that add up across runners (BillingRunSummary.add).
+_COUNTS = (
+    "invoices",
+    "renewed",
+    "trials_ended",
+    "changes_applied",
+    "canceled",
+    "paused",
+    "resumed",
+    "skipped_busy",
+    "skipped_done",
+    "failed",
+    "batches_retried",
+)
 
 
 @dataclass
