@@ -14,6 +14,7 @@ registered anywhere).
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -70,3 +71,6 @@ def create_bare_app(url: str | None = None) -> Flask:
 
 
 app = create_bare_app() if os.environ.get("DATABASE_URL") else None
+# NOTE: the same deployment as the portal's wsgi.py: the heap made at start is frozen, so full
+# garbage collections of either side walk only what requests made.
+gc.freeze()

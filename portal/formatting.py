@@ -32,11 +32,12 @@ from babel.numbers import (
     get_group_symbol,
 )
 from babel.numbers import parse_pattern as parse_number_pattern
-from flask import Flask, g, has_app_context, has_request_context
+from flask import Flask, has_app_context
 from flask_babel import gettext as _
 from markupsafe import Markup
 
 from portal.billing.money import Money, exponent
+from portal.contextlocals import current_request, g_get
 
 _DATE_STYLES = ("full", "long", "medium", "short")
 # NOTE: the one date style of web pages ("Oct 21, 2026", "21.10.2026", "2026/10/21"): short
@@ -46,12 +47,12 @@ FALLBACK_LOCALE = "en_US"
 
 
 def _locale() -> str:
-    account = g.get("account") if has_app_context() else None
+    account = g_get("account")
     if account is not None:
         return account.locale
     # NOTE: pages without an account (the staff console) format in the page's language, so a
     # German page does not show "Nov 21, 2026".
-    if has_request_context():
+    if current_request() is not None:
         language = _page_locale()
         return FALLBACK_LOCALE if language == "en" else language
     return FALLBACK_LOCALE
@@ -193,7 +194,7 @@ def money_minor(minor: int, currency: str, locale: str | None = None) -> str:
 
 
 def _timezone() -> ZoneInfo:
-    account = g.get("account") if has_app_context() else None
+    account = g_get("account")
     try:
         return ZoneInfo(account.timezone) if account is not None else ZoneInfo("UTC")
     except (ZoneInfoNotFoundError, ValueError):

@@ -21,13 +21,12 @@ from flask import (
     current_app,
     g,
     has_app_context,
-    has_request_context,
-    request,
 )
 from jinja2 import pass_eval_context
 from jinja2.nodes import EvalContext
 from markupsafe import Markup, escape
 
+from portal.contextlocals import current_flask_app, current_request, g_get
 from portal.extensions import babel
 
 SOURCE_LANGUAGE = "en"
@@ -45,15 +44,16 @@ def _available(directory: str) -> frozenset[str]:
 
 
 def available_languages() -> frozenset[str]:
-    directories = current_app.config.get("BABEL_TRANSLATION_DIRECTORIES", "translations")
-    root = Path(current_app.root_path).parent
+    app = current_flask_app() or current_app
+    directories = app.config.get("BABEL_TRANSLATION_DIRECTORIES", "translations")
+    root = Path(app.root_path).parent
     return frozenset().union(
         *(_available(str(root / part)) for part in str(directories).split(";"))
     )
 
 
 def _account_key() -> tuple[object, object] | None:
-    account = g.get("account")
+    account = g_get("account")
     if account is None:
         return None
     return getattr(account, "id", None), getattr(account, "locale", None)
@@ -67,17 +67,18 @@ def page_language() -> str:
     visitor's browser language for a page whose account has its own.
     """
     key = _account_key()
-    cached = g.get("_page_language")
+    cached = g_get("_page_language")
     if cached is not None and cached[0] == key:
         return cached[1]
     languages = available_languages()
     chosen = SOURCE_LANGUAGE
-    account = g.get("account")
+    account = g_get("account")
     wanted = getattr(account, "locale", None) if account is not None else None
+    visitor = current_request()
     if wanted:
         chosen = language_for(wanted)
-    elif has_request_context():
-        chosen = request.accept_languages.best_match(sorted(languages)) or SOURCE_LANGUAGE
+    elif visitor is not None:
+        chosen = visitor.accept_languages.best_match(sorted(languages)) or SOURCE_LANGUAGE
     g._page_language = (key, chosen)
     return chosen
 
@@ -94,7 +95,7 @@ def language_for(locale: str | None) -> str:
 def _follow_account(*_args: object, **_kwargs: object) -> None:
     """Before a template renders: if the account became known (or changed) since Flask-Babel
     chose its translations, let it choose again."""
-    cached = g.get("_page_language")
+    cached = g_get("_page_language")
     if cached is not None and cached[0] != _account_key():
         flask_babel.refresh()
         g.pop("_page_language", None)
@@ -114,6 +115,17 @@ def _match(identifier: str, languages: frozenset[str]) -> str | None:
 def html_lang() -> str:
     """`<html lang>`: the language the text is really in, as a BCP 47 tag; inside
     `flask_babel.force_locale(...)` (an email, a PDF) the forced language."""
+    context = g_get("_flask_babel")
+    locale = getattr(context, "babel_locale", None) if context is not None else None
+    if locale is not None:
+        # NOTE: a page asks once per status badge; the tag is kept beside the locale object it
+        # was made from (refresh() and force_locale() replace that object).
+        kept = getattr(context, "portal_lang", None)
+        if kept is not None and kept[0] is locale:
+            return kept[1]
+        tag = str(locale).replace("_", "-")
+        context.portal_lang = (locale, tag)
+        return tag
     locale = flask_babel.get_locale() if has_app_context() else None
     return (str(locale) if locale is not None else page_language()).replace("_", "-")
 
@@ -128,10 +140,8 @@ def _translations() -> Any:
     (the account became known) and force_locale() (a mail, a PDF) replace that locale object,
     and then the catalog is looked up again.
     """
-    try:
-        context = g.get("_flask_babel")
-    except RuntimeError:  # outside an app context: Flask-Babel answers NullTranslations
-        context = None
+    # Outside an app context there is none, and Flask-Babel answers NullTranslations.
+    context = g_get("_flask_babel")
     if context is not None:
         kept = getattr(context, "portal_translations", None)
         if (
@@ -141,10 +151,7 @@ def _translations() -> Any:
         ):
             return kept[2]
     translations = flask_babel.get_translations()
-    try:
-        context = g.get("_flask_babel")
-    except RuntimeError:
-        context = None
+    context = g_get("_flask_babel")
     locale = getattr(context, "babel_locale", None) if context is not None else None
     if locale is not None:
         context.portal_translations = (  # type: ignore[union-attr]

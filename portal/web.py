@@ -13,7 +13,6 @@ from flask import (
     Flask,
     Response,
     current_app,
-    has_request_context,
     redirect,
     render_template,
     request,
@@ -22,9 +21,11 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 
 from portal import db as unit_of_work
+from portal.contextlocals import current_flask_app, current_request, g_get
 from portal.errors import ValidationFailed
 from portal.extensions import db, htmx
 from portal.forms import text_field_renderer
@@ -47,6 +48,20 @@ class PortalFlask(Flask):
     def dispatch_request(self) -> ResponseReturnValue:
         answer = super().dispatch_request()
         unit_of_work.end_request(db.session, read_only=not _in_write_request())
+        return answer
+
+    _known_sync: set[Callable[..., Any]]
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # NOTE: Flask asks inspect.iscoroutinefunction() about every hook, context processor
+        # and view of every request (18 on a page, ~3 µs each); whether a function is a
+        # coroutine function never changes, so each is asked once.
+        known = self.__dict__.setdefault("_known_sync", set())
+        if func in known:
+            return func
+        answer = super().ensure_sync(func)
+        if answer is func and len(known) < 1024:
+            known.add(func)
         return answer
 
 
@@ -93,7 +108,8 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _in_write_request() -> bool:
-    return has_request_context() and request.method not in _SAFE_METHODS
+    found = current_request()
+    return found is not None and found.method not in _SAFE_METHODS
 
 
 def wants_partial() -> bool:
@@ -128,9 +144,11 @@ def is_safe_next(target: str | None) -> bool:
 
 def csp_nonce() -> str:
     """The nonce of this response's Content-Security-Policy (one per request)."""
-    if "portal.csp_nonce" not in request.environ:
-        request.environ["portal.csp_nonce"] = secrets.token_urlsafe(16)
-    return request.environ["portal.csp_nonce"]
+    environ = request.environ if (found := current_request()) is None else found.environ
+    nonce = environ.get("portal.csp_nonce")
+    if nonce is None:
+        nonce = environ["portal.csp_nonce"] = secrets.token_urlsafe(16)
+    return nonce
 
 
 def _csp_template(stripe_js_url: str, stripe_api_base: str) -> tuple[str, str]:
@@ -221,13 +239,15 @@ def _cached_path(endpoint: str, argument: str) -> Callable[[str], str]:
     """url_for(endpoint, **{argument: value}) for plain values, with the URL built once per
     request and the value appended (Werkzeug's URL building costs more than the row it links)."""
 
+    key = f"portal.prefix.{endpoint}"
+
     def build(value: str) -> str:
-        if not has_request_context() or not _PLAIN_SEGMENT.fullmatch(value):
+        found = current_request()
+        if found is None or not _PLAIN_SEGMENT.fullmatch(value):
             return url_for(endpoint, **{argument: value})
-        key = f"portal.prefix.{endpoint}"
-        prefix = request.environ.get(key)
+        prefix = found.environ.get(key)
         if prefix is None:
-            prefix = request.environ[key] = url_for(endpoint, **{argument: "0"})[:-1]
+            prefix = found.environ[key] = url_for(endpoint, **{argument: "0"})[:-1]
         return prefix + value
 
     return build
@@ -241,9 +261,10 @@ def _cached_url(app: Flask) -> Callable[..., str]:
     def build(endpoint: str, filename: str | None = None) -> str:
         arguments = {} if filename is None else {"filename": filename}
         # NOTE: url_defaults functions may add per-request values: no caching when any exist.
-        if not has_request_context() or app.url_default_functions:
+        found = current_request()
+        if found is None or app.url_default_functions:
             return url_for(endpoint, **arguments)
-        key = (request.script_root, endpoint, filename or "")
+        key = (found.script_root, endpoint, filename or "")
         found = cache.get(key)
         if found is None:
             found = url_for(endpoint, **arguments)
@@ -325,12 +346,26 @@ _invoice_path = _cached_path("billing.invoice_detail", "number")
 
 def invoice_url(number: str) -> str | None:
     """The invoice's page (None where the app has no invoice pages)."""
-    if "billing.invoice_detail" not in current_app.view_functions:
+    app = current_flask_app() or current_app
+    if "billing.invoice_detail" not in app.view_functions:
         return None
     return _invoice_path(number)
 
 
+def page_csrf_token() -> str:
+    """Flask-WTF's `csrf_token()` for templates: the token this request already made, else
+    generate_csrf(). NOTE: generate_csrf() reads the config, `g` and the session through seven
+    context look-ups even when its answer is cached in `g`; the account page asks 17 times."""
+    app = current_flask_app()
+    if app is not None:
+        found = g_get(app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"))
+        if found is not None:
+            return str(found)
+    return str(generate_csrf())
+
+
 def init_template_globals(app: Flask) -> None:
+    app.add_template_global(page_csrf_token, "csrf_token")
 
     app.add_template_global(_cached_macro(app, "svg_icon"), "cached_icon")
     cached_badge = _cached_macro(app, "status_badge")
