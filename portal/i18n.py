@@ -224,7 +224,7 @@ def _install_gettext(app: Flask) -> None:
 def _template_gettext(eval_ctx: EvalContext, message: str, /, **variables: Any) -> str:
     translated = _translations().ugettext(message)
     if eval_ctx.autoescape:
-        translated = Markup(translated)
+        return markup_format(translated, variables)
     return translated % variables  # type: ignore[no-any-return]
 
 
@@ -235,7 +235,7 @@ def _template_ngettext(
     variables.setdefault("num", num)
     translated = _translations().ungettext(singular, plural, num)
     if eval_ctx.autoescape:
-        translated = Markup(translated)
+        return markup_format(translated, variables)
     return translated % variables  # type: ignore[no-any-return]
 
 
