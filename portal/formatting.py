@@ -348,6 +348,12 @@ def countries(locale: str | None = None) -> list[tuple[str, str]]:
     return list(_countries(locale or _page_locale()))
 
 
+def country_choices(locale: str | None = None) -> tuple[tuple[str, str], ...]:
+    """countries() as the one tuple kept per locale: the account page's select prints it, and
+    portal.web.select_options knows a list it has seen by the object."""
+    return _countries(locale or _page_locale())
+
+
 def _is_latin(text: str) -> bool:
     return all(not ch.isalpha() or "LATIN" in unicodedata.name(ch, "") for ch in text)
 
@@ -448,4 +454,4 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(country_name)
     app.add_template_filter(address_lines)
     app.add_template_global(postal_address, "postal_lines")
-    app.add_template_global(countries, "country_choices")
+    app.add_template_global(country_choices, "country_choices")

@@ -333,12 +333,26 @@ def select_options(choices: Iterable[tuple[Any, Any]], current: Any) -> Markup:
     selected. NOTE: the country list has 249 options, and printing them in the template cost
     more than the rest of the account page: the markup is built once per (choices, current)
     when every piece is a plain string (a lazy string's text depends on the request)."""
-    choices = tuple(choices)
-    if type(current) is str and all(
-        type(value) is str and type(name) is str for value, name in choices
-    ):
+    plain = _plain_choices.get(id(choices))
+    if plain is None or plain[0] is not choices:
+        kept = choices if type(choices) is tuple else None
+        choices = tuple(choices)
+        plain = (
+            choices,
+            all(type(value) is str and type(name) is str for value, name in choices),
+        )
+        # NOTE: a tuple kept by its maker (formatting.country_choices) is checked once: the
+        # check walked all 249 countries on every account page.
+        if kept is not None and len(_plain_choices) < 64:
+            _plain_choices[id(kept)] = plain
+    choices = plain[0]
+    if type(current) is str and plain[1]:
         return _cached_options(choices, current)
     return _options_markup(choices, current)
+
+
+# id(choices) -> (the same tuple, whether every value and name is a plain string)
+_plain_choices: dict[int, tuple[tuple[tuple[Any, Any], ...], bool]] = {}
 
 
 _invoice_path = _cached_path("billing.invoice_detail", "number")
