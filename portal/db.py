@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     event,
     exc,
+    insert,
     inspect,
     text,
 )
@@ -348,22 +349,63 @@ def _reserve_ids(session: Session, _context: Any, _instances: Any) -> None:
     for table, states in waiting.items():
         if len(states) < RESERVE_IDS_FROM:
             continue
-        column = next(iter(table.primary_key.columns))
-        taken = list(
-            session.connection()
-            .execute(
-                _NEXT_IDS,
-                {"table": table.fullname, "column": column.name, "n": len(states)},
-            )
-            .scalars()
-        )
-        if len(taken) != len(states) or any(value is None for value in taken):
+        taken = reserve_ids(session, table, len(states))
+        if taken is None:
             continue  # the column has no sequence: the database assigns ids as before
-        ids = sorted(taken)
         mapper = states[0].mapper
         key = mapper.get_property_by_column(mapper.primary_key[0]).key
-        for state, new_id in zip(sorted(states, key=_insert_order), ids, strict=True):
+        for state, new_id in zip(sorted(states, key=_insert_order), taken, strict=True):
             setattr(state.obj(), key, new_id)
+
+
+def reserve_ids(session: Session, table: Any, n: int) -> list[int] | None:
+    """PostgreSQL: `n` new ids of the table taken from its sequence in one query, ascending;
+    None when its id column has no sequence (or on another database)."""
+    if n <= 0 or session.get_bind().dialect.name != "postgresql":
+        return None
+    column = next(iter(table.primary_key.columns))
+    taken = list(
+        session.connection()
+        .execute(_NEXT_IDS, {"table": table.fullname, "column": column.name, "n": n})
+        .scalars()
+    )
+    if len(taken) != n or any(value is None for value in taken):
+        return None
+    return sorted(taken)
+
+
+def insert_rows(
+    session: Session, table: Any, rows: list[dict[str, Any]], *, ids: bool = False
+) -> list[int]:
+    """Insert plain rows (dicts of column values; the columns' defaults fill the rest) in the
+    session's transaction with one executemany, without unit-of-work objects. With `ids`, each
+    row gets its new id (set in the dict too) and the ids are returned in the order of `rows`:
+    on PostgreSQL taken from the sequence first, so the INSERT needs no RETURNING; on SQLite
+    returned by the INSERT, in the order of the rows.
+
+    NOTE: every row must name the same columns (one statement serves them all)."""
+    if not rows:
+        return []
+    session.info[_WROTE] = True
+    column = next(iter(table.primary_key.columns))
+    if not ids:
+        session.connection().execute(insert(table), rows)
+        return []
+    taken = reserve_ids(session, table, len(rows))
+    if taken is not None:
+        for row, new_id in zip(rows, taken, strict=True):
+            row[column.name] = new_id
+        session.connection().execute(insert(table), rows)
+        return taken
+    returned = (
+        session.connection()
+        .execute(insert(table).returning(column, sort_by_parameter_order=True), rows)
+        .scalars()
+        .all()
+    )
+    for row, new_id in zip(rows, returned, strict=True):
+        row[column.name] = new_id
+    return list(returned)
 
 
 def _insert_order(state: Any) -> int:
