@@ -15,7 +15,6 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
     select,
     true,
 )
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 
 from portal.billing.models import AccountBalance, LedgerEntry, LedgerKind
 from portal.billing.money import Money
+from portal.db import insert_rows
 
 _SIGN = {
     LedgerKind.INVOICE: 1,
@@ -99,7 +99,7 @@ def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> int:
         deltas[key] = deltas.get(key, 0) + entry["amount_minor"]
     if not entries:
         return 0
-    session.execute(insert(LedgerEntry.__table__), entries)
+    insert_rows(session, LedgerEntry.__table__, entries)
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     table = AccountBalance.__table__
     upsert = dialect.insert(table).values(
