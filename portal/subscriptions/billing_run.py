@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -269,7 +270,7 @@ def run_billing(
     started = timer.perf_counter()
     if has_pending_changes(session):
         raise PendingChanges("run_billing() commits per batch; commit pending work first")
-    with _one_runner(session):
+    with _one_runner(session), _old_objects_frozen():
         ids = due_subscription_ids(session, as_of)
         commit(session)  # the read ends before the first write begins (nothing is pending)
         if ids:
@@ -448,6 +449,27 @@ def collect(session: Session, invoice_id: int, gateway: Any, actor: Actor = SYST
         session.rollback()
         log.exception("collecting invoice %s failed; it stays open", invoice_id)
         return "error"
+
+
+@contextlib.contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The objects the process had before the run are left out of the cyclic garbage
+    collector's full collections while it runs (gc.freeze), and given back to it after.
+
+    NOTE: a batch allocates enough objects to set off a full collection now and then, and a
+    full collection walks every object of the process (the app, SQLAlchemy's and Babel's
+    caches), none of them garbage the run made: about a tenth of the run's time. Objects the
+    run makes are collected as before. When something froze objects already (a server that
+    preloads), it is left to it.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager

@@ -508,3 +508,28 @@ def test_a_declined_card_leaves_the_invoice_open_and_tells_the_customer(
         )
     )
     assert mail is not None and "Your card was declined." in mail.text_body
+
+
+def test_the_run_leaves_the_garbage_collector_as_it_found_it(session, clock) -> None:
+    import gc
+
+    clock.set(datetime(2026, 12, 21, 6, 0, tzinfo=UTC))
+    ada(session)
+    ada(session)
+    assert gc.get_freeze_count() == 0
+    during: list[int] = []
+    summary = run(
+        session, date(2026, 12, 21), progress=lambda *_: during.append(gc.get_freeze_count())
+    )
+    assert summary.invoices == 2
+    # The objects from before the run were frozen while it ran, and are back after it.
+    assert during and all(count > 0 for count in during)
+    assert gc.get_freeze_count() == 0
+    # Objects someone else froze stay frozen.
+    gc.freeze()
+    try:
+        ada(session)
+        run(session, date(2026, 12, 21))
+        assert gc.get_freeze_count() > 0  # not unfrozen by the run
+    finally:
+        gc.unfreeze()
