@@ -439,11 +439,14 @@ def _copy_in(session: Session, table: Any, rows: list[dict[str, Any]]) -> bool:
         defaulted.append((column.name, default))
     connection = session.connection()
     dialect = connection.dialect
-    names = named + [name for name, _ in defaulted]
-    processors = [
-        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
-    ]
+
+    def processor(name: str) -> Any:
+        return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+
+    given = [(name, processor(name)) for name in named]
+    filled = [(default, processor(name)) for name, default in defaulted]
     quote = dialect.identifier_preparer.quote
+    names = named + [name for name, _ in defaulted]
     statement = (
         f"COPY {dialect.identifier_preparer.format_table(table)} "
         f"({', '.join(quote(name) for name in names)}) FROM STDIN"
@@ -452,14 +455,13 @@ def _copy_in(session: Session, table: Any, rows: list[dict[str, Any]]) -> bool:
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
-                values = [row[name] for name in named]
-                values += [d.arg if d.is_scalar else d.arg(None) for _, d in defaulted]
-                copy.write_row(
-                    [
-                        value if process is None else process(value)
-                        for process, value in zip(processors, values, strict=True)
-                    ]
-                )
+                values = [
+                    row[name] if process is None else process(row[name]) for name, process in given
+                ]
+                for default, process in filled:
+                    value = default.arg if default.is_scalar else default.arg(None)
+                    values.append(value if process is None else process(value))
+                copy.write_row(values)
     except dialect.loaded_dbapi.Error as error:
         raise exc.DBAPIError.instance(statement, None, error, dialect.loaded_dbapi.Error) from error
     return True

@@ -15,7 +15,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from portal.audit.models import AuditEvent
-from portal.billing.models import Invoice, InvoiceLine, LedgerEntry
+from portal.billing.models import AccountBalance, Invoice, InvoiceLine, LedgerEntry
 from portal.notifications.models import EmailPreference, OutboxEmail
 from portal.subscriptions.billing_run import bill_due_periods
 from portal.subscriptions.models import (
@@ -243,6 +243,14 @@ def _stored(session: Session, subs: list[Subscription]) -> list[dict[str, Any]]:
                         session, LedgerEntry.__table__, LedgerEntry.account_id == account.id
                     )
                 ],
+                "balance": [
+                    clean(balance, "account_id")
+                    for balance in session.execute(
+                        select(AccountBalance.__table__).where(
+                            AccountBalance.account_id == account.id
+                        )
+                    ).mappings()
+                ],
                 "audit": [
                     clean(event, "account_id")
                     for event in _rows(
@@ -288,3 +296,7 @@ def test_the_runs_rows_are_the_rows_the_object_path_makes(session: Session, cloc
     assert {line["tax_inclusive"] for line in lines} == {True, False}
     assert any(line["subscription_change_id"] for line in lines)
     assert len(stored[0]["outbox"]) == 2 * 3  # two invoices, three recipients each
+    for sub in stored:  # the balance is the sum of the ledger
+        assert sum(entry["amount_minor"] for entry in sub["ledger"]) == sum(
+            balance["balance_minor"] for balance in sub["balance"]
+        )
