@@ -436,6 +436,10 @@ def _copy_in(session: Session, table: Any, rows: list[dict[str, Any]]) -> bool:
         default = column.default
         if not (default.is_scalar or default.is_callable):
             return False
+        if default.is_callable and not hasattr(default.arg, "__wrapped__"):
+            # NOTE: SQLAlchemy wraps a default that takes no argument; one that takes the
+            # statement's context reads what only the INSERT has.
+            return False
         defaulted.append((column.name, default))
     connection = session.connection()
     dialect = connection.dialect

@@ -9,7 +9,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, Text, cast, event, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Text,
+    cast,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -132,3 +144,35 @@ def test_a_row_that_breaks_a_constraint_raises_sqlalchemys_integrity_error(
     with pytest.raises(IntegrityError):
         portal_db.insert_rows(session, OutboxEmail.__table__, rows)
     session.rollback()
+
+
+def test_a_default_that_reads_the_statement_leaves_the_rows_to_an_insert(
+    session: Session,
+) -> None:
+    # NOTE: the audit table seen through a Table of this test's own, whose target_type default
+    # reads the row the INSERT is given (a context default: COPY has no context to give it).
+    def from_the_row(context: Any) -> str:
+        return "for " + context.get_current_parameters()["target_id"]
+
+    table = Table(
+        "audit_events",
+        MetaData(),
+        Column("id", BigInteger, primary_key=True),
+        Column("occurred_at", DateTime(timezone=True), default=lambda: NOW),
+        Column("actor_kind", String(16)),
+        Column("action", String(64)),
+        Column("target_type", String(32), default=from_the_row),
+        Column("target_id", String(64)),
+    )
+    rows = [
+        {"actor_kind": "system", "action": "test.context", "target_id": str(i)}
+        for i in range(portal_db.COPY_FROM + 1)
+    ]
+    sent = _statements(session, lambda: portal_db.insert_rows(session, table, rows))
+    assert any("INSERT" in s for s in sent)
+    stored = session.execute(
+        select(table.c.target_type, table.c.target_id)
+        .where(table.c.action == "test.context")
+        .order_by(table.c.id)
+    ).all()
+    assert stored == [(f"for {i}", str(i)) for i in range(len(rows))]
