@@ -11,9 +11,10 @@ collect it with the saved card.
 Batches (BATCH_SIZE subscriptions per transaction): the batch is claimed in one statement, its
 scheduled changes and already-billed periods are read in one statement each, its invoices are
 numbered in one statement (portal.billing.numbering.take_many), and its invoices, lines, audit
-events and ledger entries go in with bulk INSERTs, each balance moved once
-(portal.billing.issuing.issue_invoices). Line descriptions are written in the account's
-language (one translation per language and wording per run, not one per invoice).
+events, ledger entries and "invoice issued" emails go in as plain rows, one statement per table
+(COPY on PostgreSQL), each balance moved once (portal.billing.issuing.issue_invoice_rows).
+Line descriptions are written in the account's language (one translation per language and
+wording per run, not one per invoice).
 
 Safe to run twice and from several workers at once:
 - a batch is claimed with SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL (rows another worker
@@ -372,7 +373,7 @@ def _bill_in_one_transaction(
         billed.busy, billed.done = held, len(missing) - held
     batch = _Batch(session, subscriptions, seller, actor, words, as_rows=True)
     outcomes = []
-    # NOTE: the batch's audit events (two per invoice) go in with one INSERT at its end.
+    # NOTE: the batch's audit events (two per invoice) go in with one statement at its end.
     with audit.batched(session):
         with session.no_autoflush:
             for subscription in subscriptions:
@@ -675,34 +676,24 @@ class _Batch:
                 for line in lines
             ]
         issue_day = _local_day(boundary, account)
+        # The same draft either way: as rows (the run's batches) or as objects.
+        draft_fields: dict[str, Any] = {
+            "issue_date": issue_day,
+            "subscription_id": subscription.id,
+            "billing_key": f"sub:{subscription.id}:{boundary.astimezone(UTC).isoformat()}",
+            "billing_period_start": boundary,
+            "period": (lines[0].period_start or issue_day, lines[0].period_end or issue_day),
+        }
+        finalized_at = max(clock.now(), boundary)
         draft: Invoice | DraftRows
         if self.as_rows:
-            draft = draft_rows(
-                account,
-                lines,
-                issue_date=issue_day,
-                subscription_id=subscription.id,
-                billing_key=f"sub:{subscription.id}:{boundary.astimezone(UTC).isoformat()}",
-                billing_period_start=boundary,
-                period=(lines[0].period_start or issue_day, lines[0].period_end or issue_day),
-                finalized_at=max(clock.now(), boundary),
-            )
+            draft = draft_rows(account, lines, **draft_fields, finalized_at=finalized_at)
             self.draft_rows.append(draft)
-            if change is not None and link:
-                self.linked.append((change, draft))
-            return draft
-        draft = billing.create_draft_invoice(
-            self.session,
-            account,
-            lines,
-            issue_date=issue_day,
-            subscription_id=subscription.id,
-            billing_key=f"sub:{subscription.id}:{boundary.astimezone(UTC).isoformat()}",
-            billing_period_start=boundary,
-            period=(lines[0].period_start or issue_day, lines[0].period_end or issue_day),
-            flush=False,
-        )
-        self.drafts.append((draft, max(clock.now(), boundary)))
+        else:
+            draft = billing.create_draft_invoice(
+                self.session, account, lines, **draft_fields, flush=False
+            )
+            self.drafts.append((draft, finalized_at))
         if change is not None and link:
             self.linked.append((change, draft))
         return draft
