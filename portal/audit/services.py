@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from portal import clock
 from portal.audit.models import AuditEvent
+from portal.db import insert_rows
 
 # NOTE: where `batched` keeps the rows it will insert (the session's info, for one unit of work).
 _BATCH = "portal.audit.batch"
@@ -67,7 +67,7 @@ def batched(session: Session) -> Iterator[None]:
     finally:
         session.info.pop(_BATCH, None)
     if pending:
-        session.execute(insert(AuditEvent.__table__), pending)
+        insert_rows(session, AuditEvent.__table__, pending)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
     select,
+    text,
     true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, aliased
 
 from portal.billing.models import AccountBalance, LedgerEntry, LedgerKind
 from portal.billing.money import Money
+from portal.db import insert_rows
 
 _SIGN = {
     LedgerKind.INVOICE: 1,
@@ -99,8 +100,22 @@ def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> int:
         deltas[key] = deltas.get(key, 0) + entry["amount_minor"]
     if not entries:
         return 0
-    session.execute(insert(LedgerEntry.__table__), entries)
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    insert_rows(session, LedgerEntry.__table__, entries)
+    moves = sorted(deltas.items())
+    if session.get_bind().dialect.name == "postgresql":
+        # NOTE: one statement with the moves as three arrays (an executemany upserts a row per
+        # statement), applied in the sorted order (WITH ORDINALITY), so the row locks are
+        # still taken in (account, currency) order.
+        session.connection().execute(
+            _MOVE_BALANCES,
+            {
+                "accounts": [account_id for (account_id, _), _ in moves],
+                "currencies": [currency for (_, currency), _ in moves],
+                "deltas": [delta for _, delta in moves],
+            },
+        )
+        return len(entries)
+    dialect = sqlite
     table = AccountBalance.__table__
     upsert = dialect.insert(table).values(
         account_id=bindparam("b_account"),
@@ -115,10 +130,21 @@ def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> int:
         statement,
         [
             {"b_account": account_id, "b_currency": currency, "b_delta": delta}
-            for (account_id, currency), delta in sorted(deltas.items())
+            for (account_id, currency), delta in moves
         ],
     )
     return len(entries)
+
+
+# PostgreSQL: post_many's balance moves in one statement (see there).
+_MOVE_BALANCES = text(
+    "INSERT INTO account_balances (account_id, currency, balance_minor)"
+    " SELECT account_id, currency, delta FROM unnest("
+    "CAST(:accounts AS BIGINT[]), CAST(:currencies AS VARCHAR[]), CAST(:deltas AS BIGINT[])"
+    ") WITH ORDINALITY AS move(account_id, currency, delta, n) ORDER BY n"
+    " ON CONFLICT (account_id, currency) DO UPDATE"
+    " SET balance_minor = account_balances.balance_minor + excluded.balance_minor"
+)
 
 
 def _add_to_balance(session: Session, account_id: int, currency: str, delta: int) -> None:

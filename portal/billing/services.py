@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -78,18 +78,39 @@ def transition(
 ) -> None:
     """Move an invoice along its state machine and audit the move."""
     current = InvoiceStatus(invoice.status)
+    record_transition(
+        session,
+        actor,
+        current,
+        to,
+        account_id=invoice.account_id,
+        target_id=invoice.number or invoice.public_id,
+    )
+    invoice.status = to.value
+
+
+def record_transition(
+    session: Session,
+    actor: Actor,
+    current: InvoiceStatus,
+    to: InvoiceStatus,
+    *,
+    account_id: int,
+    target_id: str,
+) -> None:
+    """Check a move along the invoice state machine and audit it (the status itself is set by
+    the caller: on the object, or in the row the billing run inserts)."""
     if to not in INVOICE_TRANSITIONS[current]:
         raise Conflict(
             N_("An invoice that is %(current)s cannot become %(new)s."),
             params={"current": current.value, "new": to.value},
         )
-    invoice.status = to.value
     actor.record(
         session,
         f"invoice.{to.value}",
-        account_id=invoice.account_id,
+        account_id=account_id,
         target_type="invoice",
-        target_id=invoice.number or invoice.public_id,
+        target_id=target_id,
         before={"status": current.value},
         after={"status": to.value},
     )
@@ -149,6 +170,14 @@ def _require_draft(invoice: Invoice) -> None:
 
 
 def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
+    added = InvoiceLine(**line_fields(line, invoice.currency, len(invoice.lines) + 1))
+    invoice.lines.append(added)
+    return added
+
+
+def line_fields(line: LineInput, currency: str, position: int) -> dict[str, Any]:
+    """The stored fields of an invoice line (its tax split once, here), for the line object of
+    a draft or for the row the billing run inserts; refuses a line that cannot be billed."""
     if not line.description.strip():
         raise ValidationFailed(N_("Every invoice line needs a description."))
     if line.quantity < 0:
@@ -168,26 +197,24 @@ def _append_line(invoice: Invoice, line: LineInput) -> InvoiceLine:
         rate_bp, name, inclusive = line.tax_rate_bp, line.tax_name, line.tax_inclusive
     # NOTE: tax is computed (and rounded) once per line, in portal.billing.tax; the line keeps
     # its net amount and its tax, so the lines always sum to the total.
-    split = tax.split(amount, invoice.currency, rate_bp, inclusive=inclusive)
-    added = InvoiceLine(
-        position=len(invoice.lines) + 1,
-        kind=line.kind.value,
-        description=line.description.strip()[:500],
-        period_start=line.period_start,
-        period_end=line.period_end,
-        quantity=line.quantity,
-        unit_amount_minor=line.unit_amount_minor,
-        amount_minor=split.net_minor,
-        tax_rate_bp=rate_bp,
-        tax_name=name[:32],
-        tax_minor=split.tax_minor,
-        tax_inclusive=inclusive,
-        tax_rate_id=line.tax_rate.id if line.tax_rate is not None else None,
-        price_id=line.price_id,
-        subscription_change_id=line.subscription_change_id,
-    )
-    invoice.lines.append(added)
-    return added
+    split = tax.split(amount, currency, rate_bp, inclusive=inclusive)
+    return {
+        "position": position,
+        "kind": line.kind.value,
+        "description": line.description.strip()[:500],
+        "period_start": line.period_start,
+        "period_end": line.period_end,
+        "quantity": line.quantity,
+        "unit_amount_minor": line.unit_amount_minor,
+        "amount_minor": split.net_minor,
+        "tax_rate_bp": rate_bp,
+        "tax_name": name[:32],
+        "tax_minor": split.tax_minor,
+        "tax_inclusive": inclusive,
+        "tax_rate_id": line.tax_rate.id if line.tax_rate is not None else None,
+        "price_id": line.price_id,
+        "subscription_change_id": line.subscription_change_id,
+    }
 
 
 def _freeze_tax(session: Session, invoice: Invoice) -> None:
@@ -217,15 +244,26 @@ def _freeze_tax(session: Session, invoice: Invoice) -> None:
 
 
 def _recompute_totals(invoice: Invoice) -> None:
-    charges = sum(line.amount_minor for line in invoice.lines if line.kind != LineKind.DISCOUNT)
-    discounts = -sum(line.amount_minor for line in invoice.lines if line.kind == LineKind.DISCOUNT)
-    tax = sum(line.tax_minor for line in invoice.lines)
+    for name, value in invoice_totals(
+        [(line.kind, line.amount_minor, line.tax_minor) for line in invoice.lines]
+    ).items():
+        setattr(invoice, name, value)
+
+
+def invoice_totals(lines: Sequence[tuple[str, int, int]]) -> dict[str, int]:
+    """Subtotal, discount, tax and total of lines given as (kind, amount, tax); refuses a total
+    below zero."""
+    charges = sum(amount for kind, amount, _ in lines if kind != LineKind.DISCOUNT)
+    discounts = -sum(amount for kind, amount, _ in lines if kind == LineKind.DISCOUNT)
+    tax = sum(line_tax for _, _, line_tax in lines)
     if charges < 0 or charges - discounts < 0 or tax < 0:
         raise ValidationFailed(N_("An invoice cannot total less than zero."))
-    invoice.subtotal_minor = charges
-    invoice.discount_minor = discounts
-    invoice.tax_minor = tax
-    invoice.total_minor = charges - discounts + tax
+    return {
+        "subtotal_minor": charges,
+        "discount_minor": discounts,
+        "tax_minor": tax,
+        "total_minor": charges - discounts + tax,
+    }
 
 
 def invoice_series_key(account: Account) -> str:
@@ -273,22 +311,59 @@ def stamp_finalized(
     check_finalizable(invoice)
     _freeze_tax(session, invoice)
     account = invoice.account
-    invoice.series_key = invoice_series_key(account)
-    invoice.sequence = sequence
-    invoice.number = f"{account.invoice_prefix}-{sequence:04d}"
-    invoice.due_date = invoice.due_date or invoice.issue_date + timedelta(
-        days=account.payment_terms_days
-    )
-    invoice.finalized_at = finalized_at
-    invoice.seller = dict(seller)
-    invoice.buyer = buyer_snapshot(account)
+    for name, value in finalized_fields(
+        account,
+        sequence,
+        issue_date=invoice.issue_date,
+        due_date=invoice.due_date,
+        seller=seller,
+        finalized_at=finalized_at,
+    ).items():
+        setattr(invoice, name, value)
     transition(session, invoice, InvoiceStatus.OPEN, actor)
     if invoice.total_minor <= 0:
         transition(session, invoice, InvoiceStatus.PAID, actor)
         invoice.paid_at = finalized_at
 
 
-def ledger_posting(invoice: Invoice) -> dict[str, Any]:
+def finalized_fields(
+    account: Account,
+    sequence: int,
+    *,
+    issue_date: date,
+    due_date: date | None,
+    seller: dict[str, Any],
+    finalized_at: datetime,
+) -> dict[str, Any]:
+    """What finalization freezes on an invoice (its number from `sequence`, due date, seller and
+    buyer), for the draft object or the billing run's row; the status moves separately."""
+    return {
+        "series_key": invoice_series_key(account),
+        "sequence": sequence,
+        "number": f"{account.invoice_prefix}-{sequence:04d}",
+        "due_date": due_date or issue_date + timedelta(days=account.payment_terms_days),
+        "finalized_at": finalized_at,
+        "seller": dict(seller),
+        "buyer": buyer_snapshot(account),
+    }
+
+
+class Finalized(Protocol):
+    """What ledger_posting reads: an Invoice, or the billing run's issuing.IssuedInvoice."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def account_id(self) -> int: ...
+    @property
+    def number(self) -> str | None: ...
+    @property
+    def finalized_at(self) -> datetime | None: ...
+    @property
+    def total(self) -> Money: ...
+
+
+def ledger_posting(invoice: Finalized) -> dict[str, Any]:
     """The ledger entry a finalized invoice with something to pay posts (needs its id)."""
     return {
         "account_id": invoice.account_id,

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.accounts.models import Account, Membership, User
+from portal.db import insert_rows
 from portal.i18n import language_for
 from portal.notifications import deep_links
 from portal.notifications.emails import EmailKind, kind_of, subject_for
@@ -244,7 +245,46 @@ def render_pending(session: Session, email: OutboxEmail) -> bool:
 def queue_many(session: Session, requests: Sequence[EmailRequest]) -> list[OutboxEmail | None]:
     """Queue every request's email (and its extra recipients' copies) in the caller's unit of
     work; returns, per request, the row for its `to` (None when the account opted out)."""
-    from portal.mail import deliver_after_commit, message_id_domain
+    from portal.mail import deliver_after_commit
+
+    fields, firsts = _outbox_fields(session, requests)
+    every = [OutboxEmail(**row) for row in fields]
+    session.add_all(every)
+    # NOTE: one flush for the batch (the rows and their deep links' tokens go in together).
+    session.flush()
+    for email in every:
+        deliver_after_commit(session, email.id)
+    return [every[first] if first is not None else None for first in firsts]
+
+
+def queue_many_as_rows(session: Session, requests: Sequence[EmailRequest]) -> list[int | None]:
+    """queue_many with the same rows, inserted as plain rows in one statement (no unit-of-work
+    objects; the billing run's "invoice issued" emails, one per invoice); returns, per request,
+    the id of the row for its `to` (None when the account opted out).
+
+    NOTE: only for emails whose bodies are rendered when they are sent (RENDERED_AT_SEND): a
+    body rendered now may make deep-link token objects, which a flush must write first."""
+    from portal.mail import deliver_after_commit
+
+    fields, firsts = _outbox_fields(session, requests)
+    if any(not _unrendered(row) for row in fields):
+        raise ValueError("queue_many_as_rows takes only emails rendered when they are sent")
+    ids = insert_rows(session, OutboxEmail.__table__, fields, ids=True)
+    for email_id in ids:
+        deliver_after_commit(session, email_id)
+    return [ids[first] if first is not None else None for first in firsts]
+
+
+def _unrendered(row: dict[str, Any]) -> bool:
+    return (row["text_body"], row["html_body"]) == RENDERED_AT_SEND
+
+
+def _outbox_fields(
+    session: Session, requests: Sequence[EmailRequest]
+) -> tuple[list[dict[str, Any]], list[int | None]]:
+    """The outbox rows of the requests, as column values in the order they go in, and per
+    request the index of the row for its `to` (None when the account opted out)."""
+    from portal.mail import message_id_domain
 
     planned = _recipients(session, requests)
     wanted: set[tuple[int, str]] = set()
@@ -264,8 +304,8 @@ def queue_many(session: Session, requests: Sequence[EmailRequest]) -> list[Outbo
     for rows in planned:
         for row in rows or ():
             by_language.setdefault(row.language, []).append(row)
-    made: dict[int, OutboxEmail] = {}
-    every: list[OutboxEmail] = []
+    made: dict[int, int] = {}
+    every: list[dict[str, Any]] = []
     for language, rows in by_language.items():
         shared: dict[str, dict[str, Any]] = {}
         # NOTE: one switch of the language for all its emails (entering it costs a catalog
@@ -282,32 +322,29 @@ def queue_many(session: Session, requests: Sequence[EmailRequest]) -> list[Outbo
                     text_body, html_body = RENDERED_AT_SEND
                 else:
                     text_body, html_body = _bodies(session, row, own, members, shared)
-                email = OutboxEmail(
-                    message_id=new_message_id(domain),
-                    cancel_key=row.request.cancel_key,
-                    is_essential=row.essential,
-                    attachment_kind=row.attachment[0],
-                    attachment_ref=row.attachment[1],
-                    to_address=row.address,
-                    subject=subject,
-                    template=row.request.template,
-                    text_body=text_body,
-                    html_body=html_body,
-                    account_id=(
-                        row.request.account_id
-                        if row.request.account_id is not None
-                        else getattr(account, "id", None)
-                    ),
-                    dedupe_key=row.dedupe_key,
+                made.setdefault(id(row.request), len(every))
+                every.append(
+                    {
+                        "message_id": new_message_id(domain),
+                        "cancel_key": row.request.cancel_key,
+                        "is_essential": row.essential,
+                        "attachment_kind": row.attachment[0],
+                        "attachment_ref": row.attachment[1],
+                        "to_address": row.address,
+                        "subject": subject,
+                        "template": row.request.template,
+                        "text_body": text_body,
+                        "html_body": html_body,
+                        "account_id": (
+                            row.request.account_id
+                            if row.request.account_id is not None
+                            else getattr(account, "id", None)
+                        ),
+                        "dedupe_key": row.dedupe_key,
+                    }
                 )
-                session.add(email)
-                every.append(email)
-                made.setdefault(id(row.request), email)
-    # NOTE: one flush for the batch (the rows and their deep links' tokens go in together).
-    session.flush()
-    for email in every:
-        deliver_after_commit(session, email.id)
-    results: list[OutboxEmail | None] = []
-    for request, rows in zip(requests, planned, strict=True):
-        results.append(made.get(id(request)) if rows else None)
-    return results
+    firsts = [
+        made.get(id(request)) if rows else None
+        for request, rows in zip(requests, planned, strict=True)
+    ]
+    return every, firsts

@@ -380,7 +380,7 @@ def test_a_crash_mid_run_leaves_no_half_made_invoice_and_the_next_run_finishes(
     clock.set(datetime(2026, 12, 21, 6, tzinfo=UTC))
     subs = [ada(session) for _ in range(3)]
     monkeypatch.setattr(billing_run, "BATCH_SIZE", 2)  # batches [0, 1] and [2]
-    real_issue = billing_run.issue_invoices
+    real_issue = billing_run.issue_invoice_rows
     calls = []
 
     def crash_in_the_second_batch(session_, drafts, **kwargs):
@@ -390,7 +390,7 @@ def test_a_crash_mid_run_leaves_no_half_made_invoice_and_the_next_run_finishes(
             raise Crash()  # … and then the process dies before the batch's commit
         return invoices
 
-    monkeypatch.setattr(billing_run, "issue_invoices", crash_in_the_second_batch)
+    monkeypatch.setattr(billing_run, "issue_invoice_rows", crash_in_the_second_batch)
     with pytest.raises(Crash):
         run(session, date(2026, 12, 21))
     session.rollback()  # the dead process's transaction never commits
@@ -398,7 +398,7 @@ def test_a_crash_mid_run_leaves_no_half_made_invoice_and_the_next_run_finishes(
     assert [len(invoices_of(session, s)) for s in subs] == [1, 1, 0]
     assert session.scalar(select(func.count(LedgerEntry.id))) == 2
     assert session.scalar(select(func.count(OutboxEmail.id))) == 2
-    monkeypatch.setattr(billing_run, "issue_invoices", real_issue)
+    monkeypatch.setattr(billing_run, "issue_invoice_rows", real_issue)
     summary = run(session, date(2026, 12, 21))
     assert summary.invoices == 1
     assert [len(invoices_of(session, s)) for s in subs] == [1, 1, 1]
@@ -508,3 +508,28 @@ def test_a_declined_card_leaves_the_invoice_open_and_tells_the_customer(
         )
     )
     assert mail is not None and "Your card was declined." in mail.text_body
+
+
+def test_the_run_leaves_the_garbage_collector_as_it_found_it(session, clock) -> None:
+    import gc
+
+    clock.set(datetime(2026, 12, 21, 6, 0, tzinfo=UTC))
+    ada(session)
+    ada(session)
+    assert gc.get_freeze_count() == 0
+    during: list[int] = []
+    summary = run(
+        session, date(2026, 12, 21), progress=lambda *_: during.append(gc.get_freeze_count())
+    )
+    assert summary.invoices == 2
+    # The objects from before the run were frozen while it ran, and are back after it.
+    assert during and all(count > 0 for count in during)
+    assert gc.get_freeze_count() == 0
+    # Objects someone else froze stay frozen.
+    gc.freeze()
+    try:
+        ada(session)
+        run(session, date(2026, 12, 21))
+        assert gc.get_freeze_count() > 0  # not unfrozen by the run
+    finally:
+        gc.unfreeze()

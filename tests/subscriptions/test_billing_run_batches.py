@@ -112,7 +112,7 @@ def test_one_failing_subscription_in_a_batch_loses_and_doubles_nothing(
     clock.set(NOW)
     subs = [ada(session) for _ in range(5)]
     bad = subs[2].id
-    real = billing_run.issue_invoices
+    real = billing_run.issue_invoice_rows
 
     def fail(sub_id: int) -> None:
         if sub_id == bad:
@@ -120,14 +120,14 @@ def test_one_failing_subscription_in_a_batch_loses_and_doubles_nothing(
 
     def fail_with_the_bad_one(session_, drafts, **kwargs):  # type: ignore[no-untyped-def]
         invoices = real(session_, drafts, **kwargs)  # its SQL ran: the batch is dirty
-        if any(draft.subscription_id == bad for draft, _ in drafts):
+        if any(draft.subscription_id == bad for draft in drafts):
             raise RuntimeError("boom")
         return invoices
 
     if where == "after the claim":
         monkeypatch.setattr(billing_run, "_after_claim", fail)
     else:
-        monkeypatch.setattr(billing_run, "issue_invoices", fail_with_the_bad_one)
+        monkeypatch.setattr(billing_run, "issue_invoice_rows", fail_with_the_bad_one)
     summary = run(session, DAY)
     assert (summary.invoices, summary.failed, summary.skipped_done) == (4, 1, 0)
     assert summary.batches_retried == 1
@@ -136,7 +136,7 @@ def test_one_failing_subscription_in_a_batch_loses_and_doubles_nothing(
     assert session.scalar(select(func.count(OutboxEmail.id))) == 4
     assert sorted(summary.invoice_ids) == sorted(session.scalars(select(Invoice.id)))
     monkeypatch.setattr(billing_run, "_after_claim", None)
-    monkeypatch.setattr(billing_run, "issue_invoices", real)
+    monkeypatch.setattr(billing_run, "issue_invoice_rows", real)
     again = run(session, DAY)  # the next run finishes the one that failed
     assert (again.invoices, again.failed) == (1, 0)
     assert [len(invoices_of(session, s)) for s in subs] == [1, 1, 1, 1, 1]
