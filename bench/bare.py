@@ -71,6 +71,8 @@ def create_bare_app(url: str | None = None) -> Flask:
 
 
 app = create_bare_app() if os.environ.get("DATABASE_URL") else None
-# NOTE: the same deployment as the portal's wsgi.py: the heap made at start is frozen, so full
-# garbage collections of either side walk only what requests made.
-gc.freeze()
+if app is not None:
+    # NOTE: the same deployment as the portal's wsgi.py: the heap made at start is frozen, so
+    # full garbage collections of either side walk only what requests made. Only when serving:
+    # a test importing this module keeps its process as it was.
+    gc.freeze()
