@@ -13,14 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Request
-from flask.ctx import _AppCtxGlobals
 from flask.globals import _cv_app, _cv_request
-
-
-def app_globals() -> _AppCtxGlobals | None:
-    """`flask.g` of the current app context, or None outside one."""
-    context = _cv_app.get(None)
-    return None if context is None else context.g
 
 
 def g_get(name: str, default: Any = None) -> Any:

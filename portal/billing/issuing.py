@@ -221,14 +221,13 @@ def issue_invoice_rows(
             finalized_at=row["finalized_at"],
         )
         issued.append(draft.issued)
-    ledger.post_many(
-        session, [billing.ledger_posting(inv) for inv in issued if inv.total_minor > 0]
-    )
-    to_mail = [inv for inv in issued if inv.total_minor > 0]
-    if to_mail:
+    # Only an invoice with something to pay posts to the ledger and is mailed.
+    to_pay = [inv for inv in issued if inv.total_minor > 0]
+    ledger.post_many(session, [billing.ledger_posting(inv) for inv in to_pay])
+    if to_pay:
         from portal.notifications.queueing import queue_many_as_rows
 
-        queue_many_as_rows(session, [_issued_request(inv) for inv in to_mail])
+        queue_many_as_rows(session, [_issued_request(inv) for inv in to_pay])
     return issued
 
 
