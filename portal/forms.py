@@ -14,10 +14,12 @@ import unicodedata
 from typing import Any
 
 from flask_babel import gettext as _
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from wtforms import Field, Form
 from wtforms.validators import StopValidation, ValidationError
 from wtforms.widgets.core import Input, clean_key
+
+from portal.templating import escape_for_output
 
 # NOTE: direction overrides and isolates reorder what follows them: "\u202eFDP.exe" shows as
 # "exe.PDF" on a page or a PDF. Marks and zero-width characters hide text or make two values
@@ -114,14 +116,14 @@ def html_params(**kwargs: Any) -> Markup:
     """
     params = []
     for key, value in sorted(kwargs.items()):
-        key = clean_key(key)
+        key = escape_for_output(clean_key(key))
         if value is True:
-            params.append(str(escape(key)))
+            params.append(key)
         elif value is False:
             continue
         else:
-            quoted = str(escape(value)).replace('"', "&quot;")
-            params.append(f'{escape(key)}="{quoted}"')
+            quoted = escape_for_output(value).replace('"', "&quot;")
+            params.append(f'{key}="{quoted}"')
     return Markup(" ".join(params))
 
 
@@ -158,17 +160,21 @@ def text_field_html(
         attrs["autocomplete"] = autocomplete
     if inputmode:
         attrs["inputmode"] = inputmode
-    safe_id = escape(field_id)
+    safe_id = escape_for_output(field_id)
     error = (
-        f'\n<p class="field__error" id="{safe_id}-error">{escape(error_icon)}'
-        f"<span>{escape(errors[0])}</span></p>"
+        f'\n<p class="field__error" id="{safe_id}-error">{escape_for_output(error_icon)}'
+        f"<span>{escape_for_output(errors[0])}</span></p>"
         if errors
         else ""
     )
-    hint_html = f'\n  <p class="field__hint" id="{safe_id}-hint">{escape(hint)}</p>' if hint else ""
+    hint_html = (
+        f'\n  <p class="field__hint" id="{safe_id}-hint">{escape_for_output(hint)}</p>'
+        if hint
+        else ""
+    )
     return Markup(
         f'\n<div class="field{" field--invalid" if errors else ""}">\n'
-        f'  <label class="field__label" for="{safe_id}">{escape(label)}</label>\n'
+        f'  <label class="field__label" for="{safe_id}">{escape_for_output(label)}</label>\n'
         f"  {error}\n"
         f"  {field(class_='input', type=type, disabled=disabled, **attrs)}"
         f"{hint_html}\n</div>"

@@ -24,10 +24,11 @@ from flask import (
 )
 from jinja2 import pass_eval_context
 from jinja2.nodes import EvalContext
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from portal.contextlocals import current_flask_app, current_request, g_get
 from portal.extensions import babel
+from portal.templating import escape_for_output
 
 SOURCE_LANGUAGE = "en"
 
@@ -196,9 +197,9 @@ def markup_format(template: str, params: dict[str, Any]) -> Markup:
     values first and formatting plain text does the same in C. tests/test_i18n.py compares.
     """
     if not params:
-        return Markup(template) % params
+        return Markup(template % params)
     escaped = {
-        key: value if isinstance(value, (int, float)) else escape(value)
+        key: value if isinstance(value, (int, float)) else escape_for_output(value)
         for key, value in params.items()
     }
     return Markup(template % escaped)
@@ -220,8 +221,26 @@ def _install_gettext(app: Flask) -> None:
     app.jinja_env.globals["ngettext"] = _template_ngettext
 
 
+# Most strings a page marks have no parameters: their markup is kept per catalog and message.
+_MARKUP_KEPT = 8192
+
+
+def _plain_markup(translations: Any, message: str) -> Markup:
+    kept: dict[str, Markup] | None = getattr(translations, "portal_markup", None)
+    if kept is None:
+        kept = translations.portal_markup = {}
+    found = kept.get(message)
+    if found is None:
+        found = markup_format(translations.ugettext(message), {})
+        if len(kept) < _MARKUP_KEPT:
+            kept[message] = found
+    return found
+
+
 @pass_eval_context
 def _template_gettext(eval_ctx: EvalContext, message: str, /, **variables: Any) -> str:
+    if not variables and eval_ctx.autoescape:
+        return _plain_markup(_translations(), message)
     translated = _translations().ugettext(message)
     if eval_ctx.autoescape:
         return markup_format(translated, variables)
