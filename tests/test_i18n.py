@@ -568,3 +568,25 @@ def test_markup_format_escapes_a_lazy_string(app: Flask) -> None:
     with app.test_request_context("/"):
         lazy = lazy_gettext("Tom & <Jerry>")
         assert i18n.markup_format("Hi %(x)s", {"x": lazy}) == Markup("Hi %(x)s") % {"x": lazy}
+
+
+def test_a_translated_string_without_parameters_is_kept_per_catalog(
+    pseudo_app: Flask, session: Session
+) -> None:
+    """portal.i18n keeps the markup of `_('…')` without parameters per catalog: an English
+    string must not reach a German page, and `%%` still prints one percent sign."""
+    english = make_account(session, locale="en_US")
+    german = make_account(session, locale="de_DE")
+    template = "{{ _('Invoices') }}|{{ _('100%% of it') }}|{{ _('<b>%(n)s</b>', n='&') }}"
+    for account, expected in [
+        (english, "Invoices|100% of it|<b>&amp;</b>"),
+        (german, pseudo("Invoices") + "|"),
+        (english, "Invoices|100% of it|<b>&amp;</b>"),
+    ]:
+        with pseudo_app.test_request_context("/"):
+            g.account = account
+            assert render_template_string(template).startswith(expected)
+    with pseudo_app.test_request_context("/"):
+        g.account = english
+        printed = render_template_string("{{ _('Invoices') ~ '<' }}")
+        assert printed == "Invoices&lt;", "the kept string must still be markup"
