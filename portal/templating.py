@@ -8,7 +8,7 @@ out. What a template prints is unchanged, byte for byte (tests/test_templating.p
   macro or `{% set %}` is still made Markup by Jinja, as before.
 - Every call in a template went through `Context.call`, which asks the function twice whether it
   wants the context passed (`hasattr`, an AttributeError raised and caught each time, ~120 calls
-  a page). A plain function's answer never changes, so it is asked once.
+  a page). A function's answer never changes, so it is asked once; a macro never wants it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from flask.templating import Environment
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Macro
 from markupsafe import escape
 
 try:
@@ -52,29 +52,51 @@ class PortalCodeGenerator(CodeGenerator):
         self.writeline("from portal.templating import escape_for_output as escape")
 
 
-# Functions known not to ask for a context, environment or eval context (Jinja's pass_* marks).
-_PLAIN_FUNCTIONS: set[types.FunctionType | types.BuiltinFunctionType] = set()
+# What each function called from a template asks to be passed first (Jinja's pass_* marks):
+# _PLAIN nothing, _EVAL the eval context, _ENVIRONMENT the environment, _CONTEXT the context.
+_PLAIN, _EVAL, _ENVIRONMENT, _CONTEXT = range(4)
+_PASS_ARG_KIND = {"eval_context": _EVAL, "environment": _ENVIRONMENT, "context": _CONTEXT}
+_KNOWN: dict[Any, int] = {}
 _FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _learn(function: Any) -> int:
+    mark = getattr(function, "jinja_pass_arg", None)
+    kind = _PLAIN if mark is None else _PASS_ARG_KIND.get(getattr(mark, "name", ""), _CONTEXT)
+    if len(_KNOWN) < 4096:
+        _KNOWN[function] = kind
+    return kind
 
 
 class PortalContext(Context):
     # NOTE: the odd parameter names are Jinja's own (they cannot collide with keyword arguments).
     def call(__self, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(__obj) in _FUNCTION_TYPES:
-            if __obj in _PLAIN_FUNCTIONS:
-                if kwargs:
-                    # Jinja passes what a loop or block set, for functions that take the context.
-                    kwargs.pop("_block_vars", None)
-                    kwargs.pop("_loop_vars", None)
-                try:
-                    return __obj(*args, **kwargs)
-                except StopIteration:
-                    return __self.environment.undefined(
-                        "value was undefined because a callable raised a StopIteration exception"
-                    )
-            if getattr(__obj, "jinja_pass_arg", None) is None and len(_PLAIN_FUNCTIONS) < 4096:
-                _PLAIN_FUNCTIONS.add(__obj)
-        return super().call(__obj, *args, **kwargs)
+        kind_of_object = type(__obj)
+        if kind_of_object in _FUNCTION_TYPES:
+            kind = _KNOWN.get(__obj)
+            if kind is None:
+                kind = _learn(__obj)
+        elif kind_of_object is Macro:
+            kind = _PLAIN  # a macro never asks for a context (Macro.__call__ has no mark)
+        else:
+            kind = _CONTEXT
+        if kind == _CONTEXT:
+            # A callable object, or a function that takes the context: Jinja's own path (it
+            # hands the function the variables a loop or block set).
+            return super().call(__obj, *args, **kwargs)
+        if kwargs:
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+        if kind == _EVAL:
+            args = (__self.eval_ctx, *args)
+        elif kind == _ENVIRONMENT:
+            args = (__self.environment, *args)
+        try:
+            return __obj(*args, **kwargs)
+        except StopIteration:
+            return __self.environment.undefined(
+                "value was undefined because a callable raised a StopIteration exception"
+            )
 
 
 class PortalEnvironment(Environment):

@@ -24,7 +24,9 @@ TEMPLATES = {
     "child.html": (
         "{% extends '_layout.html' %}"
         "{% block body %}{% set inner = 'x' %}{{ plain(inner) }}{{ with_context() }}"
+        "{% import '_macros.html' as ui %}"
         "{% for row in rows %}{% set seen = row.name %}{{ with_context() }}{{ plain(seen) }}"
+        "{{ with_eval_context() }}{{ with_environment() }}{{ ui.badge(seen) }}"
         "{% endfor %}{% endblock %}"
     ),
     "page.html": (
