@@ -122,7 +122,9 @@ def html_params(**kwargs: Any) -> Markup:
         elif value is False:
             continue
         else:
-            quoted = escape_for_output(value).replace('"', "&quot;")
+            # NOTE: str(): a Markup value comes back as itself, and Markup.replace would escape
+            # the "&quot;" it is given.
+            quoted = str(escape_for_output(value)).replace('"', "&quot;")
             params.append(f'{key}="{quoted}"')
     return Markup(" ".join(params))
 

@@ -32,7 +32,10 @@ except ImportError:  # pragma: no cover - markupsafe without its C speedups
 
 def escape_for_output(value: Any, /) -> str:
     """`str(markupsafe.escape(value))` without making the Markup object: for printed values only,
-    which Jinja joins into text (and wraps in Markup itself wherever the result is kept)."""
+    which Jinja joins into text (and wraps in Markup itself wherever the result is kept).
+
+    A value with `__html__` comes back as what that returns (often Markup itself): call `str()`
+    on the answer before using a string method on it (Markup's would escape its arguments)."""
     if type(value) is str:
         return _escape_inner(value)
     html = getattr(value, "__html__", None)
