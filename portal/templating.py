@@ -8,7 +8,8 @@ out. What a template prints is unchanged, byte for byte (tests/test_templating.p
   macro or `{% set %}` is still made Markup by Jinja, as before.
 - Every call in a template went through `Context.call`, which asks the function twice whether it
   wants the context passed (`hasattr`, an AttributeError raised and caught each time, ~120 calls
-  a page). A function's answer never changes, so it is asked once; a macro never wants it.
+  a page). A function's mark is read from its own __dict__ at no such cost; a macro or a
+  builtin has none.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import types
 from typing import Any
 
 from flask.templating import Environment
-from jinja2 import nodes
+from jinja2 import nodes, pass_context, pass_environment, pass_eval_context
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context, Macro
 from markupsafe import escape
@@ -55,44 +56,40 @@ class PortalCodeGenerator(CodeGenerator):
         self.writeline("from portal.templating import escape_for_output as escape")
 
 
-# What each function called from a template asks to be passed first (Jinja's pass_* marks):
-# _PLAIN nothing, _EVAL the eval context, _ENVIRONMENT the environment, _CONTEXT the context.
-_PLAIN, _EVAL, _ENVIRONMENT, _CONTEXT = range(4)
-_PASS_ARG_KIND = {"eval_context": _EVAL, "environment": _ENVIRONMENT, "context": _CONTEXT}
-_KNOWN: dict[Any, int] = {}
-_FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+def _mark_of(decorator: Any) -> Any:
+    def probe() -> None: ...
+
+    return decorator(probe).jinja_pass_arg
 
 
-def _learn(function: Any) -> int:
-    mark = getattr(function, "jinja_pass_arg", None)
-    kind = _PLAIN if mark is None else _PASS_ARG_KIND.get(getattr(mark, "name", ""), _CONTEXT)
-    if len(_KNOWN) < 4096:
-        _KNOWN[function] = kind
-    return kind
+# The marks Jinja's pass_* decorators set on a function (`jinja_pass_arg`, in its __dict__);
+# there are no others.
+_CONTEXT = _mark_of(pass_context)
+_EVAL_CONTEXT = _mark_of(pass_eval_context)
+_ENVIRONMENT = _mark_of(pass_environment)
 
 
 class PortalContext(Context):
     # NOTE: the odd parameter names are Jinja's own (they cannot collide with keyword arguments).
     def call(__self, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        kind_of_object = type(__obj)
-        if kind_of_object in _FUNCTION_TYPES:
-            kind = _KNOWN.get(__obj)
-            if kind is None:
-                kind = _learn(__obj)
-        elif kind_of_object is Macro:
-            kind = _PLAIN  # a macro never asks for a context (Macro.__call__ has no mark)
+        kind = type(__obj)
+        if kind is types.FunctionType:
+            # A function's mark sits in its __dict__: read without the AttributeError a
+            # getattr of a missing attribute raises (and Jinja's hasattr asks twice).
+            mark = __obj.__dict__.get("jinja_pass_arg")
+        elif kind is types.BuiltinFunctionType or kind is Macro:
+            mark = None  # a builtin cannot be marked; Macro.__call__ has no mark
         else:
-            kind = _CONTEXT
-        if kind == _CONTEXT:
-            # A callable object, or a function that takes the context: Jinja's own path (it
-            # hands the function the variables a loop or block set).
+            return super().call(__obj, *args, **kwargs)  # a callable object: Jinja's own path
+        if mark is _CONTEXT:
+            # Jinja's own path: it hands a context-taking function what a loop or block set.
             return super().call(__obj, *args, **kwargs)
         if kwargs:
             kwargs.pop("_block_vars", None)
             kwargs.pop("_loop_vars", None)
-        if kind == _EVAL:
+        if mark is _EVAL_CONTEXT:
             args = (__self.eval_ctx, *args)
-        elif kind == _ENVIRONMENT:
+        elif mark is _ENVIRONMENT:
             args = (__self.environment, *args)
         try:
             return __obj(*args, **kwargs)
