@@ -115,9 +115,8 @@ def post_many(session: Session, postings: Sequence[dict[str, Any]]) -> int:
             },
         )
         return len(entries)
-    dialect = sqlite
     table = AccountBalance.__table__
-    upsert = dialect.insert(table).values(
+    upsert = sqlite.insert(table).values(
         account_id=bindparam("b_account"),
         currency=bindparam("b_currency"),
         balance_minor=bindparam("b_delta"),
