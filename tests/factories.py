@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from portal import clock
@@ -27,6 +28,22 @@ _counter = itertools.count(1)
 
 def _next() -> int:
     return next(_counter)
+
+
+def statements_sent(session: Session, run: Callable[[], Any]) -> list[str]:
+    """The SQL of every statement the session's engine sends while run() runs."""
+    sent: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    return sent
 
 
 def make_account(session: Session, currency: str = "USD", **overrides: Any) -> Account:

@@ -7,32 +7,23 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal import db as portal_db
 from portal.audit.models import AuditEvent
 from portal.billing import services as billing
 from portal.billing.models import Invoice, InvoiceLine
-from tests.factories import make_account
+from tests.factories import make_account, statements_sent
 
 
 def _inserts(session: Session, run: Any) -> list[tuple[str, bool]]:
     """(table, whether it asked for RETURNING) for each INSERT sent while run() runs."""
-    sent: list[tuple[str, bool]] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        words = statement.split()
-        if words[:2] == ["INSERT", "INTO"]:
-            sent.append((words[2], "RETURNING" in statement))
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-    return sent
+    return [
+        (statement.split()[2], "RETURNING" in statement)
+        for statement in statements_sent(session, run)
+        if statement.split()[:2] == ["INSERT", "INTO"]
+    ]
 
 
 def _events(n: int) -> list[AuditEvent]:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     Text,
     cast,
-    event,
     insert,
     select,
 )
@@ -28,7 +27,7 @@ from sqlalchemy.orm import Session
 from portal import db as portal_db
 from portal.audit.models import AuditEvent
 from portal.notifications.models import OutboxEmail
-from tests.factories import make_account
+from tests.factories import make_account, statements_sent
 
 NOW = datetime(2026, 12, 21, 9, tzinfo=UTC)
 AWKWARD = "tab\there, new\nline, back\\slash, \\N, quote ' \" , ümlaut, 東京, emoji 🧾"
@@ -80,21 +79,6 @@ def _stored(session: Session, table: Table, *where: Any) -> list[dict[str, Any]]
     ]
 
 
-def _statements(session: Session, run: Any) -> list[str]:
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-    return seen
-
-
 def test_rows_are_stored_as_an_insert_stores_them(
     session: Session, clock: Any, backend: str
 ) -> None:
@@ -103,7 +87,7 @@ def test_rows_are_stored_as_an_insert_stores_them(
     n = portal_db.COPY_FROM + 5
     table = AuditEvent.__table__
     session.execute(insert(table), _audit_rows("inserted", n))
-    sent = _statements(
+    sent = statements_sent(
         session, lambda: portal_db.insert_rows(session, table, _audit_rows("rows", n))
     )
     # On PostgreSQL the rows went by COPY (no INSERT statement); on SQLite by executemany.
@@ -168,7 +152,7 @@ def test_a_default_that_reads_the_statement_leaves_the_rows_to_an_insert(
         {"actor_kind": "system", "action": "test.context", "target_id": str(i)}
         for i in range(portal_db.COPY_FROM + 1)
     ]
-    sent = _statements(session, lambda: portal_db.insert_rows(session, table, rows))
+    sent = statements_sent(session, lambda: portal_db.insert_rows(session, table, rows))
     assert any("INSERT" in s for s in sent)
     stored = session.execute(
         select(table.c.target_type, table.c.target_id)

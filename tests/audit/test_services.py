@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from portal.audit import services as audit
 from portal.audit.models import AuditEvent
 from portal.audit.services import SYSTEM, Actor
+from tests.factories import statements_sent
 
 
 def _count(session: Session, action: str) -> int:
@@ -21,18 +22,11 @@ def _count(session: Session, action: str) -> int:
 
 
 def _statements(session: Session, run: Any) -> list[str]:
-    sent: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        sent.append(statement.split(None, 3)[2] if statement.startswith("INSERT") else "other")
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        run()
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-    return sent
+    """The table of each INSERT sent while run() runs, "other" for every other statement."""
+    return [
+        statement.split(None, 3)[2] if statement.startswith("INSERT") else "other"
+        for statement in statements_sent(session, run)
+    ]
 
 
 def test_a_batch_of_events_is_one_insert_with_every_field(app: Flask, session: Session) -> None:
