@@ -105,6 +105,10 @@ class DraftRows:
     finalized_at: datetime
     issued: IssuedInvoice | None = field(default=None, repr=False)
 
+    @property
+    def subscription_id(self) -> int | None:
+        return self.fields["subscription_id"]
+
 
 def draft_rows(
     account: Account,
