@@ -25,9 +25,13 @@ billing_cli = AppGroup("billing", help="Billing runs, reminders and reconciliati
 def seed_demo_command() -> None:
     """Load the demo accounts, users, plans and a year of history (idempotent). When
     STRIPE_API_BASE names a Stripe simulator, the demo's saved card is made real there too."""
+    from portal.db import begin_write
     from portal.demo import seed_demo
     from portal.payments.demo_sync import simulator_configured
 
+    # NOTE: seeding reads what exists, then writes; `make demo` runs the worker (which writes)
+    # at the same time. Beginning as a writer waits for its lock instead of failing on SQLite.
+    begin_write(db.session)
     created = seed_demo(db.session, current_app.config["SELLER"])
     db.session.commit()
     if not created:
