@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
@@ -92,24 +93,24 @@ def test_sign_in_by_link_and_see_overdue_on_a_phone(live_server: Any, phone: Any
 
     # The sign-in page: one big email field.
     page.goto(f"{live_server.url}/login")
-    assert page.get_by_label("Email address").is_visible()
-    assert page.get_by_role("button", name="Email me a sign-in link").is_visible()
+    expect(page.get_by_label("Email address")).to_be_visible()
+    expect(page.get_by_role("button", name="Email me a sign-in link")).to_be_visible()
     _assert_accessible(page, "the sign-in page")
     _screenshot(page, "login-iphone13")
 
     # The link from the email shows whose account it is and signs in only on the button.
     page.goto(live_server.login_link(DEMO_EMAIL))
     sign_in = page.get_by_role("button", name=f"Sign in as {DEMO_EMAIL}")
-    assert sign_in.is_visible()
+    expect(sign_in).to_be_visible()
     _assert_accessible(page, "the confirm page")
     sign_in.click()
 
     page.wait_for_url(f"{live_server.url}/")
-    assert page.get_by_role("heading", level=1, name="Billing overview").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Billing overview")).to_be_visible()
     overdue = page.get_by_test_id("overdue-cta")
-    assert overdue.is_visible()
+    expect(overdue).to_be_visible()
     assert "overdue on" in overdue.get_by_role("heading").inner_text()
-    assert page.get_by_role("button", name="Sign out").is_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     _assert_accessible(page, "the dashboard")
     _screenshot(page, "dashboard-iphone13")
 
@@ -124,8 +125,8 @@ def test_sign_in_by_link_and_see_overdue_on_a_phone(live_server: Any, phone: Any
     # A page that does not exist: friendly, with a way back.
     response = page.goto(f"{live_server.url}/no-such-page")
     assert response is not None and response.status == 404
-    assert page.get_by_role("heading", level=1, name="Page not found").is_visible()
-    assert page.get_by_role("link", name="Go to your dashboard").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Page not found")).to_be_visible()
+    expect(page.get_by_role("link", name="Go to your dashboard")).to_be_visible()
     _assert_accessible(page, "the 404 page")
     _screenshot(page, "404-iphone13")
 
@@ -146,18 +147,18 @@ def test_invoices_statement_and_payments_on_a_phone(live_server: Any, phone: Any
     # The dashboard's call to action leads to the overdue invoice.
     page.get_by_test_id("overdue-cta").get_by_role("link").click()
     page.wait_for_url(f"{live_server.url}/invoices/ALS-0011")
-    assert page.get_by_role("heading", level=1, name="Invoice ALS-0011").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Invoice ALS-0011")).to_be_visible()
     assert page.get_by_test_id("amount-due").inner_text() == "$75.00"
     _assert_accessible(page, "an overdue invoice")
     _screenshot(page, "invoice-iphone13")
 
     page.goto(f"{live_server.url}/invoices")
-    assert page.get_by_role("heading", level=1, name="Invoices").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Invoices")).to_be_visible()
     # The first screen shows invoices: the filters are folded away until asked for.
     first_card = page.locator("#invoice-list > li").first
     box = first_card.bounding_box()
     assert box is not None and box["y"] + 80 <= page.viewport_size["height"], box
-    assert not page.get_by_label("Status").is_visible()
+    expect(page.get_by_label("Status")).not_to_be_visible()
     _assert_accessible(page, "the invoice list")
     _screenshot(page, "invoices-iphone13")
     page.emulate_media(color_scheme="dark")
@@ -180,7 +181,7 @@ def test_invoices_statement_and_payments_on_a_phone(live_server: Any, phone: Any
     _screenshot(page, "invoices-overdue-iphone13")
 
     page.goto(f"{live_server.url}/statements?period=this_year")
-    assert page.get_by_role("heading", level=1, name="Statement").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Statement")).to_be_visible()
     assert page.get_by_test_id("closing").inner_text() == "$150.00"
     _assert_accessible(page, "the statement")
     _screenshot(page, "statement-iphone13")
@@ -194,17 +195,17 @@ def test_invoices_statement_and_payments_on_a_phone(live_server: Any, phone: Any
     # A reversed range: a clear message on the page, not an error page.
     response = page.goto(f"{live_server.url}/statements?start=2026-05-01&end=2026-04-01")
     assert response is not None and response.status == 422
-    assert page.get_by_role("alert").is_visible()
+    expect(page.get_by_role("alert")).to_be_visible()
     _assert_accessible(page, "the statement with a bad period")
 
     page.goto(f"{live_server.url}/payments")
-    assert page.get_by_role("heading", level=1, name="Payments").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Payments")).to_be_visible()
     _assert_accessible(page, "the payment history")
     _screenshot(page, "payments-iphone13")
 
     page.locator("#payment-list .item-card__link").first.click()
     page.wait_for_url("**/payments/*")
-    assert page.get_by_role("heading", level=1, name="Receipt").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Receipt")).to_be_visible()
     _assert_accessible(page, "a receipt")
     _screenshot(page, "receipt-iphone13")
 
@@ -236,7 +237,7 @@ def test_sign_in_from_the_emailed_link_on_a_phone(
     assert "Please sign in to continue." in page.content()
     page.get_by_label("Email address").fill(DEMO_EMAIL)
     page.get_by_role("button", name="Email me a sign-in link").click()
-    assert page.get_by_role("heading", level=1, name="Check your inbox").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Check your inbox")).to_be_visible()
     _assert_accessible(page, "the check-your-inbox page")
     _screenshot(page, "check-email-iphone13")
 
@@ -257,13 +258,13 @@ def test_sign_in_from_the_emailed_link_on_a_phone(
 
     page.goto(link.group(0))
     sign_in = page.get_by_role("button", name=f"Sign in as {DEMO_EMAIL}")
-    assert sign_in.is_visible()
+    expect(sign_in).to_be_visible()
     assert page.get_by_test_id("other-browser").count() == 0  # the browser that asked
     box = sign_in.bounding_box()
     assert box is not None and box["height"] >= 44  # thumb-sized
     sign_in.click()
     page.wait_for_url(f"{live_server.url}/account")  # `next` survived the trip through email
-    assert page.get_by_role("heading", level=1, name="Account").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Account")).to_be_visible()
     _assert_accessible(page, "the account page")
     _screenshot(page, "account-iphone13")
     # Addresses as the country writes them, the country by its name, devices in her time zone.
@@ -283,8 +284,10 @@ def test_sign_in_from_the_emailed_link_on_a_phone(
     second = other.new_page()
     response = second.goto(link.group(0))
     assert response is not None and response.status == 410
-    assert second.get_by_role("heading", level=1, name="This link was already used").is_visible()
-    assert second.get_by_role("button", name="Send a new link to a•••@example.com").is_visible()
+    expect(
+        second.get_by_role("heading", level=1, name="This link was already used")
+    ).to_be_visible()
+    expect(second.get_by_role("button", name="Send a new link to a•••@example.com")).to_be_visible()
     _assert_accessible(second, "the used-link page")
     _screenshot(second, "link-used-iphone13")
     other.close()
@@ -304,7 +307,7 @@ def test_staff_enrol_in_two_factor_on_a_phone(live_server: Any, phone: Any) -> N
     page.goto(live_server.login_link("support@example.com"))
     page.get_by_role("button", name="Sign in as support@example.com").click()
     page.wait_for_url(f"{live_server.url}/staff/two-factor/setup")
-    assert page.get_by_role("img", name="QR code for your authenticator app").is_visible()
+    expect(page.get_by_role("img", name="QR code for your authenticator app")).to_be_visible()
     _assert_accessible(page, "the two-factor setup page")
     _screenshot(page, "staff-totp-setup-iphone13")
     page.emulate_media(color_scheme="dark")
@@ -373,7 +376,7 @@ def test_navigation_fits_a_phone_and_reaches_every_page(live_server: Any, phone:
     page.emulate_media(color_scheme="light")
     methods.click()
     page.wait_for_url(f"{live_server.url}/payment-methods")
-    assert page.get_by_role("heading", level=1, name="Payment methods").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Payment methods")).to_be_visible()
     # Marked current in the (closed) More panel, and More itself looks current.
     current = nav.locator(".site-nav__panel-link[aria-current=page]")
     assert current.text_content() == "Payment methods"
@@ -409,7 +412,7 @@ def test_navigation_works_without_javascript_and_on_a_wide_screen(
     nav.locator("summary", has_text="More").click()
     nav.get_by_role("link", name="Account", exact=True).click()
     page.wait_for_url(f"{live_server.url}/account")
-    assert page.get_by_role("heading", level=1, name="Account").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Account")).to_be_visible()
     context.close()
 
     # From 640px every item is inline in one row under the header and "More" is gone.
@@ -421,12 +424,12 @@ def test_navigation_works_without_javascript_and_on_a_wide_screen(
     tops = set()
     for name in names:
         link = nav.get_by_role("link", name=name, exact=True)
-        assert link.is_visible(), name
+        expect(link, name).to_be_visible()
         box = link.bounding_box()
         assert box is not None and box["height"] >= 44
         tops.add(round(box["y"]))
     assert len(tops) == 1, "the wide navigation should be one row"
-    assert not nav.locator("summary").is_visible()
+    expect(nav.locator("summary")).not_to_be_visible()
     _assert_accessible(page, "the dashboard on a wide screen")
     _screenshot(page, "dashboard-wide")
     context.close()

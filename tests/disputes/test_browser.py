@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.test_browser import (
     _assert_accessible,
@@ -63,12 +64,12 @@ def test_ada_disputes_one_line_with_a_photo_on_her_phone(
 
     page.goto(f"{live_server.url}/invoices/ALS-0012")
     question = page.locator("a.lines-table__question").first
-    assert question.is_visible()
+    expect(question).to_be_visible()
     _assert_accessible(page, "the invoice page with its questions")
     _screenshot(page, "invoice-question-iphone13")
     question.click()
     page.wait_for_url(re.compile(r".*/disputes/new\?invoice=ALS-0012&line=1$"))
-    assert page.get_by_role("heading", level=1, name="Question a charge").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Question a charge")).to_be_visible()
     next_steps = page.get_by_test_id("next-steps")
     assert "business days: by" in next_steps.inner_text()
     assert page.locator('input[name="lines"][value="1"]').is_checked()
@@ -90,7 +91,7 @@ def test_ada_disputes_one_line_with_a_photo_on_her_phone(
         in page.get_by_test_id("response-clock").inner_text()
     )
     assert "Submitted" in page.get_by_test_id("timeline").inner_text()
-    assert page.get_by_role("link", name=re.compile("photo-of-the-bill.png")).is_visible()
+    expect(page.get_by_role("link", name=re.compile("photo-of-the-bill.png"))).to_be_visible()
     _both_schemes(page, "dispute-detail")
 
     page.goto(f"{live_server.url}/disputes")

@@ -28,6 +28,7 @@ import pyotp
 import pytest
 import requests
 from flask import Flask
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from portal import clock, create_app, worker
@@ -213,7 +214,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     ada.wait_for_url(re.compile(r".*/disputes/[A-Za-z0-9_-]+$"))
     dispute_url = ada.url
     dispute_id = dispute_url.rsplit("/", 1)[1]
-    assert ada.get_by_role("link", name=re.compile("photo-of-the-bill.png")).is_visible()
+    expect(ada.get_by_role("link", name=re.compile("photo-of-the-bill.png"))).to_be_visible()
     _check(ada, "e2e-ada-dispute-iphone13")
 
     received = world.mail(ADA, "We received your dispute about ALS-0012")
@@ -343,7 +344,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     _check(staff, "e2e-staff-chargeback-queue-laptop")
     row.get_by_role("link", name="Ada Lovelace Studio").click()
     staff.wait_for_url(re.compile(r".*/staff/disputes/[A-Za-z0-9_-]+$"))
-    assert staff.get_by_test_id("evidence-due").is_visible()
+    expect(staff.get_by_test_id("evidence-due")).to_be_visible()
     entries = staff.get_by_test_id("chargeback-entry")
     assert entries.count() == 2
     assert "Payment taken back by the bank" in entries.nth(0).inner_text()
@@ -369,7 +370,7 @@ def test_a_dispute_from_the_question_to_the_credit_note_and_a_chargeback(
     _check(staff, "e2e-staff-customer-laptop")
     staff.get_by_role("button", name="View as customer").click()
     staff.wait_for_url(f"{url}/")
-    assert staff.get_by_test_id("view-as-banner").is_visible()
+    expect(staff.get_by_test_id("view-as-banner")).to_be_visible()
     _check(staff, "the dashboard viewed as Ada", screenshot=False)
     staff.goto(f"{url}/invoices")
     staff.locator("summary", has_text="Filter invoices").click()

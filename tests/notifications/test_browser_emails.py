@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from portal.extensions import db
@@ -90,7 +91,7 @@ def test_from_the_invoice_email_to_the_pay_page_in_one_tap(live_server: Any, pho
     errors = _page_errors(page)
     page.goto(link)
     button = page.get_by_role("button", name="Open the invoice")
-    assert button.is_visible()
+    expect(button).to_be_visible()
     _assert_accessible(page, "the deep link's confirm page")
     button.click()
     page.wait_for_url(f"{live_server.url}/invoices/{number}/pay")
@@ -102,7 +103,7 @@ def test_from_the_invoice_email_to_the_pay_page_in_one_tap(live_server: Any, pho
     page.wait_for_url(f"{live_server.url}/invoices/{number}/pay")
     # The email preferences on the account page, light and dark.
     page.goto(f"{live_server.url}/account#email-preferences")
-    assert page.get_by_label("Also send billing emails to").is_visible()
+    expect(page.get_by_label("Also send billing emails to")).to_be_visible()
     _assert_accessible(page, "the account page with email preferences")
     page.emulate_media(color_scheme="dark")
     page.reload()

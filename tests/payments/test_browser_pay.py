@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from portal import create_app
@@ -117,7 +118,7 @@ def test_pay_the_overdue_invoice_with_a_new_card_then_one_tap(paying_server: Liv
         page.wait_for_url(f"{base}/")
 
         page.goto(f"{base}/invoices/ALS-0011/pay")
-        assert page.get_by_role("heading", level=1, name="Pay invoice ALS-0011").is_visible()
+        expect(page.get_by_role("heading", level=1, name="Pay invoice ALS-0011")).to_be_visible()
         results = Axe().run(page)
         assert results.violations_count == 0, results.generate_report()
         _shot(page, "pay-invoice-iphone13")
@@ -131,7 +132,7 @@ def test_pay_the_overdue_invoice_with_a_new_card_then_one_tap(paying_server: Liv
         page.wait_for_url(f"{base}/pay/attempts/**")
         status = page.get_by_test_id("payment-status")
         assert status.get_attribute("data-status") == "succeeded", status.inner_text()
-        assert page.get_by_role("heading", level=1, name="Payment received").is_visible()
+        expect(page.get_by_role("heading", level=1, name="Payment received")).to_be_visible()
         assert Axe().run(page).violations_count == 0
         _shot(page, "paid-iphone13")
 
@@ -185,7 +186,7 @@ def test_choose_invoices_then_pay_with_a_one_time_3ds_card(paying_server: LiveSe
     if not CHROMIUM.exists():
         missing_service(f"{CHROMIUM} is missing")
     from axe_playwright_python.sync_playwright import Axe
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     base = paying_server.url
     app = paying_server.app
@@ -228,7 +229,7 @@ def test_choose_invoices_then_pay_with_a_one_time_3ds_card(paying_server: LiveSe
         page.goto(f"{base}/")
         page.get_by_test_id("pay-balance").click()
         page.wait_for_url(f"{base}/pay")
-        assert page.get_by_role("heading", level=1, name="Pay your invoices").is_visible()
+        expect(page.get_by_role("heading", level=1, name="Pay your invoices")).to_be_visible()
         choices = page.get_by_test_id("invoice-choices")
         boxes = choices.get_by_role("checkbox")
         assert boxes.count() == len(numbers)
@@ -266,7 +267,7 @@ def test_choose_invoices_then_pay_with_a_one_time_3ds_card(paying_server: LiveSe
         _shot(page, "pay-3ds-challenge-iphone13")
         assert _pass_every_3ds_challenge(page, base) == 1
         expect(page.get_by_test_id("payment-status")).to_have_attribute("data-status", "succeeded")
-        assert page.get_by_role("heading", level=1, name="Payment received").is_visible()
+        expect(page.get_by_role("heading", level=1, name="Payment received")).to_be_visible()
 
         with app.app_context():
             statuses = dict(
@@ -297,7 +298,7 @@ def test_a_new_3ds_card_saved_for_next_time_asks_for_3ds_once(paying_server: Liv
     if not CHROMIUM.exists():
         missing_service(f"{CHROMIUM} is missing")
     from axe_playwright_python.sync_playwright import Axe
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     base = paying_server.url
     app = paying_server.app

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyotp
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from portal import clock
@@ -158,11 +159,11 @@ def test_the_console_on_a_laptop_and_a_phone(live_server: Any, phone: Any) -> No
     _sign_in(page, live_server, seeded["secret"])
 
     # The queue: both the customer's dispute and the card chargeback, with their deadlines.
-    assert page.get_by_role("heading", level=1, name="Disputes").is_visible()
+    expect(page.get_by_role("heading", level=1, name="Disputes")).to_be_visible()
     rows = page.get_by_test_id("queue-row")
     assert rows.count() >= 2
-    assert page.get_by_text("Chargeback").first.is_visible()
-    assert page.get_by_text("Evidence due by").first.is_visible()
+    expect(page.get_by_text("Chargeback").first).to_be_visible()
+    expect(page.get_by_text("Evidence due by").first).to_be_visible()
     _check(page, "staff-queue-laptop")
 
     # Filtering by kind swaps the rows in place and keeps the filter in the address bar.
@@ -173,16 +174,16 @@ def test_the_console_on_a_laptop_and_a_phone(live_server: Any, phone: Any) -> No
 
     # A dispute: what is questioned, the account beside it, and the way to answer.
     page.goto(f"{live_server.url}/staff/disputes/{seeded['dispute']}")
-    assert page.get_by_test_id("ctx-balance").is_visible()
+    expect(page.get_by_test_id("ctx-balance")).to_be_visible()
     # The account has a card payment to refund: the console names the cheap path.
-    assert page.get_by_test_id("cheap-path").is_visible()
+    expect(page.get_by_test_id("cheap-path")).to_be_visible()
     page.get_by_label("Reply to the customer").fill("Thanks, we are checking the seat history.")
     page.get_by_role("button", name="Send reply").click()
     page.wait_for_url("**#thread")
     page.get_by_label("Internal note").fill("Seat removed on 12 Oct per the logs.")
     page.get_by_role("button", name="Save internal note").click()
     page.wait_for_url("**#thread")
-    assert page.get_by_test_id("internal-note").first.is_visible()
+    expect(page.get_by_test_id("internal-note").first).to_be_visible()
     # The evidence: each file with its type and size, the internal one marked, downloadable.
     files = page.get_by_test_id("staff-file")
     assert files.count() == 2
