@@ -130,6 +130,13 @@ def test_sign_in_by_link_and_see_overdue_on_a_phone(live_server: Any, phone: Any
     _assert_accessible(page, "the 404 page")
     _screenshot(page, "404-iphone13")
 
+    # Signing out says so on the sign-in page it lands on.
+    page.goto(f"{live_server.url}/")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(f"{live_server.url}/login")
+    expect(page.get_by_role("status")).to_have_text("You are signed out on this device.")
+    _assert_accessible(page, "the sign-in page after signing out")
+
     assert errors == [], f"errors in the browser console (CSP violations?): {errors}"
     context.close()
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from flask import Blueprint, Response, current_app, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from flask_limiter.util import get_remote_address
 
@@ -244,4 +254,8 @@ def logout() -> Response:
     if user is not None:
         _audit("auth.sign_out", user, ended_browser_session=ended)
     sign_out()
+    if user is not None:
+        # NOTE: flashed after sign_out, which clears the session: the message rides in the new,
+        # empty one to the sign-in page.
+        flash(_("You are signed out on this device."), "success")
     return see_other(url_for("auth.login"))

@@ -403,6 +403,21 @@ def test_a_copied_cookie_stops_working_after_sign_out(
     assert "auth.sign_out" in _actions(session)
 
 
+def test_signing_out_says_so_on_the_sign_in_page(client: FlaskClient, session: Session) -> None:
+    login_as(client, make_user(session, "bye@example.com", make_account(session)))
+    page = client.post("/logout", follow_redirects=True)
+    assert page.request.path == "/login"
+    assert "You are signed out on this device." in page.get_data(as_text=True)
+    # Said once: the next visit to the sign-in page is plain again.
+    assert "signed out" not in client.get("/login").get_data(as_text=True)
+
+
+def test_sign_out_without_a_session_says_nothing(client: FlaskClient) -> None:
+    page = client.post("/logout", follow_redirects=True)
+    assert page.request.path == "/login"
+    assert "signed out" not in page.get_data(as_text=True)
+
+
 def test_sign_out_everywhere_ends_every_session(
     client: FlaskClient, session: Session, app: Flask
 ) -> None:
